@@ -1,0 +1,563 @@
+#!/usr/bin/env bash
+# A real local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager 1.20.2)
+# on loopback, built from Debian packages. See shared/kube/LOCAL-CONTROL-PLANE.md.
+#
+# Usage:
+#   scripts/control-plane.sh provision              install packages, build + cache the binaries
+#   scripts/control-plane.sh up [STATE_DIR]         provision if needed, start, wait until ready
+#   scripts/control-plane.sh down [STATE_DIR]       stop everything (SIGTERM, then SIGKILL)
+#   scripts/control-plane.sh restart-apiserver [STATE_DIR]
+#   scripts/control-plane.sh status [STATE_DIR]
+#   scripts/control-plane.sh env [STATE_DIR]        prints: export KUBECONFIG=STATE_DIR/kubeconfig
+#
+# Environment:
+#   ECS_CACHE_DIR            cache root (default ~/.cache/ecs-operator)
+#   ECS_CP_DIR               default state dir (default /tmp/ecs-cp)
+#   CP_ETCD_CLIENT_PORT      default 23790
+#   CP_ETCD_PEER_PORT        default 23800
+#   CP_APISERVER_PORT        default 16443
+#   CP_READY_TIMEOUT         seconds to wait for /readyz (default 90)
+#   CP_DELETE_COLLECTION_WORKERS  kube-apiserver --delete-collection-workers (default: unset = 1)
+#   CP_APISERVER_EXTRA_ARGS  extra kube-apiserver flags (split on whitespace)
+#   CP_CM_EXTRA_ARGS         extra kube-controller-manager flags (e.g. "--kube-api-qps=100")
+#   DEBIAN_MIRROR            default http://deb.debian.org/debian
+set -euo pipefail
+
+K8S_VERSION="1.20.2"
+K8S_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
+GO_PKG_VERSION_PREFIX="1.15"
+
+CACHE_ROOT="${ECS_CACHE_DIR:-$HOME/.cache/ecs-operator}"
+K8S_CACHE="$CACHE_ROOT/k8s-$K8S_VERSION"
+BIN_DIR="$K8S_CACHE/bin"
+APT_DIR="$CACHE_ROOT/apt"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+KEYRING="/usr/share/keyrings/debian-archive-keyring.gpg"
+
+ETCD_CLIENT_PORT="${CP_ETCD_CLIENT_PORT:-23790}"
+ETCD_PEER_PORT="${CP_ETCD_PEER_PORT:-23800}"
+APISERVER_PORT="${CP_APISERVER_PORT:-16443}"
+READY_TIMEOUT="${CP_READY_TIMEOUT:-90}"
+
+log() { printf '[control-plane] %s\n' "$*" >&2; }
+die() { printf '[control-plane] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# provision
+# ---------------------------------------------------------------------------------------------
+
+APT_UPDATED=0
+apt_update_once() {
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+}
+
+apt_install() {
+  [[ $# -gt 0 ]] || return 0
+  log "apt-get install $*"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  fi
+}
+
+as_root_check() {
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing packages ($*) and not root: install them first (apt-get install $*)"
+  fi
+}
+
+install_system_packages() {
+  local missing=() cmd pkg
+  # command:package
+  local pairs=(etcd:etcd-server rsync:rsync jq:jq make:make curl:curl openssl:openssl
+               tar:tar gzip:gzip xz:xz-utils flock:util-linux setsid:util-linux)
+  for pair in "${pairs[@]}"; do
+    cmd="${pair%%:*}"; pkg="${pair#*:}"
+    if ! command -v "$cmd" >/dev/null 2>&1; then
+      missing+=("$pkg")
+    fi
+  done
+  if [[ ! -r $KEYRING ]]; then
+    missing+=(debian-archive-keyring)
+  fi
+  if ! command -v kubectl >/dev/null 2>&1; then
+    missing+=(kubernetes-client)
+  fi
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    # de-duplicate
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    as_root_check "${missing[@]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
+# apt-get with a private sources list / lists / cache (the machine's apt config stays untouched).
+private_apt() {
+  apt-get -q \
+    -o Dir::Etc::SourceList="$APT_DIR/sources.list" \
+    -o Dir::Etc::SourceParts=- \
+    -o Dir::State::Lists="$APT_DIR/lists" \
+    -o Dir::Cache="$APT_DIR/cache" \
+    "$@"
+}
+
+private_apt_setup() {
+  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+  cat >"$APT_DIR/sources.list" <<EOF
+deb [signed-by=$KEYRING] $DEBIAN_MIRROR bullseye main
+deb-src [signed-by=$KEYRING] $DEBIAN_MIRROR bookworm main
+deb-src [signed-by=$KEYRING] $DEBIAN_MIRROR bookworm-updates main
+EOF
+  log "private apt-get update (bullseye main, deb-src bookworm main) in $APT_DIR"
+  private_apt update >"$APT_DIR/update.log" 2>&1 || {
+    tail -n 20 "$APT_DIR/update.log" >&2
+    die "private apt-get update failed"
+  }
+}
+
+build_k8s() {
+  local work="$K8S_CACHE/build" t0 t1 t2
+  t0=$(date +%s)
+  rm -rf "$work"
+  mkdir -p "$work/dl" "$work/go"
+  private_apt_setup
+
+  log "downloading Go 1.15 (bullseye golang-1.15-go, golang-1.15-src)"
+  (cd "$work/dl" && private_apt download golang-1.15-go golang-1.15-src >"$work/dl/go-download.log" 2>&1) || {
+    tail -n 20 "$work/dl/go-download.log" >&2
+    die "apt-get download golang-1.15-go golang-1.15-src failed"
+  }
+  log "downloading kubernetes source $K8S_SRC_VERSION (bookworm deb-src)"
+  (cd "$work/dl" && private_apt source --download-only "kubernetes=$K8S_SRC_VERSION" >"$work/dl/src-download.log" 2>&1) || {
+    tail -n 20 "$work/dl/src-download.log" >&2
+    die "apt-get source --download-only kubernetes=$K8S_SRC_VERSION failed"
+  }
+  t1=$(date +%s)
+  log "downloads done in $((t1 - t0)) s"
+
+  local deb
+  for deb in "$work"/dl/golang-1.15-*.deb; do
+    dpkg -x "$deb" "$work/go"
+  done
+  local goroot="$work/go/usr/lib/go-$GO_PKG_VERSION_PREFIX"
+  [[ -x $goroot/bin/go ]] || die "Go not found at $goroot after dpkg -x"
+
+  local orig
+  orig=$(find "$work/dl" -maxdepth 1 -name 'kubernetes_*.orig.tar.*' | head -n 1)
+  [[ -n $orig ]] || die "kubernetes .orig tarball not found in $work/dl"
+  log "unpacking $(basename "$orig")"
+  mkdir -p "$work/src"
+  tar -xf "$orig" -C "$work/src" --strip-components=1
+  [[ -d $work/src/vendor ]] || die "unpacked tree has no vendor/"
+
+  mkdir -p "$work/gopath/src/k8s.io" "$work/gocache" "$work/gotmp"
+  ln -sfn "$work/src" "$work/gopath/src/k8s.io/kubernetes"
+  cat >"$work/version.env" <<EOF
+KUBE_GIT_COMMIT=''
+KUBE_GIT_TREE_STATE='clean'
+KUBE_GIT_VERSION='v$K8S_VERSION'
+KUBE_GIT_MAJOR='1'
+KUBE_GIT_MINOR='20'
+EOF
+
+  log "building kube-apiserver + kube-controller-manager with $("$goroot/bin/go" version) (takes minutes; log: $work/build.log)"
+  (
+    cd "$work/gopath/src/k8s.io/kubernetes"
+    export GOROOT="$goroot"
+    export PATH="$goroot/bin:$PATH"
+    export GOPATH="$work/gopath"
+    export GOCACHE="$work/gocache"
+    export GOTMPDIR="$work/gotmp"
+    export CGO_ENABLED=0
+    export KUBE_GIT_VERSION_FILE="$work/version.env"
+    unset GOBIN
+    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
+  ) >"$work/build.log" 2>&1 || {
+    tail -n 40 "$work/build.log" >&2
+    die "build failed (full log: $work/build.log)"
+  }
+  t2=$(date +%s)
+  log "build done in $((t2 - t1)) s"
+
+  local out="$work/src/_output/bin"
+  [[ -x $out/kube-apiserver && -x $out/kube-controller-manager ]] || die "binaries missing in $out"
+  mkdir -p "$BIN_DIR.tmp"
+  cp "$out/kube-apiserver" "$out/kube-controller-manager" "$BIN_DIR.tmp/"
+  echo "$K8S_SRC_VERSION" >"$BIN_DIR.tmp/SOURCE_VERSION"
+  rm -rf "$BIN_DIR"
+  mv "$BIN_DIR.tmp" "$BIN_DIR"
+  {
+    echo "download_seconds=$((t1 - t0))"
+    echo "build_seconds=$((t2 - t1))"
+    echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  } >"$K8S_CACHE/provision-times"
+  log "cached binaries in $BIN_DIR; removing build tree"
+  chmod -R u+w "$work" 2>/dev/null || true
+  rm -rf "$work"
+}
+
+binaries_cached() {
+  [[ -x $BIN_DIR/kube-apiserver && -x $BIN_DIR/kube-controller-manager && -f $BIN_DIR/SOURCE_VERSION ]] &&
+    [[ $(cat "$BIN_DIR/SOURCE_VERSION") == "$K8S_SRC_VERSION" ]]
+}
+
+cmd_provision() {
+  install_system_packages
+  if binaries_cached; then
+    log "kube-apiserver/kube-controller-manager $K8S_VERSION cached in $BIN_DIR"
+    return 0
+  fi
+  mkdir -p "$K8S_CACHE"
+  # One build at a time.
+  exec 9>"$K8S_CACHE/.lock"
+  log "waiting for build lock $K8S_CACHE/.lock"
+  flock 9
+  if binaries_cached; then
+    log "binaries were built by another process: $BIN_DIR"
+  else
+    [[ $(id -u) -eq 0 ]] || log "warning: not root; apt-get download/source may still work"
+    build_k8s
+  fi
+  flock -u 9
+  exec 9>&-
+}
+
+# ---------------------------------------------------------------------------------------------
+# runtime helpers
+# ---------------------------------------------------------------------------------------------
+
+STATE_DIR=""
+set_state_dir() {
+  STATE_DIR="${1:-${ECS_CP_DIR:-/tmp/ecs-cp}}"
+  mkdir -p "$STATE_DIR"
+  STATE_DIR="$(cd "$STATE_DIR" && pwd)"
+}
+
+pidfile() { echo "$STATE_DIR/pids/$1.pid"; }
+
+# Prints the pid of a component if it is alive and really is that program.
+component_pid() {
+  local name="$1" bin="$2" f pid
+  f="$(pidfile "$name")"
+  [[ -f $f ]] || return 1
+  pid="$(cat "$f" 2>/dev/null || true)"
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$bin" || return 1
+  echo "$pid"
+}
+
+port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+require_free_port() {
+  if port_in_use "$1"; then
+    die "port $1 ($2) on 127.0.0.1 is already in use by another process; set $3 to another port"
+  fi
+}
+
+start_bg() {
+  # start_bg NAME CMD...: detached from this shell (own session), stdout/err to logs/NAME.log
+  local name="$1"; shift
+  local logf="$STATE_DIR/logs/$name.log"
+  if [[ -f $logf ]]; then
+    mv -f "$logf" "$logf.prev"
+  fi
+  nohup setsid "$@" >"$logf" 2>&1 </dev/null &
+  echo "$!" >"$(pidfile "$name")"
+}
+
+stop_component() {
+  local name="$1" bin="$2" pid i
+  if ! pid="$(component_pid "$name" "$bin")"; then
+    rm -f "$(pidfile "$name")"
+    return 0
+  fi
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 150; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name did not stop in 15 s; SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
+  rm -f "$(pidfile "$name")"
+}
+
+fail_with_log() {
+  local name="$1" msg="$2"
+  printf '[control-plane] ERROR: %s\n--- last 40 lines of %s ---\n' "$msg" "$STATE_DIR/logs/$name.log" >&2
+  tail -n 40 "$STATE_DIR/logs/$name.log" >&2 || true
+  exit 1
+}
+
+token() { cat "$STATE_DIR/admin-token"; }
+
+apiserver_ready() {
+  curl -ksf --max-time 3 -H "Authorization: Bearer $(token)" \
+    "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
+}
+
+etcd_healthy() {
+  curl -sf --max-time 3 "http://127.0.0.1:$ETCD_CLIENT_PORT/health" 2>/dev/null | grep -q '"health":"true"'
+}
+
+ensure_secrets() {
+  mkdir -p "$STATE_DIR/logs" "$STATE_DIR/pids" "$STATE_DIR/certs" "$STATE_DIR/etcd"
+  chmod 700 "$STATE_DIR/etcd"
+  if [[ ! -s $STATE_DIR/admin-token ]]; then
+    (umask 077; openssl rand -hex 24 >"$STATE_DIR/admin-token")
+  fi
+  if [[ ! -s $STATE_DIR/tokens.csv ]]; then
+    (umask 077; echo "$(token),admin,admin-uid,system:masters" >"$STATE_DIR/tokens.csv")
+  fi
+  if [[ ! -s $STATE_DIR/sa.key ]]; then
+    (umask 077; openssl genrsa -out "$STATE_DIR/sa.key" 2048 2>/dev/null)
+  fi
+}
+
+write_kubeconfig() {
+  local ca="$STATE_DIR/certs/apiserver.crt" cluster_auth tmp
+  if [[ -s $ca ]] && curl -sf --max-time 3 --cacert "$ca" -H "Authorization: Bearer $(token)" \
+      "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1; then
+    cluster_auth="    certificate-authority: $ca"
+  else
+    log "warning: $ca does not verify https://127.0.0.1:$APISERVER_PORT; using insecure-skip-tls-verify"
+    cluster_auth="    insecure-skip-tls-verify: true"
+  fi
+  tmp="$STATE_DIR/kubeconfig.tmp"
+  (umask 077; cat >"$tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: ecs-cp
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+$cluster_auth
+users:
+- name: admin
+  user:
+    token: $(token)
+contexts:
+- name: ecs-cp
+  context:
+    cluster: ecs-cp
+    user: admin
+current-context: ecs-cp
+EOF
+  )
+  mv -f "$tmp" "$STATE_DIR/kubeconfig"
+}
+
+start_etcd() {
+  if component_pid etcd etcd >/dev/null; then
+    return 0
+  fi
+  require_free_port "$ETCD_CLIENT_PORT" "etcd client" CP_ETCD_CLIENT_PORT
+  require_free_port "$ETCD_PEER_PORT" "etcd peer" CP_ETCD_PEER_PORT
+  log "starting etcd on 127.0.0.1:$ETCD_CLIENT_PORT (peer $ETCD_PEER_PORT)"
+  start_bg etcd "$(command -v etcd)" \
+    --name=ecs-cp \
+    --data-dir="$STATE_DIR/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --advertise-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="ecs-cp=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --quota-backend-bytes=4294967296 \
+    --log-level=warn
+  local i
+  for ((i = 0; i < 60; i++)); do
+    etcd_healthy && return 0
+    component_pid etcd etcd >/dev/null || fail_with_log etcd "etcd exited during start"
+    sleep 0.5
+  done
+  fail_with_log etcd "etcd not healthy after 30 s"
+}
+
+start_apiserver() {
+  if component_pid kube-apiserver kube-apiserver >/dev/null; then
+    return 0
+  fi
+  require_free_port "$APISERVER_PORT" "kube-apiserver" CP_APISERVER_PORT
+  local extra=()
+  if [[ -n ${CP_DELETE_COLLECTION_WORKERS:-} ]]; then
+    extra+=("--delete-collection-workers=$CP_DELETE_COLLECTION_WORKERS")
+  fi
+  if [[ -n ${CP_APISERVER_EXTRA_ARGS:-} ]]; then
+    local more=()
+    read -r -a more <<<"$CP_APISERVER_EXTRA_ARGS"
+    extra+=("${more[@]}")
+  fi
+  log "starting kube-apiserver on https://127.0.0.1:$APISERVER_PORT"
+  start_bg kube-apiserver "$BIN_DIR/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --bind-address=127.0.0.1 \
+    --secure-port="$APISERVER_PORT" \
+    --advertise-address=127.0.0.1 \
+    --insecure-port=0 \
+    --cert-dir="$STATE_DIR/certs" \
+    --token-auth-file="$STATE_DIR/tokens.csv" \
+    --authorization-mode=RBAC \
+    --service-account-key-file="$STATE_DIR/sa.key" \
+    --service-account-signing-key-file="$STATE_DIR/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --endpoint-reconciler-type=none \
+    --max-requests-inflight=800 \
+    --max-mutating-requests-inflight=400 \
+    "${extra[@]}"
+  wait_apiserver_ready
+}
+
+wait_apiserver_ready() {
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  while ((SECONDS < deadline)); do
+    if apiserver_ready; then
+      log "kube-apiserver ready"
+      return 0
+    fi
+    component_pid kube-apiserver kube-apiserver >/dev/null || fail_with_log kube-apiserver "kube-apiserver exited during start"
+    sleep 0.5
+  done
+  fail_with_log kube-apiserver "kube-apiserver /readyz not ok after $READY_TIMEOUT s"
+}
+
+start_controller_manager() {
+  if component_pid kube-controller-manager kube-controller-manager >/dev/null; then
+    return 0
+  fi
+  local extra=()
+  if [[ -n ${CP_CM_EXTRA_ARGS:-} ]]; then
+    read -r -a extra <<<"$CP_CM_EXTRA_ARGS"
+  fi
+  log "starting kube-controller-manager (namespace, garbagecollector, serviceaccount-token)"
+  start_bg kube-controller-manager "$BIN_DIR/kube-controller-manager" \
+    --kubeconfig="$STATE_DIR/kubeconfig" \
+    --controllers=namespace,garbagecollector,serviceaccount-token \
+    --service-account-private-key-file="$STATE_DIR/sa.key" \
+    --root-ca-file="$STATE_DIR/certs/apiserver.crt" \
+    --bind-address=127.0.0.1 \
+    --secure-port=0 \
+    --port=0 \
+    --use-service-account-credentials=false \
+    --leader-elect=false \
+    "${extra[@]}"
+  sleep 1
+  component_pid kube-controller-manager kube-controller-manager >/dev/null ||
+    fail_with_log kube-controller-manager "kube-controller-manager exited during start"
+}
+
+kctl() { kubectl --kubeconfig "$STATE_DIR/kubeconfig" "$@"; }
+
+all_running() {
+  component_pid etcd etcd >/dev/null &&
+    component_pid kube-apiserver kube-apiserver >/dev/null &&
+    component_pid kube-controller-manager kube-controller-manager >/dev/null &&
+    [[ -s $STATE_DIR/admin-token && -s $STATE_DIR/kubeconfig ]] &&
+    apiserver_ready
+}
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+
+cmd_up() {
+  set_state_dir "${1:-}"
+  if all_running; then
+    log "already running (state $STATE_DIR, https://127.0.0.1:$APISERVER_PORT)"
+    echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
+    return 0
+  fi
+  if ! binaries_cached || ! command -v etcd >/dev/null 2>&1 || ! command -v kubectl >/dev/null 2>&1; then
+    cmd_provision
+  fi
+  ensure_secrets
+  start_etcd
+  start_apiserver
+  write_kubeconfig
+  start_controller_manager
+
+  local i
+  for ((i = 0; i < 60; i++)); do
+    kctl get namespace default >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  kctl get namespace default >/dev/null 2>&1 || die "namespace 'default' does not exist after 30 s"
+  kctl get ns >/dev/null 2>&1 || die "kubectl --kubeconfig $STATE_DIR/kubeconfig get ns failed"
+  log "control plane up: apiserver https://127.0.0.1:$APISERVER_PORT, etcd 127.0.0.1:$ETCD_CLIENT_PORT, state $STATE_DIR"
+  echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
+}
+
+cmd_down() {
+  set_state_dir "${1:-}"
+  stop_component kube-controller-manager kube-controller-manager
+  stop_component kube-apiserver kube-apiserver
+  stop_component etcd etcd
+  log "stopped (state kept in $STATE_DIR)"
+}
+
+cmd_restart_apiserver() {
+  set_state_dir "${1:-}"
+  binaries_cached || die "binaries not provisioned; run: $0 up"
+  component_pid etcd etcd >/dev/null || die "etcd is not running; run: $0 up $STATE_DIR"
+  stop_component kube-apiserver kube-apiserver
+  start_apiserver
+  write_kubeconfig
+}
+
+cmd_status() {
+  set_state_dir "${1:-}"
+  local c pid rc=0
+  for c in etcd kube-apiserver kube-controller-manager; do
+    if pid="$(component_pid "$c" "$c")"; then
+      echo "$c: running (pid $pid)"
+    else
+      echo "$c: stopped"; rc=1
+    fi
+  done
+  if [[ -s $STATE_DIR/admin-token ]] && apiserver_ready; then
+    echo "apiserver: ready at https://127.0.0.1:$APISERVER_PORT"
+  else
+    echo "apiserver: not ready"; rc=1
+  fi
+  echo "kubeconfig: $STATE_DIR/kubeconfig"
+  return "$rc"
+}
+
+cmd_env() {
+  set_state_dir "${1:-}"
+  echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
+}
+
+usage() {
+  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+main() {
+  local cmd="${1:-}"
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    provision) cmd_provision ;;
+    up) cmd_up "$@" ;;
+    down) cmd_down "$@" ;;
+    restart-apiserver) cmd_restart_apiserver "$@" ;;
+    status) cmd_status "$@" ;;
+    env) cmd_env "$@" ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,531 @@
+//! The HTTP client for the ECS OpenAPI: flattening, signing, bounded reads, error
+//! classification, retries with the same ClientToken, and client-side rate limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::time::Instant;
+use url::Url;
+
+use super::error::{CloudError, ErrorClass};
+use super::limiter::{RateLimit, RateLimiter};
+use super::model::*;
+use super::signer::{self, Credentials, SignRequest};
+use super::{Called, Cloud, CloudFuture};
+use crate::metrics::Metrics;
+
+pub const DEFAULT_ENDPOINT: &str = "https://open.volcengineapi.com";
+
+/// Everything the client needs; built once at startup from flags and environment.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub endpoint: String,
+    pub region: String,
+    pub credentials: Credentials,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Attempts per call, including the first (retries re-send the same ClientToken).
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub max_body_bytes: usize,
+    pub rate_limit: RateLimit,
+    /// Allow `http://` to a non-loopback host (never needed outside tests).
+    pub allow_insecure_http: bool,
+}
+
+impl ClientConfig {
+    pub fn new(endpoint: &str, region: &str, credentials: Credentials) -> Self {
+        Self {
+            endpoint: endpoint.to_string(),
+            region: region.to_string(),
+            credentials,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
+            max_attempts: 3,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(5),
+            max_body_bytes: 4 << 20,
+            rate_limit: RateLimit {
+                rate: 4.0,
+                burst: 10,
+            },
+            allow_insecure_http: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct EcsClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    host: String,
+    cfg: ClientConfig,
+    limiter: RateLimiter,
+    metrics: Option<Arc<Metrics>>,
+}
+
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => *d == "localhost",
+        url::Host::Ipv4(a) => a.is_loopback(),
+        url::Host::Ipv6(a) => a.is_loopback(),
+    }
+}
+
+impl EcsClient {
+    pub fn new(cfg: ClientConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, CloudError> {
+        let endpoint = Url::parse(&cfg.endpoint)
+            .map_err(|e| CloudError::Config(format!("endpoint {:?}: {e}", cfg.endpoint)))?;
+        let host = endpoint.host().ok_or_else(|| {
+            CloudError::Config(format!("endpoint {:?} has no host", cfg.endpoint))
+        })?;
+        match endpoint.scheme() {
+            "https" => {}
+            "http" if is_loopback(&host) || cfg.allow_insecure_http => {}
+            "http" => return Err(CloudError::Config(format!(
+                "refusing plain http to non-loopback endpoint {}; use https or allow it explicitly",
+                cfg.endpoint
+            ))),
+            s => {
+                return Err(CloudError::Config(format!(
+                    "unsupported endpoint scheme {s:?}"
+                )))
+            }
+        }
+        if cfg.credentials.access_key.is_empty() || cfg.credentials.secret_key.is_empty() {
+            return Err(CloudError::Config(
+                "VOLCENGINE_ACCESS_KEY and VOLCENGINE_SECRET_KEY must be set".into(),
+            ));
+        }
+        let host = match endpoint.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        // TLS verification is always on: there is deliberately no switch to turn it off.
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!(
+                "volcengine-ecs-operator/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| CloudError::Config(format!("http client: {e}")))?;
+        Ok(Self {
+            http,
+            endpoint,
+            host,
+            limiter: RateLimiter::new(cfg.rate_limit),
+            cfg,
+            metrics,
+        })
+    }
+
+    pub fn default_region(&self) -> &str {
+        &self.cfg.region
+    }
+
+    /// One logical call: retried on retryable errors with the same parameters (and so the
+    /// same ClientToken), re-signed on every attempt.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        region: &str,
+        action: Action,
+        params: Vec<(String, String)>,
+    ) -> Result<Called<T>, CloudError> {
+        let mut attempt = 1;
+        loop {
+            let waited = self.limiter.acquire(action).await;
+            if let Some(m) = &self.metrics {
+                m.throttle_wait(action.as_str(), waited.as_secs_f64());
+            }
+            let started = Instant::now();
+            let res = self.once::<T>(region, action, &params).await;
+            let code = match &res {
+                Ok(_) => "OK",
+                Err(e) => e.code(),
+            };
+            if let Some(m) = &self.metrics {
+                m.cloud_call(action.as_str(), code, started.elapsed().as_secs_f64());
+            }
+            match res {
+                Ok(v) => {
+                    tracing::debug!(%action, request_id = %v.request_id, attempt, "cloud call ok");
+                    self.limiter.on_success(action);
+                    return Ok(v);
+                }
+                Err(e) => {
+                    let class = e.class();
+                    tracing::info!(%action, code = e.code(), request_id = e.request_id().unwrap_or(""),
+                        attempt, error = %e, "cloud call failed");
+                    if class == ErrorClass::Throttled {
+                        self.limiter.on_throttled(action);
+                    }
+                    if !e.is_retryable() || attempt >= self.cfg.max_attempts {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .cfg
+            .retry_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.cfg.retry_max);
+        // Full jitter keeps many replicas from retrying in lockstep.
+        let ms = exp.as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+
+    async fn once<T: DeserializeOwned>(
+        &self,
+        region: &str,
+        action: Action,
+        params: &[(String, String)],
+    ) -> Result<Called<T>, CloudError> {
+        let mut query: Vec<(String, String)> = params.to_vec();
+        query.push(("Action".into(), action.as_str().into()));
+        query.push(("Version".into(), API_VERSION.into()));
+        let x_date = jiff::Timestamp::now()
+            .strftime("%Y%m%dT%H%M%SZ")
+            .to_string();
+        let sig = signer::sign(
+            &self.cfg.credentials,
+            &SignRequest {
+                method: "GET",
+                host: &self.host,
+                path: "/",
+                query: &query,
+                headers: &[],
+                body: b"",
+                x_date: &x_date,
+                region,
+                service: SERVICE,
+            },
+        );
+        let mut url = self.endpoint.clone();
+        url.set_path("/");
+        // The wire query is the canonical query, so the server's decoding cannot disagree.
+        url.set_query(Some(&signer::canonical_query(&query)));
+        let mut req = self.http.get(url).header("Accept", "application/json");
+        for (k, v) in &sig.headers {
+            req = req.header(k, v);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(action, e))?;
+        let status = resp.status().as_u16();
+        let body = self.read_bounded(action, status, resp).await?;
+        parse_response(action, status, &body)
+    }
+
+    fn transport_error(&self, action: Action, e: reqwest::Error) -> CloudError {
+        if e.is_timeout() {
+            CloudError::Timeout {
+                action,
+                after: self.cfg.request_timeout,
+            }
+        } else {
+            // reqwest errors carry the URL (our query, no secrets) and the cause.
+            CloudError::Network {
+                action,
+                detail: error_chain(&e),
+            }
+        }
+    }
+
+    async fn read_bounded(
+        &self,
+        action: Action,
+        status: u16,
+        resp: reqwest::Response,
+    ) -> Result<Vec<u8>, CloudError> {
+        let limit = self.cfg.max_body_bytes;
+        if resp.content_length().is_some_and(|n| n as usize > limit) {
+            return Err(CloudError::BadResponse {
+                action,
+                status,
+                detail: format!("body larger than {limit} bytes"),
+                request_id: None,
+            });
+        }
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(action, e))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(CloudError::BadResponse {
+                    action,
+                    status,
+                    detail: format!("body larger than {limit} bytes"),
+                    request_id: None,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&body[..body.len().min(120)]);
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Turns a raw HTTP answer into a result or a typed error. Checks both the HTTP status and
+/// `ResponseMetadata.Error`, as the SDKs do. Never panics, whatever the body.
+pub fn parse_response<T: DeserializeOwned>(
+    action: Action,
+    status: u16,
+    body: &[u8],
+) -> Result<Called<T>, CloudError> {
+    let bad = |detail: String, request_id: Option<String>| CloudError::BadResponse {
+        action,
+        status,
+        detail,
+        request_id,
+    };
+    if body.is_empty() {
+        return Err(bad("empty body".into(), None));
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("not JSON ({e}): {:?}", snippet(body)), None))?;
+    let Some(meta) = value.get("ResponseMetadata") else {
+        // The gateway's "simple error" shape: {"HTTPCode":..,"errorcode":..,"message":..}
+        if let Some(code) = value.get("errorcode").and_then(Value::as_str) {
+            return Err(CloudError::Api {
+                action,
+                code: code.to_string(),
+                code_n: None,
+                message: value
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                status,
+                request_id: String::new(),
+            });
+        }
+        return Err(bad("no ResponseMetadata".into(), None));
+    };
+    let meta: ResponseMetadata = serde_json::from_value(meta.clone())
+        .map_err(|e| bad(format!("malformed ResponseMetadata: {e}"), None))?;
+    if let Some(err) = meta.error {
+        return Err(CloudError::Api {
+            action,
+            code: if err.code.is_empty() {
+                "Unknown".into()
+            } else {
+                err.code
+            },
+            code_n: err.code_n,
+            message: err.message.chars().take(512).collect(),
+            status,
+            request_id: meta.request_id,
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(bad(
+            "error status without an error in ResponseMetadata".into(),
+            Some(meta.request_id),
+        ));
+    }
+    let result = match value.get("Result") {
+        Some(r) if !r.is_null() => r.clone(),
+        _ => return Err(bad("no Result".into(), Some(meta.request_id))),
+    };
+    let value: T = serde_json::from_value(result).map_err(|e| {
+        bad(
+            format!("malformed Result: {e}"),
+            Some(meta.request_id.clone()),
+        )
+    })?;
+    Ok(Called {
+        request_id: meta.request_id,
+        value,
+    })
+}
+
+impl Cloud for EcsClient {
+    fn default_region(&self) -> &str {
+        &self.cfg.region
+    }
+
+    fn describe_instances<'a>(
+        &'a self,
+        region: &'a str,
+        query: DescribeQuery,
+    ) -> CloudFuture<'a, DescribeInstancesResult> {
+        Box::pin(async move {
+            self.call(
+                region,
+                Action::DescribeInstances,
+                query.to_params().into_vec(),
+            )
+            .await
+        })
+    }
+
+    fn delete_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>> {
+        Box::pin(async move {
+            let mut p = Params::new();
+            p.list("InstanceIds", &instance_ids)
+                .set("ClientToken", client_token);
+            let r: Called<OperationDetailsResult> = self
+                .call(region, Action::DeleteInstances, p.into_vec())
+                .await?;
+            Ok(Called {
+                request_id: r.request_id,
+                value: r.value.operation_details,
+            })
+        })
+    }
+
+    fn run_instances<'a>(
+        &'a self,
+        region: &'a str,
+        req: RunInstancesRequest,
+    ) -> CloudFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let r: Called<RunInstancesResult> = self
+                .call(region, Action::RunInstances, req.to_params().into_vec())
+                .await?;
+            Ok(Called {
+                request_id: r.request_id,
+                value: r.value.instance_ids,
+            })
+        })
+    }
+
+    fn set_deletion_protection<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: String,
+        enabled: bool,
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(async move {
+            let mut p = Params::new();
+            p.set("InstanceId", instance_id)
+                .set("DeletionProtection", enabled);
+            let r: Called<EmptyResult> = self
+                .call(region, Action::ModifyInstanceAttribute, p.into_vec())
+                .await?;
+            Ok(Called {
+                request_id: r.request_id,
+                value: (),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(status: u16, body: &str) -> Result<Called<OperationDetailsResult>, CloudError> {
+        parse_response(Action::DeleteInstances, status, body.as_bytes())
+    }
+
+    #[test]
+    fn garbage_bodies_are_errors_with_status() {
+        for (status, body, want) in [
+            (502, "<html><body>Bad Gateway</body></html>", "BadResponse"),
+            (
+                200,
+                "{\"ResponseMetadata\":{\"RequestId\":\"r\"},\"Result\":{\"Operat",
+                "BadResponse",
+            ),
+            (200, "{\"Result\":{}}", "BadResponse"),
+            (200, "", "BadResponse"),
+            (
+                500,
+                "{\"ResponseMetadata\":{\"RequestId\":\"r\"}}",
+                "BadResponse",
+            ),
+            (
+                200,
+                "{\"ResponseMetadata\":{\"RequestId\":\"r\"},\"Result\":null}",
+                "BadResponse",
+            ),
+            (200, "[1,2]", "BadResponse"),
+            (
+                200,
+                "{\"ResponseMetadata\":{\"RequestId\":\"r\"},\"Result\":{\"OperationDetails\":5}}",
+                "BadResponse",
+            ),
+        ] {
+            let e = parse(status, body).unwrap_err();
+            assert_eq!(e.code(), want, "{body}");
+            assert_eq!(e.http_status(), Some(status));
+        }
+    }
+
+    #[test]
+    fn error_envelope_on_200_is_an_error() {
+        let e = parse(200, r#"{"ResponseMetadata":{"RequestId":"rid","Error":{"Code":"InvalidInstanceStatus","Message":"busy"}}}"#).unwrap_err();
+        assert_eq!(e.code(), "InvalidInstanceStatus");
+        assert_eq!(e.request_id(), Some("rid"));
+    }
+
+    #[test]
+    fn simple_error_shape() {
+        let e = parse(
+            429,
+            r#"{"HTTPCode":429,"errorcode":"FlowLimitExceeded","message":"slow down"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "FlowLimitExceeded");
+        assert_eq!(e.class(), ErrorClass::Throttled);
+    }
+
+    #[test]
+    fn refuses_plain_http_to_remote_hosts() {
+        let creds = Credentials {
+            access_key: "ak".into(),
+            secret_key: signer::Secret::new("sk"),
+            session_token: None,
+        };
+        let remote = ClientConfig::new("http://example.com", "cn-beijing", creds.clone());
+        assert!(matches!(
+            EcsClient::new(remote, None),
+            Err(CloudError::Config(_))
+        ));
+        let local = ClientConfig::new("http://127.0.0.1:9", "cn-beijing", creds.clone());
+        assert!(EcsClient::new(local, None).is_ok());
+        let mut allowed = ClientConfig::new("http://example.com", "cn-beijing", creds);
+        allowed.allow_insecure_http = true;
+        assert!(EcsClient::new(allowed, None).is_ok());
+    }
+}

@@ -1,0 +1,176 @@
+//! Typed cloud errors. Every variant knows its code (for conditions, Events and metric
+//! labels) and how the caller should react (retry, fix credentials, or give up).
+
+use std::time::Duration;
+
+use super::model::Action;
+
+/// How the caller should react to an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Throttling: retry after slowing down.
+    Throttled,
+    /// 5xx, timeouts, network errors, IdempotentProcessing: retry the same request.
+    Retryable,
+    /// Credentials or permissions: retrying will not help until someone fixes them.
+    Auth,
+    /// Anything else: the request itself was refused.
+    Terminal,
+}
+
+/// Codes that mean "too fast".
+pub const THROTTLE_CODES: &[&str] = &[
+    "FlowLimitExceeded",
+    "AccountFlowLimitExceeded",
+    "RequestLimitExceeded",
+];
+
+/// Codes that mean "try the very same request again later".
+pub const RETRYABLE_CODES: &[&str] = &[
+    "ServiceUnavailableTemp",
+    "InternalError",
+    "InternalServiceTimeout",
+    "InternalServiceError",
+    "FailToConnect",
+    "UndefinedError",
+    "IdempotentProcessing",
+];
+
+pub const AUTH_CODES: &[&str] = &[
+    "InvalidAccessKey",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "InvalidSecretToken",
+    "AccessDenied",
+    "InvalidTimestamp",
+    "MissingAuthenticationToken",
+    "MissingSignature",
+    "InvalidAuthorization",
+    "InvalidCredential",
+    "LackPolicy",
+    "LackProjectPolicy",
+];
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CloudError {
+    /// The cloud answered with its error envelope.
+    #[error("{action} failed: {code}: {message} (HTTP {status}, RequestId {request_id})")]
+    Api {
+        action: Action,
+        code: String,
+        code_n: Option<i64>,
+        message: String,
+        status: u16,
+        request_id: String,
+    },
+    /// The cloud answered, but not with anything we can read (HTML page, truncated JSON,
+    /// no ResponseMetadata, oversized body).
+    #[error("{action} failed: HTTP {status} with an unusable response: {detail}")]
+    BadResponse {
+        action: Action,
+        status: u16,
+        detail: String,
+        request_id: Option<String>,
+    },
+    #[error("{action} failed: network error: {detail}")]
+    Network { action: Action, detail: String },
+    #[error("{action} failed: no response within {after:?}")]
+    Timeout { action: Action, after: Duration },
+    /// Local misconfiguration (bad endpoint URL, plain http to a remote host, ...).
+    #[error("cloud client configuration: {0}")]
+    Config(String),
+}
+
+impl CloudError {
+    /// The cloud's error code, or a stable local code for failures without one.
+    pub fn code(&self) -> &str {
+        match self {
+            CloudError::Api { code, .. } => code,
+            CloudError::BadResponse { .. } => "BadResponse",
+            CloudError::Network { .. } => "NetworkError",
+            CloudError::Timeout { .. } => "Timeout",
+            CloudError::Config(_) => "InvalidConfiguration",
+        }
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            CloudError::Api { request_id, .. } => Some(request_id),
+            CloudError::BadResponse { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            CloudError::Api { status, .. } | CloudError::BadResponse { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            CloudError::Api { code, status, .. } => classify(code, *status),
+            CloudError::BadResponse { status, .. } => {
+                if *status == 429 {
+                    ErrorClass::Throttled
+                } else {
+                    // A garbage body may be a proxy's error page or a cut-off answer:
+                    // the request may or may not have been applied, so retry it as is.
+                    ErrorClass::Retryable
+                }
+            }
+            CloudError::Network { .. } | CloudError::Timeout { .. } => ErrorClass::Retryable,
+            CloudError::Config(_) => ErrorClass::Terminal,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.class(), ErrorClass::Retryable | ErrorClass::Throttled)
+    }
+}
+
+/// Classifies by code first (statuses differ between doc pages), then by HTTP status.
+pub fn classify(code: &str, status: u16) -> ErrorClass {
+    if THROTTLE_CODES.contains(&code) || status == 429 {
+        ErrorClass::Throttled
+    } else if AUTH_CODES.contains(&code) {
+        ErrorClass::Auth
+    } else if RETRYABLE_CODES.contains(&code) || status >= 500 || status == 412 {
+        ErrorClass::Retryable
+    } else {
+        ErrorClass::Terminal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        let cases = [
+            ("FlowLimitExceeded", 429, ErrorClass::Throttled),
+            ("AccountFlowLimitExceeded", 429, ErrorClass::Throttled),
+            ("RequestLimitExceeded", 429, ErrorClass::Throttled),
+            ("Whatever", 429, ErrorClass::Throttled),
+            ("InternalError", 500, ErrorClass::Retryable),
+            ("ServiceUnavailableTemp", 503, ErrorClass::Retryable),
+            ("IdempotentProcessing", 412, ErrorClass::Retryable),
+            ("Unknown", 502, ErrorClass::Retryable),
+            ("SignatureDoesNotMatch", 401, ErrorClass::Auth),
+            ("InvalidAccessKey", 401, ErrorClass::Auth),
+            ("InvalidSecretToken", 401, ErrorClass::Auth),
+            ("AccessDenied", 403, ErrorClass::Auth),
+            ("InvalidTimestamp", 400, ErrorClass::Auth),
+            ("IdempotentParameterMismatch", 400, ErrorClass::Terminal),
+            ("InvalidInstance.NotFound", 404, ErrorClass::Terminal),
+            ("MissingParameter", 400, ErrorClass::Terminal),
+        ];
+        for (code, status, want) in cases {
+            assert_eq!(classify(code, status), want, "{code} {status}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Client-side rate limits: one token bucket per action (Volcengine's Terraform provider
+//! uses 4 requests/s with a burst of 10), paused for a while when the cloud says we are
+//! throttled, so the whole operator slows down instead of every caller retrying at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::model::Action;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Requests per second; 0 disables the limit.
+    pub rate: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    paused_until: Option<Instant>,
+    penalty: Duration,
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    limit: RateLimit,
+    buckets: HashMap<Action, Mutex<Bucket>>,
+}
+
+const MIN_PENALTY: Duration = Duration::from_millis(500);
+const MAX_PENALTY: Duration = Duration::from_secs(10);
+
+impl RateLimiter {
+    pub fn new(limit: RateLimit) -> Self {
+        let now = Instant::now();
+        let buckets = Action::ALL
+            .into_iter()
+            .map(|a| {
+                (
+                    a,
+                    Mutex::new(Bucket {
+                        tokens: f64::from(limit.burst.max(1)),
+                        last: now,
+                        paused_until: None,
+                        penalty: MIN_PENALTY,
+                    }),
+                )
+            })
+            .collect();
+        Self { limit, buckets }
+    }
+
+    /// Waits for a token; returns how long it waited.
+    pub async fn acquire(&self, action: Action) -> Duration {
+        let start = Instant::now();
+        let Some(bucket) = self.buckets.get(&action) else {
+            return Duration::ZERO;
+        };
+        loop {
+            let wait = {
+                let mut b = match bucket.lock() {
+                    Ok(b) => b,
+                    Err(p) => p.into_inner(),
+                };
+                let now = Instant::now();
+                match b.paused_until {
+                    Some(until) if until > now => until - now,
+                    _ => {
+                        b.paused_until = None;
+                        if self.limit.rate <= 0.0 {
+                            return start.elapsed();
+                        }
+                        let burst = f64::from(self.limit.burst.max(1));
+                        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+                        b.tokens = (b.tokens + elapsed * self.limit.rate).min(burst);
+                        b.last = now;
+                        if b.tokens >= 1.0 {
+                            b.tokens -= 1.0;
+                            return start.elapsed();
+                        }
+                        Duration::from_secs_f64((1.0 - b.tokens) / self.limit.rate)
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The cloud throttled us: stop sending this action for a growing pause.
+    pub fn on_throttled(&self, action: Action) {
+        if let Some(bucket) = self.buckets.get(&action) {
+            let mut b = match bucket.lock() {
+                Ok(b) => b,
+                Err(p) => p.into_inner(),
+            };
+            let until = Instant::now() + b.penalty;
+            b.paused_until = Some(b.paused_until.map_or(until, |u| u.max(until)));
+            b.tokens = 0.0;
+            b.penalty = (b.penalty * 2).min(MAX_PENALTY);
+        }
+    }
+
+    pub fn on_success(&self, action: Action) {
+        if let Some(bucket) = self.buckets.get(&action) {
+            let mut b = match bucket.lock() {
+                Ok(b) => b,
+                Err(p) => p.into_inner(),
+            };
+            b.penalty = MIN_PENALTY;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_rate() {
+        let l = RateLimiter::new(RateLimit {
+            rate: 4.0,
+            burst: 10,
+        });
+        let start = Instant::now();
+        for _ in 0..10 {
+            l.acquire(Action::DeleteInstances).await;
+        }
+        assert!(start.elapsed() < Duration::from_millis(1));
+        for _ in 0..8 {
+            l.acquire(Action::DeleteInstances).await;
+        }
+        let e = start.elapsed().as_secs_f64();
+        assert!((1.9..2.2).contains(&e), "8 more at 4/s took {e}s");
+        // Other actions have their own bucket.
+        let t = Instant::now();
+        l.acquire(Action::DescribeInstances).await;
+        assert!(t.elapsed() < Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_pauses_and_grows() {
+        let l = RateLimiter::new(RateLimit {
+            rate: 0.0,
+            burst: 1,
+        });
+        l.on_throttled(Action::RunInstances);
+        let waited = l.acquire(Action::RunInstances).await;
+        assert_eq!(waited, MIN_PENALTY);
+        l.on_throttled(Action::RunInstances);
+        assert_eq!(l.acquire(Action::RunInstances).await, MIN_PENALTY * 2);
+        l.on_success(Action::RunInstances);
+        l.on_throttled(Action::RunInstances);
+        assert_eq!(l.acquire(Action::RunInstances).await, MIN_PENALTY);
+    }
+}

@@ -1,0 +1,58 @@
+//! The cloud as the controller sees it: a narrow trait (observe, create, delete, protect)
+//! so the reconciler is independent of HTTP and testable with a fake.
+
+pub mod client;
+pub mod error;
+pub mod limiter;
+pub mod model;
+pub mod signer;
+
+use futures::future::BoxFuture;
+
+pub use error::{CloudError, ErrorClass};
+pub use model::{
+    DescribeInstancesResult, DescribeQuery, Instance, OperationDetail, RunInstancesRequest,
+};
+
+/// A successful answer and the request id the cloud gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Called<T> {
+    pub request_id: String,
+    pub value: T,
+}
+
+pub type CloudFuture<'a, T> = BoxFuture<'a, Result<Called<T>, CloudError>>;
+
+pub trait Cloud: Send + Sync + 'static {
+    /// Region used when a resource does not name one.
+    fn default_region(&self) -> &str;
+
+    fn describe_instances<'a>(
+        &'a self,
+        region: &'a str,
+        query: DescribeQuery,
+    ) -> CloudFuture<'a, DescribeInstancesResult>;
+
+    /// DeleteInstances: up to 100 IDs, one `OperationDetail` per ID.
+    fn delete_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>>;
+
+    /// RunInstances with Count=1; returns the new instance IDs.
+    fn run_instances<'a>(
+        &'a self,
+        region: &'a str,
+        req: RunInstancesRequest,
+    ) -> CloudFuture<'a, Vec<String>>;
+
+    /// ModifyInstanceAttribute DeletionProtection.
+    fn set_deletion_protection<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: String,
+        enabled: bool,
+    ) -> CloudFuture<'a, ()>;
+}

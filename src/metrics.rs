@@ -1,0 +1,156 @@
+//! Prometheus metrics (prometheus-client). Label values come from enums and cloud error
+//! codes, never from free-form messages, so cardinality stays bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub action: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub cloud_calls: Family<CallLabels, Counter>,
+    pub cloud_call_duration: Family<ActionLabels, Histogram>,
+    pub deletion_latency: Histogram,
+    pub delete_batch_size: Histogram,
+    pub batch_queue_depth: Gauge,
+    pub throttle_wait_seconds: Family<ActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub leaked_instances: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ecs_operator");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        let reconcile_duration = duration_histogram();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile",
+            reconcile_duration.clone(),
+        );
+        let cloud_calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "cloud_calls",
+            "ECS API calls (one per HTTP attempt) by action and error code (OK on success)",
+            cloud_calls.clone(),
+        );
+        let cloud_call_duration = Family::<ActionLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "cloud_call_duration_seconds",
+            "ECS API call latency by action",
+            cloud_call_duration.clone(),
+        );
+        let deletion_latency = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        registry.register(
+            "deletion_latency_seconds",
+            "From deletionTimestamp to the finalizer removed",
+            deletion_latency.clone(),
+        );
+        let delete_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 8));
+        registry.register(
+            "delete_batch_size",
+            "Instance IDs per DeleteInstances call",
+            delete_batch_size.clone(),
+        );
+        let batch_queue_depth = Gauge::default();
+        registry.register(
+            "batch_queue_depth",
+            "Deletions waiting to be sent in a batch",
+            batch_queue_depth.clone(),
+        );
+        let throttle_wait_seconds =
+            Family::<ActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "throttle_wait_seconds",
+            "Time spent waiting for the client-side rate limiter, by action",
+            throttle_wait_seconds.clone(),
+        );
+        let leaked_instances = Gauge::default();
+        registry.register(
+            "leaked_instances",
+            "VMs with this cluster's identity tag whose EcsInstance no longer exists",
+            leaked_instances.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            cloud_calls,
+            cloud_call_duration,
+            deletion_latency,
+            delete_batch_size,
+            batch_queue_depth,
+            throttle_wait_seconds,
+            leaked_instances,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn cloud_call(&self, action: &str, code: &str, seconds: f64) {
+        // Codes are short identifiers; cap them anyway so a hostile answer cannot blow up
+        // label storage.
+        let code: String = code.chars().take(64).collect();
+        self.cloud_calls
+            .get_or_create(&CallLabels {
+                action: action.to_string(),
+                code,
+            })
+            .inc();
+        self.cloud_call_duration
+            .get_or_create(&ActionLabels {
+                action: action.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn throttle_wait(&self, action: &str, seconds: f64) {
+        if seconds > 0.0 {
+            self.throttle_wait_seconds
+                .get_or_create(&ActionLabels {
+                    action: action.to_string(),
+                })
+                .inc_by(seconds);
+        }
+    }
+}
