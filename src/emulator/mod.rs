@@ -1,0 +1,1 @@
+//! A local, in-memory Volcengine ECS endpoint (being written).
