@@ -27,7 +27,7 @@ K8S_VERSION="1.20.2"
 K8S_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
 GO_PKG_VERSION_PREFIX="1.15"
 
-CACHE_ROOT="${ECS_CACHE_DIR:-$HOME/.cache/ecs-operator}"
+CACHE_ROOT="${ECS_CACHE_DIR:-${HOME:-/root}/.cache/ecs-operator}"
 K8S_CACHE="$CACHE_ROOT/k8s-$K8S_VERSION"
 BIN_DIR="$K8S_CACHE/bin"
 APT_DIR="$CACHE_ROOT/apt"
@@ -247,7 +247,9 @@ component_pid() {
   pid="$(cat "$f" 2>/dev/null || true)"
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$bin" || return 1
+  local argv0
+  argv0="$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1)" || return 1
+  [[ ${argv0##*/} == "$bin" ]] || return 1
   echo "$pid"
 }
 
@@ -270,6 +272,20 @@ start_bg() {
   fi
   nohup setsid "$@" >"$logf" 2>&1 </dev/null &
   echo "$!" >"$(pidfile "$name")"
+  STARTED+=("$name")
+}
+
+# If `up`/`restart-apiserver` fails, stop what this invocation started (no half-started leftovers).
+STARTED=()
+cleanup_on_failure() {
+  local rc=$? i
+  if [[ $rc -ne 0 && ${#STARTED[@]} -gt 0 ]]; then
+    log "start failed; stopping what this run started: ${STARTED[*]}"
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+      stop_component "${STARTED[$i]}" "${STARTED[$i]}" || true
+    done
+  fi
+  return "$rc"
 }
 
 stop_component() {
@@ -484,6 +500,15 @@ cmd_up() {
     cmd_provision
   fi
   ensure_secrets
+  # Check every port before starting anything.
+  if ! component_pid etcd etcd >/dev/null; then
+    require_free_port "$ETCD_CLIENT_PORT" "etcd client" CP_ETCD_CLIENT_PORT
+    require_free_port "$ETCD_PEER_PORT" "etcd peer" CP_ETCD_PEER_PORT
+  fi
+  if ! component_pid kube-apiserver kube-apiserver >/dev/null; then
+    require_free_port "$APISERVER_PORT" "kube-apiserver" CP_APISERVER_PORT
+  fi
+  trap cleanup_on_failure EXIT
   start_etcd
   start_apiserver
   write_kubeconfig
@@ -496,6 +521,7 @@ cmd_up() {
   done
   kctl get namespace default >/dev/null 2>&1 || die "namespace 'default' does not exist after 30 s"
   kctl get ns >/dev/null 2>&1 || die "kubectl --kubeconfig $STATE_DIR/kubeconfig get ns failed"
+  trap - EXIT
   log "control plane up: apiserver https://127.0.0.1:$APISERVER_PORT, etcd 127.0.0.1:$ETCD_CLIENT_PORT, state $STATE_DIR"
   echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
 }
@@ -513,8 +539,10 @@ cmd_restart_apiserver() {
   binaries_cached || die "binaries not provisioned; run: $0 up"
   component_pid etcd etcd >/dev/null || die "etcd is not running; run: $0 up $STATE_DIR"
   stop_component kube-apiserver kube-apiserver
+  trap cleanup_on_failure EXIT
   start_apiserver
   write_kubeconfig
+  trap - EXIT
 }
 
 cmd_status() {

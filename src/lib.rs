@@ -1,6 +1,37 @@
 //! volcengine-ecs-operator: Volcengine ECS virtual machines as Kubernetes `EcsInstance`
 //! resources. See README.md for the design.
 
+pub mod api;
 pub mod cloud;
-pub mod metrics;
+pub mod config;
+pub mod controller;
 pub mod emulator;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+
+/// Errors of a reconcile. Cloud answers the controller understands are not errors: they
+/// become conditions and requeues. These are the failures left over.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Cloud(#[from] cloud::CloudError),
+    #[error("serialization: {0}")]
+    Serde(#[from] serde_json::Error),
+    #[error("the operator is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// Bounded metric label (never the message).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube_error",
+            Error::Cloud(_) => "cloud_error",
+            Error::Serde(_) => "serialization_error",
+            Error::ShuttingDown => "shutting_down",
+        }
+    }
+}

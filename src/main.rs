@@ -1,1 +1,123 @@
-fn main() {}
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use kube::CustomResourceExt;
+use tokio_util::sync::CancellationToken;
+
+use ecs_operator::api::EcsInstance;
+use ecs_operator::cloud::client::EcsClient;
+use ecs_operator::config::{Cli, Command, RunArgs};
+use ecs_operator::controller::batch::BatchConfig;
+use ecs_operator::controller::{self, Context, Settings};
+use ecs_operator::metrics::Metrics;
+use ecs_operator::{emulator, server, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Crd => match serde_yaml::to_string(&EcsInstance::crd()) {
+            Ok(y) => {
+                print!("{y}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Emulator(args) => match emulator::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: emulator: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => match run(*args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let metrics = Arc::new(Metrics::default());
+    let cloud = Arc::new(EcsClient::new(
+        args.cloud.client_config(),
+        Some(metrics.clone()),
+    )?);
+    let client = kube::Client::try_default().await?;
+    let (backoff_base, backoff_max) = args.backoff();
+    let settings = Settings {
+        resync: Duration::from_secs(args.resync_secs.max(1)),
+        transition_poll: Duration::from_secs_f64(args.transition_poll_secs.max(0.1)),
+        default_policy: args.default_deletion_policy,
+        cluster_id: args.cluster_id.clone(),
+        concurrency: args.concurrency,
+        batch: BatchConfig {
+            max_size: usize::from(args.batch_size),
+            idle: Duration::from_millis(args.batch_idle_ms),
+            max_linger: Duration::from_millis(args.batch_max_linger_ms),
+        },
+        backoff_base,
+        backoff_max,
+        namespaces: args
+            .namespaces
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect(),
+    };
+    tracing::info!(endpoint = %args.cloud.endpoint, region = %args.cloud.region, namespaces = ?settings.namespaces, "starting ecs-operator");
+    let token = CancellationToken::new();
+    tokio::spawn(shutdown_signal(token.clone()));
+    let ready = Arc::new(AtomicBool::new(false));
+    let srv = {
+        let t = token.clone();
+        tokio::spawn(server::serve(
+            args.metrics_addr,
+            metrics.clone(),
+            ready.clone(),
+            async move { t.cancelled().await },
+        ))
+    };
+    let ctx = Arc::new(Context::new(client, cloud, metrics, settings));
+    let t = token.clone();
+    controller::run(ctx, async move { t.cancelled().await }, ready).await;
+    token.cancel();
+    match srv.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "admin server"),
+        Err(e) => tracing::warn!(error = %e, "admin server task"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! The `EcsInstance` custom resource: spec (what the user wants), status (what we saw and
+//! did), and condition helpers.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const FINALIZER: &str = "ecs.volcengine.io/delete-instance";
+/// Namespace annotation that sets the default deletion policy for resources in it.
+pub const NAMESPACE_POLICY_ANNOTATION: &str = "ecs.volcengine.io/deletion-policy";
+
+/// One Volcengine ECS virtual machine. Deleting the resource deletes the VM (unless
+/// `deletionPolicy: Orphan`); the finalizer `ecs.volcengine.io/delete-instance` guarantees it.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ecs.volcengine.io",
+    version = "v1alpha1",
+    kind = "EcsInstance",
+    plural = "ecsinstances",
+    shortname = "ecsi",
+    namespaced,
+    status = "EcsInstanceStatus",
+    printcolumn = r#"{"name":"Instance-ID","type":"string","jsonPath":".status.instanceId"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.instanceStatus"}"#,
+    printcolumn = r#"{"name":"IP","type":"string","jsonPath":".status.privateIp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EcsInstanceSpec {
+    /// ID of an existing VM to adopt (for example `i-3tiefmkskq3vj0abcdef`). When set, nothing
+    /// is created and the creation fields are ignored. Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^i-[a-z0-9]{4,60}$"))]
+    pub instance_id: Option<String>,
+
+    /// Region of the VM, for example `cn-beijing`. Defaults to the operator's
+    /// `VOLCENGINE_REGION`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2,}(-[a-z0-9]+)+$"))]
+    pub region: Option<String>,
+
+    /// What deleting this resource does to the VM: `Delete` (default) deletes it, `Orphan`
+    /// leaves it running. Unset: the namespace annotation `ecs.volcengine.io/deletion-policy`,
+    /// then the operator's `--default-deletion-policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+
+    /// Keep the finalizer after the cloud accepted the deletion until DescribeInstances no
+    /// longer returns the VM. Off by default: accepted means done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_termination: Option<bool>,
+
+    /// The VM's deletion protection. While it is on, deleting this resource keeps the
+    /// finalizer until you turn it off; the operator never turns it off on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
+
+    /// Creation parameters, used only when `instanceId` is empty. Immutable after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<CreateSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    Delete,
+    Orphan,
+}
+
+impl std::str::FromStr for DeletionPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Delete" => Ok(DeletionPolicy::Delete),
+            "Orphan" => Ok(DeletionPolicy::Orphan),
+            other => Err(format!(
+                "unknown deletion policy {other:?} (Delete or Orphan)"
+            )),
+        }
+    }
+}
+
+/// RunInstances parameters (Volcengine ECS API 2020-04-01).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSpec {
+    /// Availability zone, for example `cn-beijing-a`.
+    #[schemars(length(min = 1, max = 64))]
+    pub zone_id: String,
+    /// Image ID, for example `image-ybqi99s7yq8rx7mnk44b`.
+    #[schemars(length(min = 1, max = 128))]
+    pub image_id: String,
+    /// Instance type, for example `ecs.g1ie.large`.
+    #[schemars(length(min = 1, max = 64))]
+    pub instance_type_id: String,
+    /// VM name: 1-128 characters, starting with a letter. Defaults to the resource name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z\p{Han}][A-Za-z0-9\p{Han}_.\-]{0,127}$"))]
+    pub instance_name: Option<String>,
+    /// Subnet of the primary network interface.
+    #[schemars(length(min = 1, max = 128))]
+    pub subnet_id: String,
+    /// Security groups of the primary network interface (1 to 5).
+    #[schemars(length(min = 1, max = 5))]
+    pub security_group_ids: Vec<String>,
+    /// System disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_volume: Option<VolumeSpec>,
+    /// Data disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 15))]
+    pub data_volumes: Vec<VolumeSpec>,
+    /// Name of an existing key pair for SSH login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pair_name: Option<String>,
+    /// Host name of the guest OS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    /// Free-text description of the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub description: Option<String>,
+    /// `PostPaid` (pay as you go, default) or `PrePaid` (subscription; cannot be deleted
+    /// before it expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_charge_type: Option<ChargeType>,
+    /// Extra tags for the VM. The operator adds its ownership tags (`ecs.volcengine.io/*`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// User data (cloud-init) read from a Secret in the resource's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ChargeType {
+    PostPaid,
+    PrePaid,
+}
+
+impl ChargeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChargeType::PostPaid => "PostPaid",
+            ChargeType::PrePaid => "PrePaid",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    /// Disk type, for example `ESSD_PL0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_type: Option<String>,
+    /// Size in GiB.
+    #[schemars(range(min = 10, max = 32768))]
+    pub size: u32,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name, in the resource's namespace.
+    pub name: String,
+    /// Key in the Secret's data.
+    pub key: String,
+}
+
+/// What the operator observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EcsInstanceStatus {
+    /// The VM this resource owns (adopted or created). Written as soon as it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Region the VM lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Last observed VM status (CREATING, RUNNING, STOPPING, STOPPED, DELETING, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_status: Option<String>,
+    /// Primary private IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+    /// Public (EIP) address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type_id: Option<String>,
+    /// Creation time reported by the cloud.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// Deletion protection as observed on the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
+    /// Counter in the DeleteInstances ClientToken. Bumped after each definitive answer, so a
+    /// retry of one request re-sends its token and a new attempt gets a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_attempt: Option<u32>,
+    /// Set before RunInstances is first sent: from then on a VM may exist for this uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_requested: Option<bool>,
+    /// The `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Synced` (and kstatus' `Reconciling`/`Stalled` when true).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl EcsInstance {
+    /// The VM this resource owns: the recorded one wins over the spec (which may have been
+    /// edited) so we never delete a VM we did not adopt or create.
+    pub fn owned_instance_id(&self) -> Option<&str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.instance_id.as_deref())
+            .or(self.spec.instance_id.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn deletion_attempt(&self) -> u32 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.deletion_attempt)
+            .unwrap_or(0)
+    }
+
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}
+
+/// Sets a condition, keeping `lastTransitionTime` unless the status flips.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let status_str = if status { "True" } else { "False" };
+    let message: String = message.chars().take(1024).collect();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status_str {
+            c.last_transition_time = now;
+        }
+        c.status = status_str.into();
+        c.reason = reason.into();
+        c.message = message;
+        c.observed_generation = generation;
+    } else {
+        conditions.push(Condition {
+            type_: type_.into(),
+            status: status_str.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now,
+        });
+    }
+}
+
+/// kstatus reads abnormal-true conditions only while they are true: drop them otherwise.
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_changes_only_on_flip() {
+        let mut c = Vec::new();
+        set_condition(&mut c, "Ready", false, "A", "m", Some(1));
+        let t0 = c[0].last_transition_time.clone();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        set_condition(&mut c, "Ready", false, "B", "m2", Some(2));
+        assert_eq!(c[0].last_transition_time, t0);
+        assert_eq!(
+            (c[0].reason.as_str(), c[0].observed_generation),
+            ("B", Some(2))
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        set_condition(&mut c, "Ready", true, "C", "", Some(2));
+        assert_ne!(c[0].last_transition_time, t0);
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn recorded_instance_wins_over_spec() {
+        let mut r = EcsInstance::new(
+            "x",
+            EcsInstanceSpec {
+                instance_id: Some("i-spec".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.owned_instance_id(), Some("i-spec"));
+        r.status = Some(EcsInstanceStatus {
+            instance_id: Some("i-recorded".into()),
+            ..Default::default()
+        });
+        assert_eq!(r.owned_instance_id(), Some("i-recorded"));
+    }
+}

@@ -1,0 +1,183 @@
+//! Every flag in one place. Each flag can also be set from the environment; credentials use
+//! the same variable names as Volcengine's own tools.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::DeletionPolicy;
+use crate::cloud::client::{ClientConfig, DEFAULT_ENDPOINT};
+use crate::cloud::limiter::RateLimit;
+use crate::cloud::signer::{Credentials, Secret};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ecs-operator",
+    version,
+    about = "Volcengine ECS VMs as Kubernetes EcsInstance resources"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format: human-readable text or one JSON object per line. Level: RUST_LOG.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller.
+    Run(Box<RunArgs>),
+    /// Print the EcsInstance CustomResourceDefinition (YAML).
+    Crd,
+    /// Run the local Volcengine ECS emulator.
+    Emulator(crate::emulator::EmulatorArgs),
+}
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
+}
+
+/// How to reach the ECS OpenAPI.
+#[derive(Args, Debug, Clone)]
+pub struct CloudArgs {
+    /// Access key ID.
+    #[arg(
+        long = "access-key",
+        env = "VOLCENGINE_ACCESS_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub access_key: String,
+    /// Secret access key (never logged).
+    #[arg(long = "secret-key", env = "VOLCENGINE_SECRET_KEY", hide_env_values = true, value_parser = parse_secret, default_value = "")]
+    pub secret_key: Secret,
+    /// STS session token, sent and signed as X-Security-Token (never logged).
+    #[arg(long = "session-token", env = "VOLCENGINE_SESSION_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub session_token: Option<Secret>,
+    /// Default region for resources that do not name one.
+    #[arg(long, env = "VOLCENGINE_REGION", default_value = "cn-beijing")]
+    pub region: String,
+    /// OpenAPI endpoint URL. `http://` is accepted only for loopback unless --allow-insecure-http.
+    #[arg(long, env = "VOLCENGINE_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Allow plain http to a non-loopback endpoint (testing only).
+    #[arg(long, env = "ECS_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
+    /// Per-request timeout, seconds.
+    #[arg(long, env = "ECS_REQUEST_TIMEOUT_SECS", default_value_t = 20.0)]
+    pub request_timeout_secs: f64,
+    /// Connect timeout, seconds.
+    #[arg(long, env = "ECS_CONNECT_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub connect_timeout_secs: f64,
+    /// Attempts per cloud call (retries re-send the same ClientToken).
+    #[arg(long, env = "ECS_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Client-side rate limit per action, requests per second (0 = none).
+    #[arg(long, env = "ECS_RATE_LIMIT", default_value_t = 4.0)]
+    pub rate_limit: f64,
+    /// Client-side burst per action.
+    #[arg(long, env = "ECS_RATE_BURST", default_value_t = 10)]
+    pub rate_burst: u32,
+}
+
+impl CloudArgs {
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(
+            &self.endpoint,
+            &self.region,
+            Credentials {
+                access_key: self.access_key.clone(),
+                secret_key: self.secret_key.clone(),
+                session_token: self.session_token.clone().filter(|t| !t.is_empty()),
+            },
+        );
+        c.request_timeout = Duration::from_secs_f64(self.request_timeout_secs.max(0.05));
+        c.connect_timeout = Duration::from_secs_f64(self.connect_timeout_secs.max(0.05));
+        c.max_attempts = self.max_attempts.max(1);
+        c.rate_limit = RateLimit {
+            rate: self.rate_limit,
+            burst: self.rate_burst,
+        };
+        c.allow_insecure_http = self.allow_insecure_http;
+        c
+    }
+}
+
+fn parse_namespaces(s: &str) -> Result<String, String> {
+    Ok(s.trim().to_string())
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// Namespaces to watch (comma-separated); empty = all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', value_parser = parse_namespaces)]
+    pub namespaces: Vec<String>,
+    /// Re-observe each VM at least this often, seconds.
+    #[arg(long, env = "ECS_RESYNC_SECS", default_value_t = 300)]
+    pub resync_secs: u64,
+    /// Re-observe a VM in a transitional state (CREATING, STOPPING, ...) this often, seconds.
+    #[arg(long, env = "ECS_TRANSITION_POLL_SECS", default_value_t = 5.0)]
+    pub transition_poll_secs: f64,
+    /// Reconciles in flight at once (0 = unbounded). Batching needs many deletions in flight.
+    #[arg(long, env = "ECS_CONCURRENCY", default_value_t = 2048)]
+    pub concurrency: u16,
+    /// Largest batch of instance IDs per DeleteInstances/DescribeInstances call (1 disables batching).
+    #[arg(long, env = "ECS_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub batch_size: u16,
+    /// A batch is sent once no request arrived for this long, milliseconds.
+    #[arg(long, env = "ECS_BATCH_IDLE_MS", default_value_t = 25)]
+    pub batch_idle_ms: u64,
+    /// ... or once its oldest request waited this long, milliseconds.
+    #[arg(long, env = "ECS_BATCH_MAX_LINGER_MS", default_value_t = 1000)]
+    pub batch_max_linger_ms: u64,
+    /// Per-resource retry backoff: first delay, seconds.
+    #[arg(long, env = "ECS_BACKOFF_BASE_SECS", default_value_t = 2.0)]
+    pub backoff_base_secs: f64,
+    /// Per-resource retry backoff: cap, seconds.
+    #[arg(long, env = "ECS_BACKOFF_MAX_SECS", default_value_t = 300.0)]
+    pub backoff_max_secs: f64,
+    /// Deletion policy for resources that set none (the namespace annotation
+    /// ecs.volcengine.io/deletion-policy wins over this, spec.deletionPolicy over both).
+    #[arg(long, env = "ECS_DEFAULT_DELETION_POLICY", default_value = "Delete")]
+    pub default_deletion_policy: DeletionPolicy,
+    /// Identity of this cluster, written as a tag on every VM it creates.
+    #[arg(long, env = "ECS_CLUSTER_ID", default_value = "default")]
+    pub cluster_id: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ECS_METRICS_ADDR", default_value = "127.0.0.1:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Use a coordination.k8s.io Lease so that only one replica reconciles.
+    #[arg(long, env = "ECS_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Lease name.
+    #[arg(long, env = "ECS_LEASE_NAME", default_value = "ecs-operator-leader")]
+    pub lease_name: String,
+    /// Lease namespace (defaults to the pod's namespace, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Lease duration, seconds.
+    #[arg(long, env = "ECS_LEASE_DURATION_SECS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+    /// This replica's identity in the Lease (defaults to the hostname).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+impl RunArgs {
+    pub fn backoff(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs_f64(self.backoff_base_secs.max(0.01)),
+            Duration::from_secs_f64(self.backoff_max_secs.max(self.backoff_base_secs).max(0.01)),
+        )
+    }
+}

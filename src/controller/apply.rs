@@ -1,0 +1,434 @@
+//! The apply path: adopt or create the VM, observe it, keep deletion protection as the
+//! spec says, and report what we saw.
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::ResourceExt;
+
+use super::{status, Context};
+use crate::api::{remove_condition, set_condition, EcsInstance, EcsInstanceStatus};
+use crate::cloud::model::{Tag, VolumeSpec};
+use crate::cloud::{CloudError, DescribeQuery, Instance, RunInstancesRequest};
+use crate::Error;
+
+pub const TAG_CLUSTER: &str = "ecs.volcengine.io/cluster";
+pub const TAG_NAMESPACE: &str = "ecs.volcengine.io/namespace";
+pub const TAG_NAME: &str = "ecs.volcengine.io/name";
+pub const TAG_UID: &str = "ecs.volcengine.io/uid";
+
+/// ClientToken of the one RunInstances a resource ever sends: a retry or a restart after a
+/// lost answer re-sends it, and the cloud answers with the same VM instead of a second one.
+pub fn run_token(uid: &str) -> String {
+    let uid: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    format!("ecsop-run-{uid}")
+}
+
+const TRANSITIONAL_OK: &[&str] = &["RUNNING", "STOPPED", "ERROR"];
+
+pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<EcsInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = obj.uid().unwrap_or_default();
+    let gen = obj.metadata.generation;
+    let mut st = obj.status.clone().unwrap_or_default();
+    let region = ctx.region_of(obj);
+    st.region.get_or_insert_with(|| region.clone());
+
+    // Immutable fields: report a change instead of silently ignoring it or acting on it.
+    let mut drift = Vec::new();
+    if let (Some(want), Some(have)) = (obj.spec.instance_id.as_deref(), st.instance_id.as_deref()) {
+        if want != have {
+            drift.push(format!("spec.instanceId changed from {have} to {want}"));
+        }
+    }
+    if let (Some(want), Some(have)) = (obj.spec.region.as_deref(), st.region.as_deref()) {
+        if want != have {
+            drift.push(format!("spec.region changed from {have} to {want}"));
+        }
+    }
+
+    let instance_id = match obj.owned_instance_id() {
+        Some(id) => id.to_string(),
+        None => match create_or_adopt(obj, ctx, &api, &mut st, &region, &uid).await? {
+            Step::Have(id) => id,
+            Step::Wait(action) => return Ok(action),
+        },
+    };
+    st.instance_id = Some(instance_id.clone());
+
+    let observed = match ctx.describe_one(&region, &instance_id).await {
+        Ok(o) => o,
+        Err(e) => return cloud_failure(obj, ctx, &api, st, "DescribeInstances", e).await,
+    };
+    let Some(inst) = observed else {
+        let msg = format!("VM {instance_id} does not exist in {region}; it was deleted outside Kubernetes or never existed. Nothing is re-created: delete this resource, or point spec.instanceId at another VM");
+        let was = obj.condition("Ready").map(|c| c.reason.clone());
+        st.instance_status = Some("NotFound".into());
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            "InstanceNotFound",
+            &msg,
+            gen,
+        );
+        set_condition(&mut st.conditions, "Synced", true, "Observed", "", gen);
+        set_condition(
+            &mut st.conditions,
+            "Stalled",
+            true,
+            "InstanceNotFound",
+            &msg,
+            gen,
+        );
+        remove_condition(&mut st.conditions, "Reconciling");
+        st.observed_generation = gen;
+        status::patch(&api, obj, &st).await?;
+        if was.as_deref() != Some("InstanceNotFound") {
+            status::event(ctx, obj, true, "InstanceNotFound", "Observe", msg);
+        }
+        return Ok(Action::requeue(ctx.settings.resync));
+    };
+
+    // Deletion protection follows the spec in both directions while the resource lives.
+    if let Some(want) = obj.spec.deletion_protection {
+        if inst.deletion_protection.unwrap_or(false) != want {
+            match ctx
+                .cloud
+                .set_deletion_protection(&region, instance_id.clone(), want)
+                .await
+            {
+                Ok(c) => status::event(
+                    ctx,
+                    obj,
+                    false,
+                    "DeletionProtectionSet",
+                    "Update",
+                    format!(
+                        "deletion protection of VM {instance_id} set to {want} (RequestId {})",
+                        c.request_id
+                    ),
+                ),
+                Err(e) => {
+                    return cloud_failure(obj, ctx, &api, st, "ModifyInstanceAttribute", e).await
+                }
+            }
+        }
+    }
+
+    let was_ready = obj.condition("Ready").map(|c| c.status == "True");
+    fill_observed(&mut st, &inst, obj.spec.deletion_protection);
+    let running = inst.status == "RUNNING";
+    let settled = TRANSITIONAL_OK.contains(&inst.status.as_str());
+    let ready_msg = format!("VM {instance_id} is {}", inst.status);
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        running,
+        if running {
+            "InstanceRunning"
+        } else {
+            "InstanceNotRunning"
+        },
+        &ready_msg,
+        gen,
+    );
+    if drift.is_empty() {
+        set_condition(&mut st.conditions, "Synced", true, "Observed", "", gen);
+        remove_condition(&mut st.conditions, "Stalled");
+    } else {
+        let msg = format!(
+            "{}; the change is ignored (these fields are immutable)",
+            drift.join("; ")
+        );
+        set_condition(
+            &mut st.conditions,
+            "Synced",
+            false,
+            "ImmutableFieldChanged",
+            &msg,
+            gen,
+        );
+        set_condition(
+            &mut st.conditions,
+            "Stalled",
+            true,
+            "ImmutableFieldChanged",
+            &msg,
+            gen,
+        );
+        if obj
+            .condition("Synced")
+            .is_none_or(|c| c.reason != "ImmutableFieldChanged")
+        {
+            status::event(ctx, obj, true, "ImmutableFieldChanged", "Update", msg);
+        }
+    }
+    if settled {
+        remove_condition(&mut st.conditions, "Reconciling");
+    } else {
+        set_condition(
+            &mut st.conditions,
+            "Reconciling",
+            true,
+            "InstanceTransitioning",
+            &ready_msg,
+            gen,
+        );
+    }
+    st.observed_generation = gen;
+    status::patch(&api, obj, &st).await?;
+    if running && was_ready != Some(true) {
+        status::event(ctx, obj, false, "Ready", "Observe", ready_msg);
+    }
+    ctx.backoff.reset(&uid);
+    Ok(Action::requeue(if settled {
+        ctx.settings.resync
+    } else {
+        ctx.settings.transition_poll
+    }))
+}
+
+fn fill_observed(st: &mut EcsInstanceStatus, inst: &Instance, _want_protection: Option<bool>) {
+    st.instance_status = Some(inst.status.clone());
+    st.private_ip = inst.primary_ip().map(str::to_string);
+    st.public_ip = inst.public_ip().map(str::to_string);
+    st.zone_id = inst.zone_id.clone();
+    st.instance_type_id = inst.instance_type_id.clone();
+    st.created_at = inst.created_at.clone();
+    st.deletion_protection = inst.deletion_protection;
+}
+
+/// A cloud call failed while applying: condition, Warning Event, backoff. Never fatal.
+async fn cloud_failure(
+    obj: &EcsInstance,
+    ctx: &Context,
+    api: &Api<EcsInstance>,
+    mut st: EcsInstanceStatus,
+    what: &str,
+    e: CloudError,
+) -> Result<Action, Error> {
+    let gen = obj.metadata.generation;
+    let reason = match e.class() {
+        crate::cloud::ErrorClass::Auth => "CloudAuthError",
+        crate::cloud::ErrorClass::Throttled => "CloudThrottled",
+        _ => "CloudError",
+    };
+    let msg = format!("{what}: {e}");
+    set_condition(&mut st.conditions, "Synced", false, reason, &msg, gen);
+    if obj.condition("Ready").is_none() {
+        set_condition(&mut st.conditions, "Ready", false, reason, &msg, gen);
+    }
+    status::patch(api, obj, &st).await?;
+    status::event(ctx, obj, true, reason, what, msg);
+    Ok(Action::requeue(
+        ctx.backoff.next(&obj.uid().unwrap_or_default()),
+    ))
+}
+
+/// The VM carrying this resource's uid tag, if any (paged; there is at most one).
+pub async fn find_by_uid(
+    ctx: &Context,
+    region: &str,
+    uid: &str,
+) -> Result<Option<Instance>, CloudError> {
+    let q = DescribeQuery {
+        tag_filters: vec![(TAG_UID.to_string(), vec![uid.to_string()])],
+        max_results: Some(100),
+        ..Default::default()
+    };
+    let r = ctx.cloud.describe_instances(region, q).await?;
+    Ok(r.value
+        .instances
+        .into_iter()
+        .find(|i| i.tag(TAG_UID) == Some(uid)))
+}
+
+/// Either the VM to observe, or what to do while there is none (condition already set).
+enum Step {
+    Have(String),
+    Wait(Action),
+}
+
+/// Adopts the VM an earlier run created for this uid, or creates one.
+async fn create_or_adopt(
+    obj: &EcsInstance,
+    ctx: &Context,
+    api: &Api<EcsInstance>,
+    st: &mut EcsInstanceStatus,
+    region: &str,
+    uid: &str,
+) -> Result<Step, Error> {
+    let gen = obj.metadata.generation;
+    let Some(create) = obj.spec.create.clone() else {
+        let msg = "set spec.instanceId to adopt a VM, or spec.create to create one";
+        set_condition(&mut st.conditions, "Ready", false, "InvalidSpec", msg, gen);
+        set_condition(&mut st.conditions, "Synced", false, "InvalidSpec", msg, gen);
+        set_condition(&mut st.conditions, "Stalled", true, "InvalidSpec", msg, gen);
+        st.observed_generation = gen;
+        status::patch(api, obj, st).await?;
+        return Ok(Step::Wait(Action::await_change()));
+    };
+    // A VM for this uid may already exist: a crash after RunInstances, before the status write.
+    match find_by_uid(ctx, region, uid).await {
+        Ok(Some(inst)) => {
+            st.instance_id = Some(inst.instance_id.clone());
+            st.create_requested = Some(true);
+            status::patch(api, obj, st).await?;
+            status::event(ctx, obj, false, "Adopted", "Create",
+                format!("found VM {} tagged with this resource's uid; adopted it instead of creating another", inst.instance_id));
+            return Ok(Step::Have(inst.instance_id));
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return Ok(Step::Wait(
+                cloud_failure(obj, ctx, api, st.clone(), "DescribeInstances", e).await?,
+            ));
+        }
+    }
+    let user_data = match &create.user_data_secret_ref {
+        None => None,
+        Some(r) => {
+            let secrets: Api<Secret> =
+                Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+            let data = secrets
+                .get_opt(&r.name)
+                .await?
+                .and_then(|s| s.data)
+                .and_then(|d| d.get(&r.key).cloned());
+            match data {
+                Some(bytes) => Some(base64::engine::general_purpose::STANDARD.encode(bytes.0)),
+                None => {
+                    let msg = format!(
+                        "user data Secret {}/{} key {} not found",
+                        obj.namespace().unwrap_or_default(),
+                        r.name,
+                        r.key
+                    );
+                    set_condition(
+                        &mut st.conditions,
+                        "Ready",
+                        false,
+                        "UserDataNotFound",
+                        &msg,
+                        gen,
+                    );
+                    set_condition(
+                        &mut st.conditions,
+                        "Synced",
+                        false,
+                        "UserDataNotFound",
+                        &msg,
+                        gen,
+                    );
+                    status::patch(api, obj, st).await?;
+                    status::event(ctx, obj, true, "UserDataNotFound", "Create", msg);
+                    return Ok(Step::Wait(Action::requeue(ctx.backoff.next(uid))));
+                }
+            }
+        }
+    };
+    let mut tags: Vec<Tag> = create
+        .tags
+        .iter()
+        .map(|(k, v)| Tag {
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect();
+    for (k, v) in [
+        (TAG_CLUSTER, ctx.settings.cluster_id.clone()),
+        (TAG_NAMESPACE, obj.namespace().unwrap_or_default()),
+        (TAG_NAME, obj.name_any()),
+        (TAG_UID, uid.to_string()),
+    ] {
+        tags.retain(|t| t.key != k);
+        tags.push(Tag {
+            key: k.to_string(),
+            value: v,
+        });
+    }
+    let mut volumes = Vec::new();
+    if let Some(v) = &create.system_volume {
+        volumes.push(VolumeSpec {
+            volume_type: v.volume_type.clone(),
+            size: v.size,
+            delete_with_instance: None,
+        });
+    }
+    for v in &create.data_volumes {
+        volumes.push(VolumeSpec {
+            volume_type: v.volume_type.clone(),
+            size: v.size,
+            delete_with_instance: Some(true),
+        });
+    }
+    let req = RunInstancesRequest {
+        zone_id: create.zone_id.clone(),
+        image_id: create.image_id.clone(),
+        instance_type_id: create.instance_type_id.clone(),
+        instance_name: create
+            .instance_name
+            .clone()
+            .unwrap_or_else(|| obj.name_any()),
+        subnet_id: create.subnet_id.clone(),
+        security_group_ids: create.security_group_ids.clone(),
+        volumes,
+        key_pair_name: create.key_pair_name.clone(),
+        host_name: create.host_name.clone(),
+        description: create.description.clone(),
+        user_data,
+        instance_charge_type: create.instance_charge_type.map(|c| c.as_str().to_string()),
+        deletion_protection: obj.spec.deletion_protection,
+        tags,
+        client_token: run_token(uid),
+    };
+    // Persist the intent first: from here on a VM may exist, so deletion must look for it.
+    if st.create_requested != Some(true) {
+        st.create_requested = Some(true);
+        set_condition(
+            &mut st.conditions,
+            "Ready",
+            false,
+            "Creating",
+            "RunInstances sent",
+            gen,
+        );
+        status::patch(api, obj, st).await?;
+    }
+    match ctx.cloud.run_instances(region, req).await {
+        Ok(c) => {
+            let Some(id) = c.value.first().cloned() else {
+                let e = CloudError::BadResponse {
+                    action: crate::cloud::model::Action::RunInstances,
+                    status: 200,
+                    detail: "no InstanceIds".into(),
+                    request_id: Some(c.request_id),
+                };
+                return Ok(Step::Wait(
+                    cloud_failure(obj, ctx, api, st.clone(), "RunInstances", e).await?,
+                ));
+            };
+            st.instance_id = Some(id.clone());
+            status::patch(api, obj, st).await?;
+            status::event(
+                ctx,
+                obj,
+                false,
+                "Created",
+                "Create",
+                format!("RunInstances created VM {id} (RequestId {})", c.request_id),
+            );
+            Ok(Step::Have(id))
+        }
+        Err(e) => Ok(Step::Wait(
+            cloud_failure(obj, ctx, api, st.clone(), "RunInstances", e).await?,
+        )),
+    }
+}

@@ -1,0 +1,264 @@
+//! Coalesces per-resource cloud calls into batched calls of up to 100 instance IDs.
+//!
+//! Deletions from a namespace deletion or a garbage-collected owner arrive as a stream
+//! (the namespace controller marks about 190 resources a second), not all at once, so a
+//! fixed tiny window would send many small batches. Instead a batch is sent when it is full,
+//! when no new request arrived for `idle` (a lone `kubectl delete` waits only this long), or
+//! when its oldest request has waited `max_linger`. While a batch waits for a rate-limit
+//! token it keeps filling, so throttling makes batches bigger rather than calls more.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// One resource's request: which region and instance, plus whatever the call needs
+/// (for deletions: the uid and attempt that make up the ClientToken).
+pub struct Pending<I, O> {
+    pub region: String,
+    pub item: I,
+    pub reply: oneshot::Sender<Arc<O>>,
+}
+
+/// Sends one batch; every member receives the same (shared) outcome and reads its own part.
+pub trait BatchCall<I, O>: Send + Sync + 'static {
+    fn call(&self, region: String, items: Vec<I>) -> BoxFuture<'static, O>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_size: usize,
+    pub idle: Duration,
+    pub max_linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_size: 100,
+            idle: Duration::from_millis(25),
+            max_linger: Duration::from_millis(1000),
+        }
+    }
+}
+
+pub struct Batcher<I, O> {
+    tx: mpsc::UnboundedSender<Pending<I, O>>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+/// Hook for the queue-depth metric.
+pub type DepthObserver = Arc<dyn Fn(i64) + Send + Sync>;
+
+impl<I: Send + 'static, O: Send + Sync + 'static> Batcher<I, O> {
+    pub fn spawn(
+        cfg: BatchConfig,
+        caller: Arc<dyn BatchCall<I, O>>,
+        depth: Option<DepthObserver>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(cfg, caller, rx, depth));
+        Self { tx }
+    }
+
+    /// Queues one request and waits for its batch's outcome. `None` if the batcher stopped.
+    pub async fn submit(&self, region: String, item: I) -> Option<Arc<O>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending {
+                region,
+                item,
+                reply,
+            })
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+async fn run<I: Send + 'static, O: Send + Sync + 'static>(
+    cfg: BatchConfig,
+    caller: Arc<dyn BatchCall<I, O>>,
+    mut rx: mpsc::UnboundedReceiver<Pending<I, O>>,
+    depth: Option<DepthObserver>,
+) {
+    let max = cfg.max_size.max(1);
+    // Regions are batched separately: the region is part of the signature scope.
+    let mut open: BTreeMap<String, (Instant, Vec<Pending<I, O>>)> = BTreeMap::new();
+    let mut last_arrival = Instant::now();
+    let mut closed = false;
+    loop {
+        if open.is_empty() {
+            if closed {
+                return;
+            }
+            match rx.recv().await {
+                Some(p) => {
+                    last_arrival = Instant::now();
+                    add(&mut open, p);
+                }
+                None => return,
+            }
+        }
+        let oldest = open
+            .values()
+            .map(|(t, _)| *t)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let deadline = (last_arrival + cfg.idle).min(oldest + cfg.max_linger);
+        if !closed {
+            tokio::select! {
+                p = rx.recv() => match p {
+                    Some(p) => {
+                        last_arrival = Instant::now();
+                        add(&mut open, p);
+                    }
+                    None => closed = true,
+                },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        let now = Instant::now();
+        let idle = now >= last_arrival + cfg.idle || closed;
+        let regions: Vec<String> = open.keys().cloned().collect();
+        for region in regions {
+            let due = match open.get(&region) {
+                Some((t, v)) => v.len() >= max || idle || now >= *t + cfg.max_linger,
+                None => false,
+            };
+            if !due {
+                continue;
+            }
+            let Some((_, mut members)) = open.remove(&region) else {
+                continue;
+            };
+            while !members.is_empty() {
+                let rest = members.split_off(members.len().min(max));
+                let batch = std::mem::replace(&mut members, rest);
+                dispatch(&caller, region.clone(), batch);
+            }
+        }
+        if let Some(d) = &depth {
+            d(open.values().map(|(_, v)| v.len() as i64).sum());
+        }
+    }
+}
+
+fn add<I, O>(open: &mut BTreeMap<String, (Instant, Vec<Pending<I, O>>)>, p: Pending<I, O>) {
+    open.entry(p.region.clone())
+        .or_insert_with(|| (Instant::now(), Vec::new()))
+        .1
+        .push(p);
+}
+
+fn dispatch<I: Send + 'static, O: Send + Sync + 'static>(
+    caller: &Arc<dyn BatchCall<I, O>>,
+    region: String,
+    batch: Vec<Pending<I, O>>,
+) {
+    let (items, replies): (Vec<I>, Vec<oneshot::Sender<Arc<O>>>) =
+        batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+    let fut = caller.call(region, items);
+    tokio::spawn(async move {
+        let out = Arc::new(fut.await);
+        for r in replies {
+            // A member that gave up (its reconcile was cancelled) just misses the answer.
+            let _ = r.send(out.clone());
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, Vec<u32>)>>);
+
+    impl BatchCall<u32, usize> for Arc<Recorder> {
+        fn call(&self, region: String, items: Vec<u32>) -> BoxFuture<'static, usize> {
+            let n = items.len();
+            self.0.lock().unwrap().push((region, items));
+            Box::pin(async move { n })
+        }
+    }
+
+    fn batcher(rec: &Arc<Recorder>, cfg: BatchConfig) -> Batcher<u32, usize> {
+        Batcher::spawn(cfg, Arc::new(rec.clone()), None)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn single_request_waits_only_the_idle_gap() {
+        let rec = Arc::new(Recorder::default());
+        let b = batcher(&rec, BatchConfig::default());
+        let t = Instant::now();
+        let out = b.submit("r".into(), 7).await.unwrap();
+        assert_eq!(*out, 1);
+        assert!(
+            t.elapsed() <= Duration::from_millis(30),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_fills_batches_of_max_size() {
+        let rec = Arc::new(Recorder::default());
+        let b = batcher(&rec, BatchConfig::default());
+        let mut handles = Vec::new();
+        // 250 requests arriving every 5 ms (the namespace controller's pace).
+        for i in 0..250u32 {
+            let b = b.clone();
+            handles.push(tokio::spawn(async move { b.submit("r".into(), i).await }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for h in handles {
+            assert!(h.await.unwrap().is_some());
+        }
+        let calls = rec.0.lock().unwrap().clone();
+        let sizes: Vec<usize> = calls.iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(sizes, vec![100, 100, 50], "{sizes:?}");
+        let mut all: Vec<u32> = calls.into_iter().flat_map(|(_, v)| v).collect();
+        all.sort();
+        assert_eq!(all, (0..250).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_linger_bounds_the_wait_and_regions_split() {
+        let rec = Arc::new(Recorder::default());
+        let cfg = BatchConfig {
+            max_size: 100,
+            idle: Duration::from_millis(25),
+            max_linger: Duration::from_millis(200),
+        };
+        let b = batcher(&rec, cfg);
+        let mut handles = Vec::new();
+        for i in 0..60u32 {
+            let b = b.clone();
+            let region = if i % 2 == 0 { "a" } else { "b" };
+            handles.push(tokio::spawn(
+                async move { b.submit(region.into(), i).await },
+            ));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let calls = rec.0.lock().unwrap().clone();
+        assert!(calls
+            .iter()
+            .all(|(r, v)| v.iter().all(|i| (i % 2 == 0) == (r == "a"))));
+        // 600 ms of arrivals with a 200 ms linger: about 3 batches per region, not 1 or 30.
+        assert!((4..=8).contains(&calls.len()), "{}", calls.len());
+    }
+}

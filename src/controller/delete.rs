@@ -1,0 +1,283 @@
+//! The effectful half of the deletion path: resolve the policy, send the (batched)
+//! DeleteInstances, apply the decision from `cleanup::decide`, write status and Events.
+
+use std::time::Duration;
+
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::ResourceExt;
+
+use super::cleanup::{self, Decision, DeleteItem};
+use super::{finalizer, status, Context};
+use crate::api::{set_condition, DeletionPolicy, EcsInstance};
+use crate::cloud::ErrorClass;
+use crate::Error;
+
+/// Ready reason while the operator waits for the VM to disappear (wait-for-termination).
+const DELETION_ACCEPTED: &str = "DeletionAccepted";
+
+pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<EcsInstance> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = obj.uid().unwrap_or_default();
+
+    let policy = deletion_policy(obj, ctx).await;
+    if policy == DeletionPolicy::Orphan {
+        let note = match obj.owned_instance_id() {
+            Some(id) => format!("deletionPolicy Orphan: VM {id} left in place"),
+            None => "deletionPolicy Orphan: no VM to leave".to_string(),
+        };
+        status::event(ctx, obj, false, "Orphaned", "Delete", note);
+        return release(&api, obj, ctx, &uid).await;
+    }
+
+    let region = ctx.region_of(obj);
+    let instance_id = match obj.owned_instance_id() {
+        Some(id) => id.to_string(),
+        None if obj.status.as_ref().and_then(|s| s.create_requested) == Some(true) => {
+            // RunInstances may have been applied with its answer lost: look for our VM.
+            match super::apply::find_by_uid(ctx, &region, &uid).await {
+                Ok(Some(inst)) => inst.instance_id,
+                Ok(None) => return release(&api, obj, ctx, &uid).await,
+                Err(e) => {
+                    let delay = ctx.backoff.next(&uid);
+                    let mut st = obj.status.clone().unwrap_or_default();
+                    let msg = format!("looking for this resource's VM before releasing it: {e}");
+                    set_condition(
+                        &mut st.conditions,
+                        "Synced",
+                        false,
+                        "CloudError",
+                        &msg,
+                        obj.metadata.generation,
+                    );
+                    status::patch(&api, obj, &st).await?;
+                    status::event(ctx, obj, true, "CloudError", "Delete", msg);
+                    return Ok(Action::requeue(delay));
+                }
+            }
+        }
+        // Never created, nothing adopted: nothing to delete in the cloud.
+        None => return release(&api, obj, ctx, &uid).await,
+    };
+
+    let mut st = obj.status.clone().unwrap_or_default();
+    let gen = obj.metadata.generation;
+
+    // wait-for-termination: the deletion was accepted earlier; wait until the VM is gone.
+    if obj
+        .condition("Ready")
+        .is_some_and(|c| c.reason == DELETION_ACCEPTED)
+    {
+        return match ctx.describe_one(&region, &instance_id).await {
+            Ok(None) => {
+                status::event(
+                    ctx,
+                    obj,
+                    false,
+                    "Deleted",
+                    "Delete",
+                    format!("VM {instance_id} is gone"),
+                );
+                release(&api, obj, ctx, &uid).await
+            }
+            Ok(Some(inst)) => {
+                st.instance_status = Some(inst.status);
+                status::patch(&api, obj, &st).await?;
+                Ok(Action::requeue(ctx.settings.transition_poll))
+            }
+            Err(e) => {
+                tracing::info!(%instance_id, error = %e, "waiting for termination");
+                Ok(Action::requeue(ctx.backoff.next(&uid)))
+            }
+        };
+    }
+
+    let attempt = obj.deletion_attempt();
+    if attempt == 0
+        && obj
+            .condition("Ready")
+            .is_none_or(|c| c.reason != "Deleting")
+    {
+        status::event(
+            ctx,
+            obj,
+            false,
+            "DeletionRequested",
+            "Delete",
+            format!(
+                "deleting VM {instance_id} (ClientToken {})",
+                cleanup::delete_token(&uid, 0)
+            ),
+        );
+    }
+    let item = DeleteItem {
+        uid: uid.clone(),
+        attempt,
+        instance_id: instance_id.clone(),
+    };
+    let outcome = ctx
+        .deleter
+        .submit(region.clone(), item)
+        .await
+        .ok_or(Error::ShuttingDown)?;
+    let decision = cleanup::decide(&outcome, &instance_id);
+    tracing::info!(namespace = %ns, name = %obj.name_any(), %instance_id, attempt,
+        decision = decision.code(), "DeleteInstances answered");
+
+    if decision.releases_finalizer() {
+        let (reason, note) = match &decision {
+            Decision::AlreadyGone { request_id } => (
+                "AlreadyGone",
+                format!("VM {instance_id} does not exist (RequestId {request_id})"),
+            ),
+            Decision::Deleted { request_id } => (
+                "Deleted",
+                format!("VM {instance_id} deleted (RequestId {request_id})"),
+            ),
+            _ => ("Deleted", String::new()),
+        };
+        if matches!(decision, Decision::Deleted { .. })
+            && obj.spec.wait_for_termination == Some(true)
+        {
+            st.instance_status = Some("DELETING".into());
+            set_condition(
+                &mut st.conditions,
+                "Ready",
+                false,
+                DELETION_ACCEPTED,
+                &note,
+                gen,
+            );
+            status::patch(&api, obj, &st).await?;
+            status::event(ctx, obj, false, DELETION_ACCEPTED, "Delete", note);
+            return Ok(Action::requeue(ctx.settings.transition_poll));
+        }
+        status::event(ctx, obj, false, reason, "Delete", note);
+        return release(&api, obj, ctx, &uid).await;
+    }
+
+    if decision.bumps_attempt() {
+        st.deletion_attempt = Some(attempt + 1);
+    }
+    let (delay, warning, reason, msg) = match &decision {
+        Decision::NotDeletableYet {
+            code,
+            message,
+            request_id,
+        } => {
+            // Say what the VM is doing, so the user knows what we are waiting for.
+            let observed = match ctx.describe_one(&region, &instance_id).await {
+                Ok(Some(inst)) => {
+                    st.instance_status = Some(inst.status.clone());
+                    inst.status
+                }
+                _ => st
+                    .instance_status
+                    .clone()
+                    .unwrap_or_else(|| "unknown".into()),
+            };
+            let msg = format!("VM {instance_id} is {observed} and cannot be deleted yet ({code}: {message}, RequestId {request_id}); retrying");
+            set_condition(
+                &mut st.conditions,
+                "Synced",
+                true,
+                "DeletionPending",
+                &msg,
+                gen,
+            );
+            (ctx.backoff.next(&uid), false, "DeletionPending", msg)
+        }
+        Decision::Refused {
+            code,
+            message,
+            request_id,
+            slow,
+        } => {
+            let msg = format!("DeleteInstances refused VM {instance_id}: {code}: {message} (RequestId {request_id})");
+            set_condition(
+                &mut st.conditions,
+                "Synced",
+                false,
+                "DeletionRefused",
+                &msg,
+                gen,
+            );
+            if *slow {
+                set_condition(
+                    &mut st.conditions,
+                    "Stalled",
+                    true,
+                    "DeletionRefused",
+                    &msg,
+                    gen,
+                );
+            }
+            let delay = if *slow {
+                ctx.backoff.slow()
+            } else {
+                ctx.backoff.next(&uid)
+            };
+            (delay, true, "DeletionRefused", msg)
+        }
+        Decision::Retry {
+            code,
+            message,
+            request_id,
+            class,
+            ..
+        } => {
+            let reason = match class {
+                ErrorClass::Auth => "CloudAuthError",
+                ErrorClass::Throttled => "CloudThrottled",
+                _ => "CloudError",
+            };
+            let rid = request_id.as_deref().unwrap_or("none");
+            let msg = format!(
+                "DeleteInstances for VM {instance_id} failed: {code}: {message} (RequestId {rid})"
+            );
+            set_condition(&mut st.conditions, "Synced", false, reason, &msg, gen);
+            (ctx.backoff.next(&uid), true, reason, msg)
+        }
+        Decision::Deleted { .. } | Decision::AlreadyGone { .. } => {
+            (Duration::ZERO, false, "", String::new())
+        }
+    };
+    set_condition(&mut st.conditions, "Ready", false, "Deleting", &msg, gen);
+    st.observed_generation = gen;
+    status::patch(&api, obj, &st).await?;
+    status::event(ctx, obj, warning, reason, "Delete", msg);
+    Ok(Action::requeue(delay))
+}
+
+/// The finalizer goes: the cloud accepted the deletion, said the VM is gone, or there was
+/// never a VM (or the policy is Orphan).
+async fn release(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Context,
+    uid: &str,
+) -> Result<Action, Error> {
+    finalizer::remove(api, obj).await?;
+    ctx.backoff.reset(uid);
+    if let Some(ts) = &obj.metadata.deletion_timestamp {
+        let secs = (k8s_openapi::jiff::Timestamp::now() - ts.0)
+            .total(k8s_openapi::jiff::Unit::Second)
+            .unwrap_or(0.0);
+        ctx.metrics.deletion_latency.observe(secs.max(0.0));
+    }
+    Ok(Action::await_change())
+}
+
+/// spec.deletionPolicy, else the namespace annotation, else the operator default.
+async fn deletion_policy(obj: &EcsInstance, ctx: &Context) -> DeletionPolicy {
+    if let Some(p) = obj.spec.deletion_policy {
+        return p;
+    }
+    if let Some(ns) = obj.namespace() {
+        if let Some(p) = ctx.namespace_policy(&ns).await {
+            return p;
+        }
+    }
+    ctx.settings.default_policy
+}

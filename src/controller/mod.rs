@@ -1,0 +1,231 @@
+//! Controller wiring: the shared `Context`, the watch with its event filter, and startup.
+
+pub mod apply;
+pub mod backoff;
+pub mod batch;
+pub mod cleanup;
+pub mod delete;
+pub mod finalizer;
+pub mod observe;
+pub mod reconcile;
+pub mod status;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{controller, reflector, watcher, Controller, PredicateConfig, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use self::backoff::Backoff;
+use self::batch::{BatchConfig, Batcher};
+use self::cleanup::{DeleteCall, DeleteItem, DeleteOutcome};
+use self::observe::{DescribeCall, DescribeOutcome};
+use crate::api::{DeletionPolicy, EcsInstance, NAMESPACE_POLICY_ANNOTATION};
+use crate::cloud::{Cloud, CloudError, Instance};
+use crate::metrics::Metrics;
+
+/// Settings the reconciler reads (parsed once at startup).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub resync: Duration,
+    pub transition_poll: Duration,
+    pub default_policy: DeletionPolicy,
+    pub cluster_id: String,
+    pub concurrency: u16,
+    pub batch: BatchConfig,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub namespaces: Vec<String>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub cloud: Arc<dyn Cloud>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub deleter: Batcher<DeleteItem, DeleteOutcome>,
+    pub describer: Batcher<String, DescribeOutcome>,
+    pub backoff: Backoff,
+    pub settings: Settings,
+    ns_policy: Mutex<HashMap<String, (Instant, Option<DeletionPolicy>)>>,
+}
+
+const NS_POLICY_TTL: Duration = Duration::from_secs(30);
+
+impl Context {
+    pub fn new(
+        client: Client,
+        cloud: Arc<dyn Cloud>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        let m = metrics.clone();
+        let deleter = Batcher::spawn(
+            settings.batch,
+            Arc::new(DeleteCall {
+                cloud: cloud.clone(),
+                on_batch: Some(Arc::new(move |n| m.delete_batch_size.observe(n as f64))),
+            }),
+            {
+                let m = metrics.clone();
+                Some(Arc::new(move |d| {
+                    m.batch_queue_depth.set(d);
+                }))
+            },
+        );
+        let describer = Batcher::spawn(
+            settings.batch,
+            Arc::new(DescribeCall {
+                cloud: cloud.clone(),
+            }),
+            None,
+        );
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "ecs-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Self {
+            client,
+            cloud,
+            recorder,
+            metrics,
+            deleter,
+            describer,
+            backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
+            settings,
+            ns_policy: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn region_of(&self, obj: &EcsInstance) -> String {
+        obj.status
+            .as_ref()
+            .and_then(|s| s.region.clone())
+            .or_else(|| obj.spec.region.clone())
+            .unwrap_or_else(|| self.cloud.default_region().to_string())
+    }
+
+    /// One VM through the batched DescribeInstances; `None` when the cloud does not return it.
+    pub async fn describe_one(
+        &self,
+        region: &str,
+        id: &str,
+    ) -> Result<Option<Instance>, CloudError> {
+        let out = self
+            .describer
+            .submit(region.to_string(), id.to_string())
+            .await
+            .ok_or_else(|| CloudError::Config("shutting down".into()))?;
+        match out.as_ref() {
+            Ok(c) => Ok(c
+                .value
+                .instances
+                .iter()
+                .find(|i| i.instance_id == id)
+                .cloned()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// The namespace's deletion-policy annotation, cached briefly so a namespace of 10,000
+    /// resources costs one read, not 10,000.
+    pub async fn namespace_policy(&self, ns: &str) -> Option<DeletionPolicy> {
+        let mut cache = self.ns_policy.lock().await;
+        if let Some((at, p)) = cache.get(ns) {
+            if at.elapsed() < NS_POLICY_TTL {
+                return *p;
+            }
+        }
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let p = match api.get_opt(ns).await {
+            Ok(n) => n.and_then(|n| {
+                n.annotations()
+                    .get(NAMESPACE_POLICY_ANNOTATION)
+                    .and_then(|v| v.parse().ok())
+            }),
+            // Without permission to read namespaces the annotation simply does not apply.
+            Err(e) => {
+                tracing::debug!(namespace = %ns, error = %e, "namespace not readable");
+                None
+            }
+        };
+        cache.insert(ns.to_string(), (Instant::now(), p));
+        p
+    }
+}
+
+/// Reconcile on what matters (spec, finalizers, deletion, identity), not on our own status
+/// writes: a status write must not restart the deletion before its backoff has passed.
+fn trigger_hash(obj: &EcsInstance) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    obj.uid().hash(&mut h);
+    obj.metadata.generation.hash(&mut h);
+    obj.metadata.deletion_timestamp.is_some().hash(&mut h);
+    obj.finalizers().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Runs the controller until `shutdown` resolves. One watch per namespace given, or one
+/// cluster-wide watch.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let apis: Vec<Api<EcsInstance>> = if ctx.settings.namespaces.is_empty() {
+        vec![Api::all(ctx.client.clone())]
+    } else {
+        ctx.settings
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
+            .collect()
+    };
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let mut runs = Vec::new();
+    let n = apis.len();
+    let synced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for api in apis {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(trigger_hash, PredicateConfig::default());
+        let (ctx, shutdown, ready, synced) =
+            (ctx.clone(), shutdown.clone(), ready.clone(), synced.clone());
+        let reader2 = reader.clone();
+        runs.push(tokio::spawn(async move {
+            tokio::spawn(async move {
+                if reader2.wait_until_ready().await.is_ok()
+                    && synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n
+                {
+                    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+            Controller::for_stream(stream, reader)
+                .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
+                .graceful_shutdown_on(shutdown)
+                .run(reconcile::reconcile, reconcile::error_policy, ctx)
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "reconcile loop");
+                    }
+                })
+                .await;
+        }));
+    }
+    for r in runs {
+        let _ = r.await;
+    }
+}

@@ -1,0 +1,60 @@
+//! Thin top level: finalizer first, then route to the deletion or the apply path.
+
+use std::sync::Arc;
+
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::ResourceExt;
+use tokio::time::Instant;
+
+use super::{apply, delete, finalizer, Context};
+use crate::api::EcsInstance;
+use crate::metrics::ResultLabels;
+use crate::Error;
+
+pub async fn reconcile(obj: Arc<EcsInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let span = tracing::info_span!("reconcile", namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any());
+    let _e = span.enter();
+    drop(_e);
+    let res = route(&obj, &ctx).await;
+    let label = match &res {
+        Ok(_) => "ok",
+        Err(e) => e.metric_label(),
+    };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabels {
+            result: label.into(),
+        })
+        .inc();
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+async fn route(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
+    let has = finalizer::has_finalizer(obj);
+    if obj.metadata.deletion_timestamp.is_some() {
+        // Without our finalizer the deletion is not ours to act on (it was released already).
+        return if has {
+            delete::run(obj, ctx).await
+        } else {
+            Ok(Action::await_change())
+        };
+    }
+    if !has {
+        // The finalizer comes before anything else; its patch triggers the next reconcile.
+        let api: Api<EcsInstance> =
+            Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+        finalizer::add(&api, obj).await?;
+        return Ok(Action::await_change());
+    }
+    apply::run(obj, ctx).await
+}
+
+pub fn error_policy(obj: Arc<EcsInstance>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any(), error = %err, "reconcile failed");
+    Action::requeue(ctx.backoff.next(&obj.uid().unwrap_or_default()))
+}

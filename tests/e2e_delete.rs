@@ -1,0 +1,338 @@
+//! The deletion path end to end: the real operator binary, a real kube-apiserver and
+//! kube-controller-manager, and the emulator; assertions on Kubernetes objects and on what
+//! the cloud saw.
+
+mod support;
+
+use std::time::Duration;
+
+use ecs_operator::api::EcsInstance;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::ResourceExt;
+use serde_json::json;
+use support::*;
+
+fn token_of(call: &serde_json::Value) -> String {
+    call["client_token"].as_str().unwrap_or_default().to_string()
+}
+
+async fn adopt(api: &Api<EcsInstance>, name: &str, id: &str) -> EcsInstance {
+    create(api, name, json!({"instanceId": id})).await;
+    wait_for(30, "finalizer and Ready", || async {
+        let o = api.get(name).await.ok()?;
+        let ready = o.condition("Ready")?.status == "True";
+        (ready && o.finalizers().iter().any(|f| f == ecs_operator::api::FINALIZER)).then_some(o)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_delete_deletes_the_vm_exactly_once() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-one").await;
+    let emu = Emulator::start("one", &["--delete-delay-ms", "200"]);
+    let _op = Operator::start("one", &ns, &emu, &[]);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let obj = adopt(&api, "vm", &id).await;
+    assert_eq!(obj.status.as_ref().unwrap().instance_status.as_deref(), Some("RUNNING"));
+    // Nothing is deleted while the resource lives.
+    assert!(emu.calls("DeleteInstances").await.is_empty());
+
+    let out = kubectl(&["-n", &ns, "delete", "ecsinstance", "vm", "--wait=true", "--timeout=30s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(gone(&api, "vm").await.is_some());
+    let calls = emu.calls("DeleteInstances").await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(token_of(&calls[0]), format!("ecsop-del-{}-0", obj.uid().unwrap()));
+    assert_eq!(calls[0]["params"]["InstanceIds.1"], id.as_str());
+    assert_eq!(emu.deletions_of(&id).await, 1);
+    wait_for(10, "VM gone from the emulator", || async { emu.instance(&id).await.is_none().then_some(()) }).await;
+    let evs = events(&client, &ns, "vm").await;
+    assert!(evs.iter().any(|(_, r, _)| r == "DeletionRequested"), "{evs:?}");
+    assert!(evs.iter().any(|(t, r, n)| t == "Normal" && r == "Deleted" && n.contains(&id)), "{evs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_vm_keeps_the_finalizer_until_it_is_stopped() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-stopping").await;
+    let emu = Emulator::start("stopping", &["--stop-delay-ms", "6000"]);
+    let _op = Operator::start("stopping", &ns, &emu, &[]);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let obj = adopt(&api, "vm", &id).await;
+    // Stop it through the real API path so the state machine runs its STOPPING delay.
+    emu.send(reqwest::Method::PATCH, &format!("instances/{id}"), json!({"Status": "STOPPING"})).await;
+    delete(&api, "vm").await;
+
+    let pending = wait_for(20, "DeletionPending condition", || async {
+        let o = api.get("vm").await.ok()?;
+        let c = o.condition("Ready")?;
+        (c.reason == "Deleting" && c.message.contains("STOPPING")).then_some(o)
+    })
+    .await;
+    assert_eq!(has_finalizer(&api, "vm").await, Some(true));
+    assert!(pending.deletion_attempt() >= 1, "a definitive answer bumps the attempt");
+    let first = emu.calls("DeleteInstances").await;
+    assert_eq!(first[0]["instance_codes"][0], "InvalidInstanceStatus");
+    assert_eq!(emu.deletions_of(&id).await, 0);
+
+    wait_for(40, "resource gone after the VM stopped", || gone(&api, "vm")).await;
+    assert_eq!(emu.deletions_of(&id).await, 1, "deleted exactly once");
+    let calls = emu.calls("DeleteInstances").await;
+    let uid = obj.uid().unwrap();
+    // Each new attempt after a definitive answer carried a new token, derived from the uid.
+    let tokens: Vec<String> = calls.iter().map(token_of).collect();
+    for (i, t) in tokens.iter().enumerate() {
+        assert_eq!(t, &format!("ecsop-del-{uid}-{i}"), "{tokens:?}");
+    }
+    assert_eq!(calls.last().unwrap()["instance_codes"][0], "OK");
+    let evs = events(&client, &ns, "vm").await;
+    assert!(evs.iter().any(|(_, r, _)| r == "DeletionPending"), "{evs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_already_gone_releases_the_resource_promptly() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-gone").await;
+    let emu = Emulator::start("gone", &[]);
+    let _op = Operator::start("gone", &ns, &emu, &[]);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    adopt(&api, "vm", &id).await;
+    emu.send(reqwest::Method::DELETE, &format!("instances/{id}"), json!({})).await;
+    let t = std::time::Instant::now();
+    delete(&api, "vm").await;
+    wait_for(10, "resource gone", || gone(&api, "vm")).await;
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    let calls = emu.calls("DeleteInstances").await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["instance_codes"][0], "InvalidInstance.NotFound");
+    let evs = events(&client, &ns, "vm").await;
+    assert!(evs.iter().any(|(_, r, _)| r == "AlreadyGone"), "{evs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_without_a_vm_is_released_without_a_cloud_call() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-novm").await;
+    let emu = Emulator::start("novm", &[]);
+    let _op = Operator::start("novm", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(&api, "empty", json!({})).await;
+    wait_for(20, "InvalidSpec condition", || async {
+        let o = api.get("empty").await.ok()?;
+        (o.condition("Ready")?.reason == "InvalidSpec").then_some(())
+    })
+    .await;
+    assert_eq!(has_finalizer(&api, "empty").await, Some(true));
+    delete(&api, "empty").await;
+    wait_for(10, "resource gone", || gone(&api, "empty")).await;
+    assert!(emu.calls("DeleteInstances").await.is_empty());
+    assert!(emu.calls("RunInstances").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_deletion_deletes_every_vm() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-nsdel").await;
+    let emu = Emulator::start("nsdel", &["--delete-delay-ms", "0"]);
+    let _op = Operator::start("nsdel", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let n = 60;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = emu.seed(json!({"Status": "RUNNING"})).await;
+        create(&api, &format!("vm-{i}"), json!({"instanceId": id})).await;
+        ids.push(id);
+    }
+    wait_for(60, "all resources Ready", || async {
+        let l = api.list(&Default::default()).await.ok()?;
+        (l.items.iter().filter(|o| o.condition("Ready").is_some_and(|c| c.status == "True")).count() == n).then_some(())
+    })
+    .await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.delete(&ns, &DeleteParams::default()).await.unwrap();
+    wait_for(90, "namespace gone", || async { matches!(nss.get_opt(&ns).await, Ok(None)).then_some(()) }).await;
+    for id in &ids {
+        assert_eq!(emu.deletions_of(id).await, 1, "{id}");
+    }
+    assert!(emu.get("instances").await.as_array().unwrap().is_empty());
+    // Deletions arriving together were batched.
+    let calls = emu.calls("DeleteInstances").await;
+    assert!(calls.len() < n, "{} DeleteInstances calls for {n} VMs", calls.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_collection_through_owner_references() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-gc").await;
+    let emu = Emulator::start("gc", &["--delete-delay-ms", "0"]);
+    let _op = Operator::start("gc", &ns, &emu, &[]);
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let owner = cms
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "owner"}})).unwrap())
+        .await
+        .unwrap();
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = emu.seed(json!({"Status": "RUNNING"})).await;
+        let mut o = ecsi(&format!("child-{i}"), json!({"instanceId": id}));
+        o.metadata.owner_references = Some(vec![serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.uid().unwrap()
+        })).unwrap()]);
+        api.create(&PostParams::default(), &o).await.unwrap();
+        ids.push(id);
+    }
+    // An unrelated resource must survive.
+    let keep = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(&api, "unrelated", json!({"instanceId": keep})).await;
+    wait_for(30, "children have finalizers", || async {
+        let l = api.list(&Default::default()).await.ok()?;
+        l.items.iter().all(|o| !o.finalizers().is_empty()).then_some(())
+    })
+    .await;
+    cms.delete("owner", &DeleteParams::background()).await.unwrap();
+    wait_for(60, "children gone", || async { (count(&api).await == 1).then_some(()) }).await;
+    for id in &ids {
+        assert_eq!(emu.deletions_of(id).await, 1);
+    }
+    assert_eq!(emu.deletions_of(&keep).await, 0);
+    assert!(api.get_opt("unrelated").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitops_prune_deletes_the_pruned_vms_only() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-prune").await;
+    let emu = Emulator::start("prune", &["--delete-delay-ms", "0"]);
+    let _op = Operator::start("prune", &ns, &emu, &[]);
+    let mut ids = Vec::new();
+    let mut docs = Vec::new();
+    for i in 0..3 {
+        let id = emu.seed(json!({"Status": "RUNNING"})).await;
+        docs.push(format!("apiVersion: ecs.volcengine.io/v1alpha1\nkind: EcsInstance\nmetadata:\n  name: app-{i}\n  labels: {{app: demo}}\nspec:\n  instanceId: {id}\n"));
+        ids.push(id);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("all.yaml");
+    std::fs::write(&all, docs.join("---\n")).unwrap();
+    let out = kubectl(&["-n", &ns, "apply", "-f", all.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    wait_for(30, "finalizers", || async {
+        let l = api.list(&Default::default()).await.ok()?;
+        (l.items.len() == 3 && l.items.iter().all(|o| !o.finalizers().is_empty())).then_some(())
+    })
+    .await;
+    // The next Git revision keeps only app-0; apply --prune removes the others.
+    let one = dir.path().join("one.yaml");
+    std::fs::write(&one, &docs[0]).unwrap();
+    let out = kubectl(&["-n", &ns, "apply", "-f", one.to_str().unwrap(), "--prune", "-l", "app=demo", "--prune-allowlist=ecs.volcengine.io/v1alpha1/EcsInstance"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(30, "pruned resources gone", || async { (count(&api).await == 1).then_some(()) }).await;
+    assert_eq!(emu.deletions_of(&ids[0]).await, 0);
+    assert_eq!(emu.deletions_of(&ids[1]).await, 1);
+    assert_eq!(emu.deletions_of(&ids[2]).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_500_then_a_lost_response_retry_with_the_same_token() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-retry").await;
+    let emu = Emulator::start("retry", &[]);
+    let _op = Operator::start("retry", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let a = emu.seed(json!({"Status": "RUNNING"})).await;
+    let b = emu.seed(json!({"Status": "RUNNING"})).await;
+    let oa = adopt(&api, "a", &a).await;
+    let ob = adopt(&api, "b", &b).await;
+
+    // a: the first call gets a 500 (not applied); the retry must carry the same token.
+    emu.faults("DeleteInstances", json!({"fail_next": 1, "error_code": "InternalError", "error_status": 500})).await;
+    delete(&api, "a").await;
+    wait_for(30, "a gone", || gone(&api, "a")).await;
+    let calls = emu.calls("DeleteInstances").await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0]["status"], 500);
+    let ta = format!("ecsop-del-{}-0", oa.uid().unwrap());
+    assert!(calls.iter().all(|c| token_of(c) == ta), "{calls:?}");
+    assert_eq!(emu.deletions_of(&a).await, 1);
+
+    // b: the first call is applied but its response is lost; the retry replays it.
+    emu.send(reqwest::Method::DELETE, "calls", json!({})).await;
+    emu.faults("DeleteInstances", json!({"lose_next": 1})).await;
+    delete(&api, "b").await;
+    wait_for(30, "b gone", || gone(&api, "b")).await;
+    let calls = emu.calls("DeleteInstances").await;
+    assert!(calls.len() >= 2, "{calls:?}");
+    assert_eq!(calls[0]["lost"], true);
+    let tb = format!("ecsop-del-{}-0", ob.uid().unwrap());
+    assert!(calls.iter().all(|c| token_of(c) == tb), "{calls:?}");
+    assert_eq!(calls[1]["replayed"], true);
+    assert_eq!(emu.deletions_of(&b).await, 1, "deleted exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_keep_the_finalizer_and_say_why() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-creds").await;
+    let emu = Emulator::start("creds", &[]);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let mut op = Operator::start_with_env("creds", &ns, &emu, &[], &[("VOLCENGINE_SECRET_KEY", "wrong-secret-value")]);
+    create(&api, "vm", json!({"instanceId": id})).await;
+    let o = wait_for(30, "CloudAuthError condition", || async {
+        let o = api.get("vm").await.ok()?;
+        (o.condition("Synced")?.reason == "CloudAuthError").then_some(o)
+    })
+    .await;
+    assert!(o.condition("Synced").unwrap().message.contains("SignatureDoesNotMatch"));
+    delete(&api, "vm").await;
+    wait_for(30, "delete failure condition", || async {
+        let o = api.get("vm").await.ok()?;
+        let c = o.condition("Ready")?;
+        (c.reason == "Deleting" && c.message.contains("SignatureDoesNotMatch")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(has_finalizer(&api, "vm").await, Some(true), "finalizer kept");
+    assert!(emu.instance(&id).await.is_some(), "VM untouched");
+    let evs = events(&client, &ns, "vm").await;
+    assert!(evs.iter().any(|(t, r, n)| t == "Warning" && r == "CloudAuthError" && n.contains("SignatureDoesNotMatch")), "{evs:?}");
+    let log = op.log();
+    assert!(!log.contains("wrong-secret-value"), "secret leaked into logs");
+    // Fixed credentials: the deletion completes.
+    op.kill();
+    drop(op);
+    let _op = Operator::start("creds-fixed", &ns, &emu, &[]);
+    wait_for(30, "resource gone", || gone(&api, "vm")).await;
+    assert_eq!(emu.deletions_of(&id).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_killed_mid_deletion_finishes_with_the_same_token() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-crash").await;
+    let emu = Emulator::start("crash", &[]);
+    let mut op = Operator::start("crash", &ns, &emu, &["--request-timeout-secs", "30"]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    let obj = adopt(&api, "vm", &id).await;
+    // The cloud is slow: the operator dies while its DeleteInstances is in flight.
+    emu.faults("DeleteInstances", json!({"latency_ms": 3000})).await;
+    delete(&api, "vm").await;
+    wait_for(10, "DeleteInstances in flight", || async { (!emu.calls("DeleteInstances").await.is_empty()).then_some(()) }).await;
+    op.kill();
+    assert_eq!(has_finalizer(&api, "vm").await, Some(true));
+    emu.faults("DeleteInstances", json!({})).await;
+    op.restart();
+    wait_for(40, "resource gone after restart", || gone(&api, "vm")).await;
+    let calls = emu.calls("DeleteInstances").await;
+    assert!(calls.len() >= 2, "{calls:?}");
+    let t = format!("ecsop-del-{}-0", obj.uid().unwrap());
+    assert!(calls.iter().all(|c| token_of(c) == t), "same token across the restart: {calls:?}");
+    assert_eq!(emu.deletions_of(&id).await, 1);
+}

@@ -1,0 +1,309 @@
+//! End-to-end harness: one real control plane per test run (scripts/control-plane.sh), and
+//! per test its own namespace, its own emulator process and its own operator process.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ecs_operator::api::EcsInstance;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ecs-operator");
+pub const AK: &str = "AKLTe2etest";
+pub const SK: &str = "e2e-secret-key";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn state_dir() -> PathBuf {
+    PathBuf::from(std::env::var("ECS_CP_DIR").unwrap_or_else(|_| "/tmp/ecs-cp".into()))
+}
+
+pub fn kubeconfig() -> PathBuf {
+    state_dir().join("kubeconfig")
+}
+
+/// Starts the control plane (if not running) and installs the CRD, once per test binary.
+pub fn control_plane() -> PathBuf {
+    static ONCE: OnceLock<PathBuf> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let st = Command::new("bash")
+            .arg(repo().join("scripts/control-plane.sh"))
+            .arg("up")
+            .arg(state_dir())
+            .status()
+            .expect("run control-plane.sh");
+        assert!(st.success(), "control plane failed to start");
+        let kc = kubeconfig();
+        let st = Command::new("kubectl")
+            .args(["--kubeconfig", kc.to_str().unwrap(), "apply", "-f"])
+            .arg(repo().join("crds/ecsinstance.yaml"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("kubectl apply crd");
+        assert!(st.success(), "CRD install failed");
+        let st = Command::new("kubectl")
+            .args(["--kubeconfig", kc.to_str().unwrap(), "wait", "--for=condition=Established", "--timeout=60s", "crd/ecsinstances.ecs.volcengine.io"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("kubectl wait");
+        assert!(st.success(), "CRD not established");
+        kc
+    })
+    .clone()
+}
+
+pub async fn client() -> Client {
+    let kc = control_plane();
+    let cfg = Kubeconfig::read_from(&kc).expect("kubeconfig");
+    let cfg = Config::from_custom_kubeconfig(cfg, &KubeConfigOptions::default()).await.expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    let kc = control_plane();
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(args)
+        .output()
+        .expect("kubectl")
+}
+
+/// A fresh namespace named after the test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let name = format!("{prefix}-{}", &uuid_ish()[..8]);
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    api.create(&PostParams::default(), &ns).await.expect("create namespace");
+    name
+}
+
+pub fn uuid_ish() -> String {
+    use rand::Rng;
+    let mut r = rand::rng();
+    (0..16).map(|_| format!("{:x}", r.random_range(0..16u8))).collect()
+}
+
+fn log_dir() -> PathBuf {
+    let d = repo().join("target/e2e-logs");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The emulator, as its own process on a free loopback port.
+pub struct Emulator {
+    child: Child,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Emulator {
+    pub fn start(name: &str, extra: &[&str]) -> Self {
+        let log = std::fs::File::create(log_dir().join(format!("{name}-emulator.log"))).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["emulator", "--listen", "127.0.0.1:0", "--access-key", AK, "--secret-key", SK])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn emulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "emulator said {line:?}");
+        Self { child, url, http: reqwest::Client::new() }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self.http.get(format!("{}/_emulator/{path}", self.url)).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self.http.request(method, format!("{}/_emulator/{path}", self.url)).json(&body).send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// Seeds one VM and returns its ID.
+    pub async fn seed(&self, body: Value) -> String {
+        let v = self.send(reqwest::Method::POST, "instances", body).await;
+        v["InstanceId"].as_str().expect("InstanceId").to_string()
+    }
+
+    pub async fn instance(&self, id: &str) -> Option<Value> {
+        let all = self.get("instances").await;
+        all.as_array().unwrap().iter().find(|i| i["InstanceId"] == id).cloned()
+    }
+
+    /// Calls of one action, in order.
+    pub async fn calls(&self, action: &str) -> Vec<Value> {
+        let v = self.get(&format!("calls?action={action}")).await;
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Accepted deletions of one VM (each is one real deletion).
+    pub async fn deletions_of(&self, id: &str) -> usize {
+        let v = self.get("deletions").await;
+        v.as_array().unwrap().iter().filter(|d| d["instance_id"] == id).count()
+    }
+
+    pub async fn faults(&self, action: &str, body: Value) {
+        self.send(reqwest::Method::PUT, &format!("faults/{action}"), body).await;
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The operator binary, watching one namespace, talking to one emulator.
+pub struct Operator {
+    child: Option<Child>,
+    name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    runs: usize,
+}
+
+impl Operator {
+    pub fn start(name: &str, ns: &str, emu: &Emulator, extra: &[&str]) -> Self {
+        Self::start_with_env(name, ns, emu, extra, &[("VOLCENGINE_SECRET_KEY", SK)])
+    }
+
+    pub fn start_with_env(name: &str, ns: &str, emu: &Emulator, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args: Vec<String> = ["run", "--namespaces", ns, "--metrics-addr", "127.0.0.1:0", "--backoff-base-secs", "1", "--backoff-max-secs", "4", "--transition-poll-secs", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut e: Vec<(String, String)> = vec![
+            ("KUBECONFIG".into(), control_plane().to_string_lossy().into()),
+            ("VOLCENGINE_ACCESS_KEY".into(), AK.into()),
+            ("VOLCENGINE_REGION".into(), "cn-beijing".into()),
+            ("VOLCENGINE_ENDPOINT".into(), emu.url.clone()),
+            ("RUST_LOG".into(), "info,ecs_operator=debug".into()),
+        ];
+        e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut op = Self { child: None, name: name.into(), args, env: e, runs: 0 };
+        op.spawn();
+        op
+    }
+
+    fn spawn(&mut self) {
+        self.runs += 1;
+        let log = std::fs::File::create(log_dir().join(format!("{}-operator-{}.log", self.name, self.runs))).unwrap();
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn operator");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up, as in a node crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_dir().join(format!("{}-operator-{}.log", self.name, self.runs))).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn ecsi(name: &str, spec: Value) -> EcsInstance {
+    serde_json::from_value(json!({
+        "apiVersion": "ecs.volcengine.io/v1alpha1",
+        "kind": "EcsInstance",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+pub async fn create(api: &Api<EcsInstance>, name: &str, spec: Value) -> EcsInstance {
+    api.create(&PostParams::default(), &ecsi(name, spec)).await.expect("create EcsInstance")
+}
+
+pub async fn delete(api: &Api<EcsInstance>, name: &str) {
+    api.delete(name, &DeleteParams::default()).await.expect("delete EcsInstance");
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `secs`.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn has_finalizer(api: &Api<EcsInstance>, name: &str) -> Option<bool> {
+    api.get_opt(name).await.ok()?.map(|o| o.metadata.finalizers.unwrap_or_default().iter().any(|f| f == ecs_operator::api::FINALIZER))
+}
+
+pub async fn gone(api: &Api<EcsInstance>, name: &str) -> Option<()> {
+    match api.get_opt(name).await {
+        Ok(None) => Some(()),
+        _ => None,
+    }
+}
+
+pub async fn count(api: &Api<EcsInstance>) -> usize {
+    api.list(&ListParams::default()).await.map(|l| l.items.len()).unwrap_or(usize::MAX)
+}
+
+/// Events about one object (core/v1 view of events.k8s.io events).
+pub async fn events(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
