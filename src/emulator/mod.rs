@@ -1,1 +1,240 @@
-//! A local, in-memory Volcengine ECS endpoint (being written).
+//! A local, in-memory Volcengine ECS endpoint (API 2020-04-01, service `ecs`) that speaks the
+//! real wire protocol: signed GET (or POST form) requests on `/`, the `ResponseMetadata`
+//! envelope, batch `OperationDetails`, ClientToken idempotency. It backs the integration and
+//! end-to-end tests, demos and offline pipelines (`ecs-operator emulator`).
+//!
+//! Besides the real API there is an unsigned admin JSON API under `/_emulator/` (see
+//! `admin.rs`) to seed instances, inject faults and read the call and deletion logs.
+//!
+//! Choices the Volcengine docs leave open, made here and relied on by tests:
+//! - unknown region in the credential scope: 400 `InvalidRegion`;
+//! - deleting a protected instance: 400 `OperationDenied.DeletionProtection`;
+//! - a zone outside the request's region: 404 `InvalidZoneId.NotFound`;
+//! - StopInstances only accepts RUNNING and StartInstances only STOPPED instances
+//!   (per instance `InvalidInstanceStatus` otherwise);
+//! - only accepted (2xx) answers are recorded for a ClientToken: a refused call leaves the
+//!   token free;
+//! - X-Date may be off by at most 15 minutes (`--max-clock-skew-secs`).
+
+mod actions;
+mod admin;
+mod api;
+mod auth;
+mod faults;
+mod log;
+mod params;
+mod state;
+mod wire;
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::routing::any;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::cloud::signer::Secret;
+
+pub use faults::{FaultSpec, GarbageKind};
+pub use log::{ActionStats, CallRecord};
+pub use state::{Delays, Deletion};
+
+pub const DEFAULT_REGIONS: [&str; 4] = [
+    "cn-beijing",
+    "cn-shanghai",
+    "cn-guangzhou",
+    "ap-southeast-1",
+];
+
+fn parse_secret(s: &str) -> Result<Secret, String> {
+    Ok(Secret::new(s))
+}
+
+/// `ecs-operator emulator` flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EmulatorArgs {
+    /// Address to listen on; with port 0 a free port is picked. The first stdout line is
+    /// always "emulator listening on http://ADDR".
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub listen: String,
+    #[arg(long, env = "EMULATOR_ACCESS_KEY", default_value = "AKLTemulator")]
+    pub access_key: String,
+    #[arg(long, env = "EMULATOR_SECRET_KEY", default_value = "emulator-secret", hide_env_values = true, value_parser = parse_secret)]
+    pub secret_key: Secret,
+    /// Regions accepted in the credential scope.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "cn-beijing,cn-shanghai,cn-guangzhou,ap-southeast-1"
+    )]
+    pub regions: Vec<String>,
+    /// CREATING -> RUNNING after this long.
+    #[arg(long, default_value_t = 1000)]
+    pub create_delay_ms: u64,
+    /// STOPPING -> STOPPED after this long.
+    #[arg(long, default_value_t = 1000)]
+    pub stop_delay_ms: u64,
+    /// STARTING (and REBOOTING) -> RUNNING after this long.
+    #[arg(long, default_value_t = 1000)]
+    pub start_delay_ms: u64,
+    /// DELETING -> gone after this long.
+    #[arg(long, default_value_t = 500)]
+    pub delete_delay_ms: u64,
+    /// Execute a re-sent ClientToken again instead of replaying the recorded answer.
+    #[arg(long)]
+    pub no_replay: bool,
+    /// Largest accepted difference between X-Date and the emulator's clock.
+    #[arg(long, default_value_t = 900)]
+    pub max_clock_skew_secs: u64,
+}
+
+/// Everything the emulator can be configured with; `GET/PUT /_emulator/config` change the
+/// runtime copy, `POST /_emulator/reset` restores the initial one.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    pub access_key: String,
+    pub secret_key: Secret,
+    pub regions: Vec<String>,
+    pub delays: Delays,
+    /// Replay the recorded answer for a re-sent ClientToken (else execute again).
+    pub replay: bool,
+    /// Session tokens answered with InvalidSecretToken.
+    pub expired_tokens: Vec<String>,
+    pub max_clock_skew_secs: u64,
+    /// Calls kept in the call log (oldest dropped first).
+    pub call_log_limit: usize,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            access_key: "AKLTemulator".into(),
+            secret_key: Secret::new("emulator-secret"),
+            regions: DEFAULT_REGIONS.iter().map(|r| r.to_string()).collect(),
+            delays: Delays::default(),
+            replay: true,
+            expired_tokens: Vec::new(),
+            max_clock_skew_secs: 900,
+            call_log_limit: 200_000,
+        }
+    }
+}
+
+impl From<&EmulatorArgs> for EmulatorConfig {
+    fn from(a: &EmulatorArgs) -> Self {
+        Self {
+            access_key: a.access_key.clone(),
+            secret_key: a.secret_key.clone(),
+            regions: a
+                .regions
+                .iter()
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty())
+                .collect(),
+            delays: Delays {
+                create_ms: a.create_delay_ms,
+                stop_ms: a.stop_delay_ms,
+                start_ms: a.start_delay_ms,
+                delete_ms: a.delete_delay_ms,
+            },
+            replay: !a.no_replay,
+            max_clock_skew_secs: a.max_clock_skew_secs,
+            ..Self::default()
+        }
+    }
+}
+
+/// All mutable state behind one lock: calls are short and never hold it across an await.
+pub(crate) struct Inner {
+    pub cfg: EmulatorConfig,
+    pub store: state::Store,
+    pub faults: faults::Faults,
+    pub log: log::CallLog,
+}
+
+impl Inner {
+    fn new(cfg: EmulatorConfig) -> Self {
+        Self {
+            log: log::CallLog::new(cfg.call_log_limit),
+            cfg,
+            store: state::Store::default(),
+            faults: faults::Faults::default(),
+        }
+    }
+}
+
+/// One emulated cloud. Cheap to share: everything is behind an `Arc`.
+pub struct Emulator {
+    initial: EmulatorConfig,
+    inner: Mutex<Inner>,
+}
+
+impl Emulator {
+    pub fn new(cfg: EmulatorConfig) -> Arc<Self> {
+        Arc::new(Self {
+            initial: cfg.clone(),
+            inner: Mutex::new(Inner::new(cfg)),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere must not take the emulator down with it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Back to the initial configuration with nothing in it.
+    pub(crate) fn reset(&self) {
+        *self.lock() = Inner::new(self.initial.clone());
+    }
+}
+
+/// The real API on `/` plus the admin API under `/_emulator/`.
+pub fn router(emu: Arc<Emulator>) -> Router {
+    Router::new()
+        .route("/", any(api::handle))
+        .nest("/_emulator", admin::routes())
+        .fallback(api::wrong_path)
+        .with_state(emu)
+}
+
+/// Serves on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: EmulatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(Emulator::new(cfg)))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `ecs-operator emulator`: binds, announces the address on stdout, serves until Ctrl-C or
+/// SIGTERM.
+pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
+    let cfg = EmulatorConfig::from(&args);
+    let listener = TcpListener::bind(&args.listen).await?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "emulator listening on http://{addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, regions = ?cfg.regions, "ECS emulator started");
+    serve(listener, cfg, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,457 @@
+//! The ECS actions: request validation, effects on the store, and results in the real shapes.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::cloud::model::{
+    Action, DescribeInstancesResult, EmptyResult, Instance, NetworkInterface, OperationDetail,
+    OperationDetailsResult, OperationError, RunInstancesResult, Tag,
+};
+
+use super::params::Params;
+use super::state::{self, Delays, Deletion, InstanceRec, Store};
+use super::wire::{new_resource_id, rfc3339, ApiError};
+
+/// Per-request facts the actions need.
+pub(crate) struct Ctx<'a> {
+    pub now: Timestamp,
+    pub region: &'a str,
+    pub request_id: &'a str,
+    pub client_token: Option<&'a str>,
+    pub delays: Delays,
+}
+
+/// A successful call: the `Result` object and, for batch actions, per-instance codes.
+pub(crate) struct Done {
+    pub result: Value,
+    pub instance_codes: Vec<String>,
+}
+
+const MAX_IDS: usize = 100;
+
+fn done<T: serde::Serialize>(result: T) -> Done {
+    Done {
+        result: serde_json::to_value(result).unwrap_or(Value::Null),
+        instance_codes: Vec::new(),
+    }
+}
+
+pub(crate) fn dispatch(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    action: Action,
+    p: &Params,
+) -> Result<Done, ApiError> {
+    match action {
+        Action::RunInstances => run_instances(store, ctx, p),
+        Action::DescribeInstances => describe_instances(store, ctx, p),
+        Action::DeleteInstances => batch(store, ctx, p, action, delete_one),
+        Action::DeleteInstance => delete_instance(store, ctx, p),
+        Action::StopInstances => {
+            stopped_mode(p)?;
+            p.bool("ForceStop")?;
+            batch(store, ctx, p, action, stop_one)
+        }
+        Action::StartInstances => batch(store, ctx, p, action, start_one),
+        Action::ModifyInstanceAttribute => modify(store, ctx, p),
+    }
+}
+
+fn dry_run(p: &Params) -> Result<(), ApiError> {
+    if p.bool("DryRun")? == Some(true) {
+        return Err(ApiError::new(
+            400,
+            "DryRunOperation",
+            "Request would have succeeded, but DryRun flag is set.",
+        ));
+    }
+    Ok(())
+}
+
+/// 1-128 characters, starting with a letter (Chinese included); letters, digits, `_-.`.
+fn valid_instance_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(char::is_alphabetic)
+        && name.chars().count() <= 128
+        && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn ids(p: &Params) -> Result<Vec<String>, ApiError> {
+    let ids = p.list("InstanceIds");
+    if ids.is_empty() {
+        return Err(ApiError::missing("InstanceIds"));
+    }
+    if ids.len() > MAX_IDS {
+        return Err(ApiError::invalid_parameter(format!(
+            "InstanceIds accepts at most {MAX_IDS} ids, got {}.",
+            ids.len()
+        )));
+    }
+    Ok(ids)
+}
+
+fn run_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
+    let zone = p.require("ZoneId")?;
+    let image = p.require("ImageId")?;
+    let itype = p.require("InstanceTypeId")?;
+    let name = p.require("InstanceName")?;
+    if !valid_instance_name(name) {
+        return Err(ApiError::malformed("InstanceName"));
+    }
+    // Zones are named after their region (cn-beijing-a, ap-southeast-1a).
+    if !(zone.starts_with(ctx.region) && zone.len() > ctx.region.len()) {
+        return Err(ApiError::new(
+            404,
+            "InvalidZoneId.NotFound",
+            format!("The zone {zone} does not exist in region {}.", ctx.region),
+        ));
+    }
+    let count = match p.u32("Count")? {
+        None | Some(0) => 1,
+        Some(n @ 1..=100) => n,
+        Some(_) => return Err(ApiError::malformed("Count")),
+    };
+    let protection = p.bool("DeletionProtection")?.unwrap_or(false);
+    let charge = p.non_empty("InstanceChargeType").unwrap_or("PostPaid");
+    let expired_at = match charge {
+        "PostPaid" => None,
+        "PrePaid" => Some(prepaid_expiry(p, ctx.now)?),
+        _ => return Err(ApiError::malformed("InstanceChargeType")),
+    };
+    for v in p.groups("Volumes") {
+        v.u32("Size")?;
+    }
+    let tags: Vec<Tag> = p
+        .groups("Tags")
+        .into_iter()
+        .filter_map(|g| {
+            let key = g.non_empty("Key")?.to_string();
+            let value = g.get("Value").unwrap_or("").to_string();
+            Some(Tag { key, value })
+        })
+        .collect();
+    let nic = p
+        .groups("NetworkInterfaces")
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    dry_run(p)?;
+
+    let mut instance_ids = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let id = loop {
+            let id = new_resource_id("i");
+            if !store.contains(&id) {
+                break id;
+            }
+        };
+        let ip = match nic.non_empty("PrimaryIpAddress") {
+            Some(ip) if count == 1 => ip.to_string(),
+            _ => store.next_private_ip(),
+        };
+        let inst = Instance {
+            instance_id: id.clone(),
+            instance_name: Some(name.to_string()),
+            description: p.non_empty("Description").map(str::to_string),
+            status: state::CREATING.to_string(),
+            zone_id: Some(zone.to_string()),
+            instance_type_id: Some(itype.to_string()),
+            image_id: Some(image.to_string()),
+            host_name: p
+                .non_empty("HostName")
+                .or_else(|| p.non_empty("Hostname"))
+                .map(str::to_string),
+            key_pair_name: p.non_empty("KeyPairName").map(str::to_string),
+            network_interfaces: vec![NetworkInterface {
+                network_interface_id: Some(new_resource_id("eni")),
+                subnet_id: nic.non_empty("SubnetId").map(str::to_string),
+                primary_ip_address: Some(ip),
+                security_group_ids: nic.list("SecurityGroupIds"),
+                r#type: Some("primary".into()),
+                ..Default::default()
+            }],
+            tags: tags.clone(),
+            deletion_protection: Some(protection),
+            instance_charge_type: Some(charge.to_string()),
+            created_at: Some(rfc3339(ctx.now)),
+            updated_at: Some(rfc3339(ctx.now)),
+            expired_at: expired_at.map(rfc3339),
+            ..Default::default()
+        };
+        store.insert(InstanceRec {
+            region: ctx.region.to_string(),
+            inst,
+            due: None,
+        });
+        store.enter(&id, state::CREATING, &ctx.delays, ctx.now);
+        instance_ids.push(id);
+    }
+    Ok(done(RunInstancesResult { instance_ids }))
+}
+
+fn prepaid_expiry(p: &Params, now: Timestamp) -> Result<Timestamp, ApiError> {
+    let period = i64::from(p.u32("Period")?.unwrap_or(1).max(1));
+    let days = match p.non_empty("PeriodUnit").unwrap_or("Month") {
+        "Month" => 30,
+        "Year" => 365,
+        _ => return Err(ApiError::malformed("PeriodUnit")),
+    };
+    Ok(now
+        .checked_add(jiff::SignedDuration::from_hours(24 * days * period))
+        .unwrap_or(Timestamp::MAX))
+}
+
+/// DescribeInstances filters; every given filter must match.
+struct Filter {
+    status: Option<String>,
+    zone: Option<String>,
+    charge: Option<String>,
+    name: Option<String>,
+    tags: Vec<(String, Vec<String>)>,
+}
+
+impl Filter {
+    fn parse(p: &Params) -> Self {
+        let own = |k: &str| p.non_empty(k).map(str::to_string);
+        Self {
+            status: own("Status"),
+            zone: own("ZoneId"),
+            charge: own("InstanceChargeType"),
+            name: own("InstanceName"),
+            tags: p
+                .groups("TagFilters")
+                .into_iter()
+                .filter_map(|g| Some((g.non_empty("Key")?.to_string(), g.list("Values"))))
+                .collect(),
+        }
+    }
+
+    fn matches(&self, region: &str, r: &InstanceRec) -> bool {
+        let i = &r.inst;
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        r.region == region
+            && eq(&self.status, Some(&i.status))
+            && eq(&self.zone, i.zone_id.as_deref())
+            && eq(&self.charge, i.instance_charge_type.as_deref())
+            && self.name.as_deref().is_none_or(|n| {
+                i.instance_name
+                    .as_deref()
+                    .is_some_and(|have| have.contains(n))
+            })
+            && self.tags.iter().all(|(key, values)| {
+                i.tags
+                    .iter()
+                    .any(|t| t.key == *key && (values.is_empty() || values.contains(&t.value)))
+            })
+    }
+}
+
+fn describe_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
+    let wanted = p.list("InstanceIds");
+    if wanted.len() > MAX_IDS {
+        return Err(ApiError::invalid_parameter(format!(
+            "InstanceIds accepts at most {MAX_IDS} ids."
+        )));
+    }
+    let max = match p.u32("MaxResults")? {
+        None => 10,
+        Some(n @ 1..=100) => n as usize,
+        Some(_) => return Err(ApiError::malformed("MaxResults")),
+    };
+    // NextToken is the hex of the last id returned: ids are the stable order.
+    let after = p
+        .non_empty("NextToken")
+        .map(|t| {
+            hex::decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::malformed("NextToken"))
+        })
+        .transpose()?;
+    let filter = Filter::parse(p);
+    let mut total = 0usize;
+    let mut page: Vec<Instance> = Vec::new();
+    let mut more = false;
+    let mut take = |r: &InstanceRec| {
+        if !filter.matches(ctx.region, r) {
+            return;
+        }
+        total += 1;
+        if after
+            .as_deref()
+            .is_some_and(|a| r.inst.instance_id.as_str() <= a)
+        {
+            return;
+        }
+        if page.len() < max {
+            page.push(r.inst.clone());
+        } else {
+            more = true;
+        }
+    };
+    if wanted.is_empty() {
+        store.settled(ctx.now).for_each(&mut take);
+    } else {
+        let wanted: BTreeSet<String> = wanted.into_iter().collect();
+        for id in &wanted {
+            if let Some(r) = store.get_mut(id, ctx.now) {
+                take(r);
+            }
+        }
+    }
+    let next_token = match page.last() {
+        Some(last) if more => hex::encode(&last.instance_id),
+        _ => String::new(),
+    };
+    Ok(done(DescribeInstancesResult {
+        instances: page,
+        next_token: Some(next_token),
+        total_count: Some(i64::try_from(total).unwrap_or(i64::MAX)),
+    }))
+}
+
+/// A live instance of the caller's region (others are invisible, as in the real cloud).
+fn find<'s>(
+    store: &'s mut Store,
+    ctx: &Ctx<'_>,
+    id: &str,
+) -> Result<&'s mut InstanceRec, ApiError> {
+    store
+        .get_mut(id, ctx.now)
+        .filter(|r| r.region == ctx.region)
+        .ok_or_else(ApiError::not_found)
+}
+
+fn check_deletable(store: &mut Store, ctx: &Ctx<'_>, id: &str) -> Result<(), ApiError> {
+    let now = ctx.now;
+    let r = find(store, ctx, id)?;
+    if !state::is_deletable(&r.inst.status) {
+        return Err(ApiError::bad_status());
+    }
+    if r.inst.deletion_protection == Some(true) {
+        return Err(ApiError::new(
+            400,
+            "OperationDenied.DeletionProtection",
+            "The instance has deletion protection enabled; disable it with ModifyInstanceAttribute first.",
+        ));
+    }
+    if r.prepaid_unexpired(now) {
+        return Err(ApiError::new(
+            400,
+            "InvalidChargeType",
+            "A PrePaid instance can only be deleted after it expires.",
+        ));
+    }
+    Ok(())
+}
+
+fn delete_one(store: &mut Store, ctx: &Ctx<'_>, id: &str, action: Action) -> Result<(), ApiError> {
+    check_deletable(store, ctx, id)?;
+    store.record_deletion(Deletion {
+        instance_id: id.to_string(),
+        region: ctx.region.to_string(),
+        time: rfc3339(ctx.now),
+        action: action.as_str().to_string(),
+        client_token: ctx.client_token.map(str::to_string),
+        request_id: ctx.request_id.to_string(),
+    });
+    store.enter(id, state::DELETING, &ctx.delays, ctx.now);
+    Ok(())
+}
+
+fn stop_one(store: &mut Store, ctx: &Ctx<'_>, id: &str, _: Action) -> Result<(), ApiError> {
+    if find(store, ctx, id)?.inst.status != state::RUNNING {
+        return Err(ApiError::bad_status());
+    }
+    store.enter(id, state::STOPPING, &ctx.delays, ctx.now);
+    Ok(())
+}
+
+fn start_one(store: &mut Store, ctx: &Ctx<'_>, id: &str, _: Action) -> Result<(), ApiError> {
+    if find(store, ctx, id)?.inst.status != state::STOPPED {
+        return Err(ApiError::bad_status());
+    }
+    store.enter(id, state::STARTING, &ctx.delays, ctx.now);
+    Ok(())
+}
+
+type PerInstance = fn(&mut Store, &Ctx<'_>, &str, Action) -> Result<(), ApiError>;
+
+/// Batch actions answer 200 with one OperationDetail per requested id, in request order.
+fn batch(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    p: &Params,
+    action: Action,
+    one: PerInstance,
+) -> Result<Done, ApiError> {
+    let ids = ids(p)?;
+    let mut details = Vec::with_capacity(ids.len());
+    let mut codes = Vec::with_capacity(ids.len());
+    for id in ids {
+        let error = one(store, ctx, &id, action).err().map(|e| OperationError {
+            code: e.code,
+            message: e.message,
+        });
+        codes.push(
+            error
+                .as_ref()
+                .map_or_else(|| "OK".to_string(), |e| e.code.clone()),
+        );
+        details.push(OperationDetail {
+            instance_id: id,
+            error,
+        });
+    }
+    let mut d = done(OperationDetailsResult {
+        operation_details: details,
+    });
+    d.instance_codes = codes;
+    Ok(d)
+}
+
+fn delete_instance(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
+    let id = p.require("InstanceId")?;
+    if p.bool("DryRun")? == Some(true) {
+        check_deletable(store, ctx, id)?;
+        dry_run(p)?;
+    }
+    delete_one(store, ctx, id, Action::DeleteInstance)?;
+    Ok(done(EmptyResult {}))
+}
+
+fn stopped_mode(p: &Params) -> Result<(), ApiError> {
+    match p.non_empty("StoppedMode") {
+        None | Some("KeepCharging" | "StopCharging") => Ok(()),
+        Some(_) => Err(ApiError::malformed("StoppedMode")),
+    }
+}
+
+fn modify(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
+    let id = p.require("InstanceId")?;
+    let protection = p.bool("DeletionProtection")?;
+    let name = p.non_empty("InstanceName");
+    if name.is_some_and(|n| !valid_instance_name(n)) {
+        return Err(ApiError::malformed("InstanceName"));
+    }
+    let now = ctx.now;
+    let r = find(store, ctx, id)?;
+    if r.inst.status == state::DELETING {
+        return Err(ApiError::bad_status());
+    }
+    if let Some(v) = protection {
+        r.inst.deletion_protection = Some(v);
+    }
+    if let Some(n) = name {
+        r.inst.instance_name = Some(n.to_string());
+    }
+    if let Some(d) = p.get("Description") {
+        r.inst.description = Some(d.to_string());
+    }
+    r.inst.updated_at = Some(rfc3339(now));
+    Ok(done(EmptyResult {}))
+}

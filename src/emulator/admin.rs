@@ -1,0 +1,517 @@
+//! The admin JSON API under `/_emulator/`: unsigned, never subject to injected faults, and
+//! on a prefix the real API (only `/`) cannot collide with.
+//!
+//! Instances use the DescribeInstances shape (PascalCase) plus `Region`; everything that
+//! exists only in the emulator (calls, deletions, faults, config, stats) uses snake_case.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::cloud::model::{Action, Instance, NetworkInterface, Tag};
+
+use super::faults::FaultSpec;
+use super::state::{InstanceRec, Store, RUNNING};
+use super::wire::{new_resource_id, rfc3339};
+use super::{Emulator, EmulatorConfig};
+
+type Emu = State<Arc<Emulator>>;
+
+pub(crate) fn routes() -> Router<Arc<Emulator>> {
+    Router::new()
+        .route("/calls", get(calls).delete(clear_calls))
+        .route("/instances", get(instances).post(seed))
+        .route("/instances/bulk", post(bulk))
+        .route("/instances/{id}", get(instance).patch(patch).delete(vanish))
+        .route("/deletions", get(deletions))
+        .route("/faults", get(faults).delete(clear_faults))
+        .route("/faults/{action}", put(set_fault).delete(clear_fault))
+        .route("/config", get(config).put(set_config))
+        .route("/reset", post(reset))
+        .route("/stats", get(stats))
+        .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such admin endpoint") })
+}
+
+fn fail(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// An empty body is `{}`; unknown fields are refused so a typo in a test fails loudly.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(raw).map_err(|e| Box::new(fail(StatusCode::BAD_REQUEST, e.to_string())))
+}
+
+#[derive(Serialize)]
+struct InstanceView<'a> {
+    #[serde(flatten)]
+    instance: &'a Instance,
+    #[serde(rename = "Region")]
+    region: &'a str,
+}
+
+fn view(r: &InstanceRec) -> serde_json::Value {
+    serde_json::to_value(InstanceView {
+        instance: &r.inst,
+        region: &r.region,
+    })
+    .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct CallsQuery {
+    action: Option<String>,
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn calls(State(emu): Emu, Query(q): Query<CallsQuery>) -> Response {
+    let inner = emu.lock();
+    let calls = inner.log.query(
+        q.action.as_deref(),
+        q.since.unwrap_or(0),
+        q.limit.unwrap_or(usize::MAX),
+    );
+    Json(calls).into_response()
+}
+
+async fn clear_calls(State(emu): Emu) -> Response {
+    emu.lock().log.clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct RegionQuery {
+    region: Option<String>,
+}
+
+async fn instances(State(emu): Emu, Query(q): Query<RegionQuery>) -> Response {
+    let mut inner = emu.lock();
+    let all: Vec<_> = inner
+        .store
+        .settled(Timestamp::now())
+        .filter(|r| q.region.as_deref().is_none_or(|want| r.region == want))
+        .map(view)
+        .collect();
+    Json(all).into_response()
+}
+
+async fn instance(State(emu): Emu, Path(id): Path<String>) -> Response {
+    let mut inner = emu.lock();
+    match inner.store.get_mut(&id, Timestamp::now()) {
+        Some(r) => Json(view(r)).into_response(),
+        None => fail(StatusCode::NOT_FOUND, format!("no instance {id}")),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
+struct Seed {
+    instance_id: Option<String>,
+    region: Option<String>,
+    status: Option<String>,
+    deletion_protection: Option<bool>,
+    instance_charge_type: Option<String>,
+    expired_at: Option<String>,
+    tags: Vec<Tag>,
+    zone_id: Option<String>,
+    instance_name: Option<String>,
+    image_id: Option<String>,
+    instance_type_id: Option<String>,
+    description: Option<String>,
+}
+
+fn check_time(s: &str) -> Result<(), Box<Response>> {
+    s.parse::<Timestamp>().map(|_| ()).map_err(|e| {
+        Box::new(fail(
+            StatusCode::BAD_REQUEST,
+            format!("ExpiredAt {s:?}: {e}"),
+        ))
+    })
+}
+
+/// The region named, or the one the zone belongs to, or the first configured.
+fn region_for(cfg: &EmulatorConfig, region: Option<&str>, zone: Option<&str>) -> String {
+    if let Some(r) = region {
+        return r.to_string();
+    }
+    zone.and_then(|z| {
+        cfg.regions
+            .iter()
+            .filter(|r| z.starts_with(r.as_str()))
+            .max_by_key(|r| r.len())
+    })
+    .or_else(|| cfg.regions.first())
+    .cloned()
+    .unwrap_or_else(|| "cn-beijing".to_string())
+}
+
+fn build(
+    store: &mut Store,
+    cfg: &EmulatorConfig,
+    s: &Seed,
+    id: String,
+    now: Timestamp,
+) -> InstanceRec {
+    let region = region_for(cfg, s.region.as_deref(), s.zone_id.as_deref());
+    let zone = s.zone_id.clone().unwrap_or_else(|| format!("{region}-a"));
+    InstanceRec {
+        inst: Instance {
+            instance_name: Some(s.instance_name.clone().unwrap_or_else(|| id.clone())),
+            instance_id: id,
+            description: s.description.clone(),
+            status: RUNNING.to_string(),
+            zone_id: Some(zone),
+            instance_type_id: Some(
+                s.instance_type_id
+                    .clone()
+                    .unwrap_or_else(|| "ecs.g3i.large".into()),
+            ),
+            image_id: Some(
+                s.image_id
+                    .clone()
+                    .unwrap_or_else(|| "image-emulator".into()),
+            ),
+            network_interfaces: vec![NetworkInterface {
+                network_interface_id: Some(new_resource_id("eni")),
+                primary_ip_address: Some(store.next_private_ip()),
+                r#type: Some("primary".into()),
+                ..Default::default()
+            }],
+            tags: s.tags.clone(),
+            deletion_protection: Some(s.deletion_protection.unwrap_or(false)),
+            instance_charge_type: Some(
+                s.instance_charge_type
+                    .clone()
+                    .unwrap_or_else(|| "PostPaid".into()),
+            ),
+            created_at: Some(rfc3339(now)),
+            updated_at: Some(rfc3339(now)),
+            expired_at: s.expired_at.clone(),
+            ..Default::default()
+        },
+        region,
+        due: None,
+    }
+}
+
+/// Inserts, then moves into the requested status (transitional ones run their delay).
+fn place(
+    store: &mut Store,
+    cfg: &EmulatorConfig,
+    rec: InstanceRec,
+    status: Option<&str>,
+    now: Timestamp,
+) -> String {
+    let id = rec.inst.instance_id.clone();
+    store.insert(rec);
+    store.enter(&id, status.unwrap_or(RUNNING), &cfg.delays, now);
+    id
+}
+
+async fn seed(State(emu): Emu, body: Bytes) -> Response {
+    let s: Seed = match parse(&body) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if let Some(Err(r)) = s.expired_at.as_deref().map(check_time) {
+        return *r;
+    }
+    let now = Timestamp::now();
+    let mut guard = emu.lock();
+    let inner = &mut *guard;
+    let id = s
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| new_resource_id("i"));
+    if inner.store.get_mut(&id, now).is_some() {
+        return fail(StatusCode::CONFLICT, format!("instance {id} exists"));
+    }
+    let rec = build(&mut inner.store, &inner.cfg, &s, id, now);
+    let id = place(&mut inner.store, &inner.cfg, rec, s.status.as_deref(), now);
+    match inner.store.get_mut(&id, now) {
+        Some(r) => (StatusCode::CREATED, Json(view(r))).into_response(),
+        None => (StatusCode::CREATED, Json(json!({"InstanceId": id}))).into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
+struct Bulk {
+    count: usize,
+    /// Ids become `{Prefix}-00001`, ... (skipping taken ones); random real-looking ids without.
+    prefix: Option<String>,
+    region: Option<String>,
+    status: Option<String>,
+    deletion_protection: Option<bool>,
+    instance_charge_type: Option<String>,
+    expired_at: Option<String>,
+    tags: Vec<Tag>,
+    zone_id: Option<String>,
+    instance_name: Option<String>,
+}
+
+const MAX_BULK: usize = 100_000;
+
+async fn bulk(State(emu): Emu, body: Bytes) -> Response {
+    let b: Bulk = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if b.count > MAX_BULK {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!("Count must be at most {MAX_BULK}"),
+        );
+    }
+    if let Some(Err(r)) = b.expired_at.as_deref().map(check_time) {
+        return *r;
+    }
+    let s = Seed {
+        region: b.region,
+        status: b.status,
+        deletion_protection: b.deletion_protection,
+        instance_charge_type: b.instance_charge_type,
+        expired_at: b.expired_at,
+        tags: b.tags,
+        zone_id: b.zone_id,
+        instance_name: b.instance_name,
+        ..Default::default()
+    };
+    let now = Timestamp::now();
+    let mut guard = emu.lock();
+    let inner = &mut *guard;
+    let mut ids = Vec::with_capacity(b.count);
+    let mut n = 0usize;
+    while ids.len() < b.count {
+        let id = match &b.prefix {
+            Some(p) => {
+                n += 1;
+                format!("{p}-{n:05}")
+            }
+            None => new_resource_id("i"),
+        };
+        if inner.store.contains(&id) {
+            continue;
+        }
+        let rec = build(&mut inner.store, &inner.cfg, &s, id, now);
+        ids.push(place(
+            &mut inner.store,
+            &inner.cfg,
+            rec,
+            s.status.as_deref(),
+            now,
+        ));
+    }
+    (StatusCode::CREATED, Json(json!({ "InstanceIds": ids }))).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
+struct Patch {
+    status: Option<String>,
+    deletion_protection: Option<bool>,
+    /// "" clears it.
+    expired_at: Option<String>,
+    instance_charge_type: Option<String>,
+    instance_name: Option<String>,
+    tags: Option<Vec<Tag>>,
+}
+
+async fn patch(State(emu): Emu, Path(id): Path<String>, body: Bytes) -> Response {
+    let p: Patch = match parse(&body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    if let Some(Err(r)) = p
+        .expired_at
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(check_time)
+    {
+        return *r;
+    }
+    let now = Timestamp::now();
+    let mut guard = emu.lock();
+    let inner = &mut *guard;
+    let Some(r) = inner.store.get_mut(&id, now) else {
+        return fail(StatusCode::NOT_FOUND, format!("no instance {id}"));
+    };
+    if let Some(v) = p.deletion_protection {
+        r.inst.deletion_protection = Some(v);
+    }
+    if let Some(v) = p.expired_at {
+        r.inst.expired_at = (!v.is_empty()).then_some(v);
+    }
+    if let Some(v) = p.instance_charge_type {
+        r.inst.instance_charge_type = Some(v);
+    }
+    if let Some(v) = p.instance_name {
+        r.inst.instance_name = Some(v);
+    }
+    if let Some(v) = p.tags {
+        r.inst.tags = v;
+    }
+    r.inst.updated_at = Some(rfc3339(now));
+    if let Some(s) = &p.status {
+        inner.store.enter(&id, s, &inner.cfg.delays, now);
+    }
+    match inner.store.get_mut(&id, now) {
+        Some(r) => Json(view(r)).into_response(),
+        None => Json(json!({"InstanceId": id, "Gone": true})).into_response(),
+    }
+}
+
+async fn vanish(State(emu): Emu, Path(id): Path<String>) -> Response {
+    match emu.lock().store.remove(&id) {
+        Some(_) => StatusCode::NO_CONTENT.into_response(),
+        None => fail(StatusCode::NOT_FOUND, format!("no instance {id}")),
+    }
+}
+
+async fn deletions(State(emu): Emu) -> Response {
+    Json(emu.lock().store.deletions().to_vec()).into_response()
+}
+
+async fn faults(State(emu): Emu) -> Response {
+    Json(emu.lock().faults.snapshot()).into_response()
+}
+
+async fn clear_faults(State(emu): Emu) -> Response {
+    emu.lock().faults.clear();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn action_of(name: &str) -> Result<Action, Box<Response>> {
+    Action::parse(name).ok_or_else(|| {
+        Box::new(fail(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {name}"),
+        ))
+    })
+}
+
+async fn set_fault(State(emu): Emu, Path(action): Path<String>, body: Bytes) -> Response {
+    let action = match action_of(&action) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let spec: FaultSpec = match parse(&body) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if !(0.0..=1.0).contains(&spec.error_rate) || !(0.0..=1.0).contains(&spec.lose_response_rate) {
+        return fail(StatusCode::BAD_REQUEST, "rates must be within 0..1");
+    }
+    emu.lock().faults.set(action, spec.clone());
+    Json(spec).into_response()
+}
+
+async fn clear_fault(State(emu): Emu, Path(action): Path<String>) -> Response {
+    match action_of(&action) {
+        Ok(a) => {
+            emu.lock().faults.remove(a);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
+/// The admin view of the configuration; `PUT` takes any subset of the same fields.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ConfigDoc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key: Option<String>,
+    regions: Option<Vec<String>>,
+    replay: Option<bool>,
+    create_delay_ms: Option<u64>,
+    stop_delay_ms: Option<u64>,
+    start_delay_ms: Option<u64>,
+    delete_delay_ms: Option<u64>,
+    expired_tokens: Option<Vec<String>>,
+    max_clock_skew_secs: Option<u64>,
+}
+
+fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
+    ConfigDoc {
+        access_key: Some(c.access_key.clone()),
+        regions: Some(c.regions.clone()),
+        replay: Some(c.replay),
+        create_delay_ms: Some(c.delays.create_ms),
+        stop_delay_ms: Some(c.delays.stop_ms),
+        start_delay_ms: Some(c.delays.start_ms),
+        delete_delay_ms: Some(c.delays.delete_ms),
+        expired_tokens: Some(c.expired_tokens.clone()),
+        max_clock_skew_secs: Some(c.max_clock_skew_secs),
+    }
+}
+
+async fn config(State(emu): Emu) -> Response {
+    Json(config_doc(&emu.lock().cfg)).into_response()
+}
+
+async fn set_config(State(emu): Emu, body: Bytes) -> Response {
+    let d: ConfigDoc = match parse(&body) {
+        Ok(d) => d,
+        Err(r) => return *r,
+    };
+    let mut inner = emu.lock();
+    let c = &mut inner.cfg;
+    if let Some(v) = d.access_key {
+        c.access_key = v;
+    }
+    if let Some(v) = d.regions {
+        c.regions = v;
+    }
+    if let Some(v) = d.replay {
+        c.replay = v;
+    }
+    let delays = &mut c.delays;
+    for (src, dst) in [
+        (d.create_delay_ms, &mut delays.create_ms),
+        (d.stop_delay_ms, &mut delays.stop_ms),
+        (d.start_delay_ms, &mut delays.start_ms),
+        (d.delete_delay_ms, &mut delays.delete_ms),
+    ] {
+        if let Some(v) = src {
+            *dst = v;
+        }
+    }
+    if let Some(v) = d.expired_tokens {
+        c.expired_tokens = v;
+    }
+    if let Some(v) = d.max_clock_skew_secs {
+        c.max_clock_skew_secs = v;
+    }
+    Json(config_doc(c)).into_response()
+}
+
+async fn reset(State(emu): Emu) -> Response {
+    emu.reset();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn stats(State(emu): Emu) -> Response {
+    let inner = emu.lock();
+    Json(json!({
+        "calls": inner.log.last_seq(),
+        "instances": inner.store.len(),
+        "deletions": inner.store.deletions().len(),
+        "actions": inner.log.stats(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,425 @@
+//! The real API on `/`: decode, authenticate, route by Action, inject faults, honour
+//! ClientTokens, apply, log, answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::cloud::model::{Action, API_VERSION};
+
+use super::actions::{self, Ctx};
+use super::auth::{self, Incoming};
+use super::faults::{Decision, GarbageKind};
+use super::log::CallRecord;
+use super::params::{decode_pairs, Params};
+use super::state::{Recorded, TokenCheck, TokenKey};
+use super::wire::{new_request_id, rfc3339, with_request_id, ApiError, Meta};
+use super::Emulator;
+
+/// Forms are tiny; anything bigger is not an ECS request.
+const MAX_BODY: usize = 1 << 20;
+const MAX_TOKEN_LEN: usize = 64;
+
+/// How the answer goes on the wire.
+enum Reply {
+    Json {
+        status: u16,
+        body: Value,
+    },
+    Garbage {
+        kind: GarbageKind,
+        status: u16,
+        bytes: usize,
+    },
+    /// Headers, a partial body, then an aborted connection.
+    Lost,
+}
+
+pub(crate) async fn handle(State(emu): State<Arc<Emulator>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let now = Timestamp::now();
+    let request_id = new_request_id(now);
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, MAX_BODY).await;
+    let mut rec = CallRecord {
+        time: rfc3339(now),
+        method: parts.method.to_string(),
+        request_id: request_id.clone(),
+        ..Default::default()
+    };
+    let mut meta = Meta {
+        request_id,
+        ..Default::default()
+    };
+    let reply = match body {
+        Ok(body) => process(&emu, &parts, body, now, &mut meta, &mut rec).await,
+        Err(_) => error(
+            &meta,
+            &ApiError::invalid_parameter("Request body too large."),
+            &mut rec,
+        ),
+    };
+    rec.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if let Reply::Garbage { kind, status, .. } = &reply {
+        rec.status = *status;
+        rec.code = format!("Garbage:{}", kind.as_str());
+    }
+    emu.lock().log.push(rec);
+    render(reply, &meta)
+}
+
+/// The OpenAPI lives only on `/`; other paths get the envelope a gateway would send.
+pub(crate) async fn wrong_path() -> Response {
+    let meta = Meta {
+        request_id: new_request_id(Timestamp::now()),
+        ..Default::default()
+    };
+    let e = ApiError::new(
+        404,
+        "InvalidActionOrVersion",
+        "The OpenAPI is only served on path /.",
+    );
+    json_response(404, meta.err(&e).to_string().into())
+}
+
+fn error(meta: &Meta, e: &ApiError, rec: &mut CallRecord) -> Reply {
+    rec.status = e.status;
+    rec.code = e.code.clone();
+    Reply::Json {
+        status: e.status,
+        body: meta.err(e),
+    }
+}
+
+async fn process(
+    emu: &Arc<Emulator>,
+    parts: &axum::http::request::Parts,
+    body: Bytes,
+    now: Timestamp,
+    meta: &mut Meta,
+    rec: &mut CallRecord,
+) -> Reply {
+    let query = decode_pairs(parts.uri.query().unwrap_or("").as_bytes());
+    let mut all = query.clone();
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    if parts.method == Method::POST && is_form {
+        all.extend(decode_pairs(&body));
+    }
+    let params = Params::from_pairs(all);
+    rec.params = params.map().clone();
+    meta.action = params.get("Action").unwrap_or("").to_string();
+    meta.version = params.get("Version").unwrap_or("").to_string();
+    rec.action = meta.action.clone();
+
+    if parts.method != Method::GET && parts.method != Method::POST {
+        return error(
+            meta,
+            &ApiError::new(405, "MethodNotAllowed", "Use GET or POST."),
+            rec,
+        );
+    }
+    let verdict = {
+        let inner = emu.lock();
+        auth::verify(
+            &inner.cfg,
+            &Incoming {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                headers: &parts.headers,
+                query: &query,
+                body: &body,
+            },
+            now,
+        )
+    };
+    meta.region = verdict.region.unwrap_or_default();
+    rec.region = meta.region.clone();
+    if let Err(e) = verdict.result {
+        return error(meta, &e, rec);
+    }
+    let action = match route(&params) {
+        Ok(a) => a,
+        Err(e) => return error(meta, &e, rec),
+    };
+    let decision = emu.lock().faults.decide(action, std::time::Instant::now());
+    let (latency, lose) = match decision {
+        Decision::Reject(e, tag) => {
+            rec.fault = Some(tag.to_string());
+            return error(meta, &e, rec);
+        }
+        Decision::Garbage {
+            kind,
+            status,
+            bytes,
+        } => {
+            rec.fault = Some(format!("garbage:{}", kind.as_str()));
+            return Reply::Garbage {
+                kind,
+                status,
+                bytes,
+            };
+        }
+        Decision::Proceed {
+            latency,
+            lose_response,
+        } => (latency, lose_response),
+    };
+    let token = if action.is_mutating() {
+        params.non_empty("ClientToken").map(str::to_string)
+    } else {
+        None
+    };
+    if let Some(t) = &token {
+        rec.client_token = Some(t.clone());
+        if t.len() > MAX_TOKEN_LEN || !t.is_ascii() {
+            let e = ApiError::malformed("ClientToken");
+            return error(meta, &e, rec);
+        }
+    }
+    // Run the call to completion even if the client hangs up, as a real server would.
+    let job = tokio::spawn(execute(
+        emu.clone(),
+        action,
+        params,
+        token,
+        latency,
+        meta.clone(),
+    ));
+    let out = match job.await {
+        Ok(out) => out,
+        Err(_) => return error(meta, &ApiError::internal("The emulator failed."), rec),
+    };
+    rec.status = out.status;
+    rec.code = out.code;
+    rec.instance_codes = out.instance_codes;
+    rec.replayed = out.replayed;
+    if lose {
+        rec.lost = true;
+        rec.fault = Some("lost".into());
+        return Reply::Lost;
+    }
+    Reply::Json {
+        status: out.status,
+        body: out.body,
+    }
+}
+
+fn route(params: &Params) -> Result<Action, ApiError> {
+    let missing = |what: &str| {
+        ApiError::new(
+            400,
+            "MissingParameter",
+            format!("The request is missing the {what} parameter."),
+        )
+    };
+    let name = params
+        .non_empty("Action")
+        .ok_or_else(|| missing("Action"))?;
+    let version = params
+        .non_empty("Version")
+        .ok_or_else(|| missing("Version"))?;
+    match Action::parse(name) {
+        Some(a) if version == API_VERSION => Ok(a),
+        _ => Err(ApiError::new(
+            404,
+            "InvalidActionOrVersion",
+            format!("Could not find operation {name} for version {version}."),
+        )),
+    }
+}
+
+struct Executed {
+    status: u16,
+    code: String,
+    body: Value,
+    instance_codes: Vec<String>,
+    replayed: bool,
+}
+
+/// Clears an in-flight token if the call dies before recording its answer.
+struct InFlight {
+    emu: Arc<Emulator>,
+    key: Option<TokenKey>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.emu.lock().store.token_abort(&key);
+        }
+    }
+}
+
+fn code_of(body: &Value) -> String {
+    body.pointer("/ResponseMetadata/Error/Code")
+        .and_then(Value::as_str)
+        .unwrap_or("OK")
+        .to_string()
+}
+
+async fn execute(
+    emu: Arc<Emulator>,
+    action: Action,
+    params: Params,
+    token: Option<String>,
+    latency: Duration,
+    meta: Meta,
+) -> Executed {
+    let key = token.as_ref().map(|t| (action, t.clone()));
+    if let Some(key) = &key {
+        let fingerprint = params.fingerprint();
+        let check = {
+            let mut inner = emu.lock();
+            let replay = inner.cfg.replay;
+            inner.store.token_begin(key, &fingerprint, replay)
+        };
+        let refuse = |e: ApiError| Executed {
+            status: e.status,
+            code: e.code.clone(),
+            body: meta.err(&e),
+            instance_codes: Vec::new(),
+            replayed: false,
+        };
+        match check {
+            TokenCheck::Proceed => {}
+            TokenCheck::Replay(r) => {
+                return Executed {
+                    status: r.status,
+                    code: code_of(&r.body),
+                    body: with_request_id(r.body, &meta.request_id),
+                    instance_codes: r.instance_codes,
+                    replayed: true,
+                }
+            }
+            TokenCheck::Mismatch => {
+                return refuse(ApiError::new(
+                    400,
+                    "IdempotentParameterMismatch",
+                    "The ClientToken was already used with different parameters.",
+                ))
+            }
+            TokenCheck::InProgress => {
+                return refuse(ApiError::new(
+                    412,
+                    "IdempotentProcessing",
+                    "A request with the same ClientToken is still being processed.",
+                ))
+            }
+        }
+    }
+    let mut guard = InFlight {
+        emu: emu.clone(),
+        key: key.clone(),
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let now = Timestamp::now();
+    let mut inner = emu.lock();
+    let ctx = Ctx {
+        now,
+        region: &meta.region,
+        request_id: &meta.request_id,
+        client_token: token.as_deref(),
+        delays: inner.cfg.delays,
+    };
+    let (status, body, instance_codes) =
+        match actions::dispatch(&mut inner.store, &ctx, action, &params) {
+            Ok(done) => (200, meta.ok(done.result), done.instance_codes),
+            Err(e) => (e.status, meta.err(&e), Vec::new()),
+        };
+    if let Some(key) = guard.key.take() {
+        inner.store.token_finish(
+            &key,
+            Recorded {
+                status,
+                body: body.clone(),
+                instance_codes: instance_codes.clone(),
+            },
+        );
+    }
+    drop(inner);
+    Executed {
+        status,
+        code: code_of(&body),
+        body,
+        instance_codes,
+        replayed: false,
+    }
+}
+
+fn render(reply: Reply, meta: &Meta) -> Response {
+    match reply {
+        Reply::Json { status, body } => json_response(status, body.to_string().into()),
+        Reply::Garbage {
+            kind,
+            status,
+            bytes,
+        } => garbage(kind, status, bytes, meta),
+        Reply::Lost => {
+            // A partial body followed by an error makes hyper abort the connection, so the
+            // client sees a transport failure after the call was applied.
+            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from_static(b"{\"ResponseMetadata\":")),
+                Err(std::io::Error::other("response deliberately lost")),
+            ];
+            let mut r = Response::new(Body::from_stream(futures::stream::iter(chunks)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+    }
+}
+
+fn json_response(status: u16, body: Body) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn garbage(kind: GarbageKind, status: u16, bytes: usize, meta: &Meta) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    match kind {
+        GarbageKind::Html => (
+            code,
+            [(header::CONTENT_TYPE, "text/html")],
+            format!("<html><head><title>{status}</title></head><body><center><h1>{status} {}</h1></center><hr><center>nginx</center></body></html>", code.canonical_reason().unwrap_or("")),
+        )
+            .into_response(),
+        GarbageKind::TruncatedJson => {
+            let full = meta.ok(serde_json::json!({"InstanceIds": ["i-truncated"]})).to_string();
+            let cut = full.len() / 2;
+            json_response(status, Body::from(full.as_bytes()[..cut].to_vec()))
+        }
+        GarbageKind::NoMetadata => json_response(status, Body::from("{\"Result\":{}}")),
+        GarbageKind::Oversized => {
+            let mut body = format!(
+                "{{\"ResponseMetadata\":{{\"RequestId\":\"{}\"}},\"Result\":{{\"Padding\":\"",
+                meta.request_id
+            )
+            .into_bytes();
+            let tail = b"\"}}";
+            let pad = bytes.saturating_sub(body.len() + tail.len());
+            body.resize(body.len() + pad, b'x');
+            body.extend_from_slice(tail);
+            json_response(status, Body::from(body))
+        }
+        GarbageKind::Empty => json_response(status, Body::empty()),
+    }
+}

@@ -1,0 +1,345 @@
+//! Injected failures, per action: errors, throttling, latency, lost responses and garbage
+//! bodies. Deterministic counters (`fail_next`, `lose_next`, `garbage_next`) make tests exact;
+//! rates make soak tests realistic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::cloud::model::Action;
+
+use super::wire::ApiError;
+
+/// The JSON body of `PUT /_emulator/faults/{Action}`; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Probability (0..1) that a call fails with `error_code`/`error_status` before it is applied.
+    pub error_rate: f64,
+    /// Default `InternalError`.
+    pub error_code: Option<String>,
+    /// Default 500.
+    pub error_status: Option<u16>,
+    /// The next N calls fail with `error_code`/`error_status`, before being applied.
+    pub fail_next: u32,
+    /// Token bucket; calls above it get 429 FlowLimitExceeded.
+    pub throttle_rps: Option<f64>,
+    /// Bucket size; default max(1, ceil(throttle_rps)).
+    pub throttle_burst: Option<u32>,
+    /// Added before the call is applied (while its ClientToken is in flight).
+    pub latency_ms: u64,
+    /// Probability that the call is applied but its response is lost on the wire.
+    pub lose_response_rate: f64,
+    /// The next N calls are applied and their responses lost.
+    pub lose_next: u32,
+    /// The next N calls get a garbage body instead of being applied.
+    pub garbage_next: u32,
+    pub garbage_kind: GarbageKind,
+    /// Default 502 for `html`, 200 otherwise.
+    pub garbage_status: Option<u16>,
+    /// Size of the `oversized` body; default 5 MiB (above the client's 4 MiB limit).
+    pub garbage_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GarbageKind {
+    /// A proxy's HTML error page.
+    #[default]
+    Html,
+    /// A real envelope cut off in the middle.
+    TruncatedJson,
+    /// JSON without `ResponseMetadata`.
+    NoMetadata,
+    /// A valid envelope padded to `garbage_bytes`.
+    Oversized,
+    /// No body at all.
+    Empty,
+}
+
+impl GarbageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GarbageKind::Html => "html",
+            GarbageKind::TruncatedJson => "truncated_json",
+            GarbageKind::NoMetadata => "no_metadata",
+            GarbageKind::Oversized => "oversized",
+            GarbageKind::Empty => "empty",
+        }
+    }
+}
+
+/// What to do with one call, decided before it is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Answer with this error without applying anything; the tag goes to the call log.
+    Reject(ApiError, &'static str),
+    Garbage {
+        kind: GarbageKind,
+        status: u16,
+        bytes: usize,
+    },
+    Proceed {
+        latency: Duration,
+        lose_response: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+#[derive(Debug)]
+struct ActionFaults {
+    spec: FaultSpec,
+    bucket: Option<Bucket>,
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    per_action: HashMap<Action, ActionFaults>,
+}
+
+const DEFAULT_OVERSIZED: usize = 5 << 20;
+
+impl Faults {
+    pub fn set(&mut self, action: Action, spec: FaultSpec) {
+        self.per_action
+            .insert(action, ActionFaults { spec, bucket: None });
+    }
+
+    pub fn remove(&mut self, action: Action) {
+        self.per_action.remove(&action);
+    }
+
+    pub fn clear(&mut self) {
+        self.per_action.clear();
+    }
+
+    /// Current specs, counters as they are now.
+    pub fn snapshot(&self) -> BTreeMap<String, FaultSpec> {
+        self.per_action
+            .iter()
+            .map(|(a, f)| (a.as_str().to_string(), f.spec.clone()))
+            .collect()
+    }
+
+    pub fn decide(&mut self, action: Action, now: Instant) -> Decision {
+        let Some(f) = self.per_action.get_mut(&action) else {
+            return Decision::Proceed {
+                latency: Duration::ZERO,
+                lose_response: false,
+            };
+        };
+        if let Some(rps) = f.spec.throttle_rps {
+            if !take_token(f, rps, now) {
+                return Decision::Reject(
+                    ApiError::new(
+                        429,
+                        "FlowLimitExceeded",
+                        "Request rate exceeds the basic call-rate limit.",
+                    ),
+                    "throttle",
+                );
+            }
+        }
+        let spec = &mut f.spec;
+        let mut rng = rand::rng();
+        let fail = if spec.fail_next > 0 {
+            spec.fail_next -= 1;
+            true
+        } else {
+            spec.error_rate > 0.0 && rng.random::<f64>() < spec.error_rate
+        };
+        if fail {
+            let code = spec.error_code.as_deref().unwrap_or("InternalError");
+            let status = spec.error_status.unwrap_or(500);
+            return Decision::Reject(
+                ApiError::new(status, code, "Injected fault."),
+                "injected_error",
+            );
+        }
+        if spec.garbage_next > 0 {
+            spec.garbage_next -= 1;
+            let kind = spec.garbage_kind;
+            let default_status = if kind == GarbageKind::Html { 502 } else { 200 };
+            return Decision::Garbage {
+                kind,
+                status: spec.garbage_status.unwrap_or(default_status),
+                bytes: spec.garbage_bytes.unwrap_or(DEFAULT_OVERSIZED),
+            };
+        }
+        let lose_response = if spec.lose_next > 0 {
+            spec.lose_next -= 1;
+            true
+        } else {
+            spec.lose_response_rate > 0.0 && rng.random::<f64>() < spec.lose_response_rate
+        };
+        Decision::Proceed {
+            latency: Duration::from_millis(spec.latency_ms),
+            lose_response,
+        }
+    }
+}
+
+fn take_token(f: &mut ActionFaults, rps: f64, now: Instant) -> bool {
+    let burst = f64::from(
+        f.spec
+            .throttle_burst
+            .unwrap_or_else(|| rps.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+            .max(1),
+    );
+    let b = f.bucket.get_or_insert(Bucket {
+        tokens: burst,
+        last: now,
+    });
+    let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+    b.tokens = (b.tokens + elapsed * rps.max(0.0)).min(burst);
+    b.last = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proceed() -> Decision {
+        Decision::Proceed {
+            latency: Duration::ZERO,
+            lose_response: false,
+        }
+    }
+
+    #[test]
+    fn no_spec_means_proceed() {
+        let mut f = Faults::default();
+        assert_eq!(f.decide(Action::RunInstances, Instant::now()), proceed());
+    }
+
+    #[test]
+    fn fail_next_is_exact_and_per_action() {
+        let mut f = Faults::default();
+        f.set(
+            Action::DeleteInstances,
+            FaultSpec {
+                fail_next: 2,
+                ..Default::default()
+            },
+        );
+        let now = Instant::now();
+        for _ in 0..2 {
+            match f.decide(Action::DeleteInstances, now) {
+                Decision::Reject(e, "injected_error") => {
+                    assert_eq!((e.status, e.code.as_str()), (500, "InternalError"))
+                }
+                d => panic!("{d:?}"),
+            }
+        }
+        assert_eq!(f.decide(Action::DeleteInstances, now), proceed());
+        assert_eq!(f.decide(Action::RunInstances, now), proceed());
+        assert_eq!(f.snapshot()["DeleteInstances"].fail_next, 0);
+    }
+
+    #[test]
+    fn custom_error_and_rates() {
+        let mut f = Faults::default();
+        f.set(
+            Action::StopInstances,
+            FaultSpec {
+                error_rate: 1.0,
+                error_code: Some("ServiceUnavailableTemp".into()),
+                error_status: Some(503),
+                ..Default::default()
+            },
+        );
+        match f.decide(Action::StopInstances, Instant::now()) {
+            Decision::Reject(e, _) => {
+                assert_eq!((e.status, e.code.as_str()), (503, "ServiceUnavailableTemp"))
+            }
+            d => panic!("{d:?}"),
+        }
+        f.set(
+            Action::StopInstances,
+            FaultSpec {
+                lose_response_rate: 1.0,
+                latency_ms: 7,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            f.decide(Action::StopInstances, Instant::now()),
+            Decision::Proceed {
+                latency: Duration::from_millis(7),
+                lose_response: true
+            }
+        );
+    }
+
+    #[test]
+    fn throttle_bucket_refills() {
+        let mut f = Faults::default();
+        f.set(
+            Action::DescribeInstances,
+            FaultSpec {
+                throttle_rps: Some(2.0),
+                ..Default::default()
+            },
+        );
+        let t0 = Instant::now();
+        let throttled = |d: Decision| matches!(d, Decision::Reject(e, "throttle") if e.status == 429 && e.code == "FlowLimitExceeded");
+        assert!(!throttled(f.decide(Action::DescribeInstances, t0)));
+        assert!(!throttled(f.decide(Action::DescribeInstances, t0)));
+        assert!(throttled(f.decide(Action::DescribeInstances, t0)));
+        let later = t0 + Duration::from_millis(500);
+        assert!(!throttled(f.decide(Action::DescribeInstances, later)));
+        assert!(throttled(f.decide(Action::DescribeInstances, later)));
+    }
+
+    #[test]
+    fn garbage_then_lose_counters() {
+        let mut f = Faults::default();
+        f.set(
+            Action::RunInstances,
+            FaultSpec {
+                garbage_next: 1,
+                garbage_kind: GarbageKind::Html,
+                lose_next: 1,
+                ..Default::default()
+            },
+        );
+        let now = Instant::now();
+        assert_eq!(
+            f.decide(Action::RunInstances, now),
+            Decision::Garbage {
+                kind: GarbageKind::Html,
+                status: 502,
+                bytes: DEFAULT_OVERSIZED
+            }
+        );
+        assert!(matches!(
+            f.decide(Action::RunInstances, now),
+            Decision::Proceed {
+                lose_response: true,
+                ..
+            }
+        ));
+        assert_eq!(f.decide(Action::RunInstances, now), proceed());
+    }
+
+    #[test]
+    fn spec_json_rejects_typos() {
+        assert!(serde_json::from_str::<FaultSpec>(r#"{"fail_nxt":1}"#).is_err());
+        let s: FaultSpec =
+            serde_json::from_str(r#"{"garbage_next":1,"garbage_kind":"truncated_json"}"#).unwrap();
+        assert_eq!(s.garbage_kind, GarbageKind::TruncatedJson);
+    }
+}

@@ -1,0 +1,149 @@
+//! The call log (every API request, rejected ones included) and per-action statistics, so
+//! tests can assert what the client actually sent: retries, tokens, replays.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CallRecord {
+    pub seq: u64,
+    /// RFC 3339, when the request arrived.
+    pub time: String,
+    pub method: String,
+    /// As sent (may be empty or an unknown action).
+    pub action: String,
+    /// From the credential scope; empty when the Authorization header was unusable.
+    pub region: String,
+    pub params: BTreeMap<String, String>,
+    pub client_token: Option<String>,
+    pub status: u16,
+    /// The call-level error code, or "OK".
+    pub code: String,
+    /// Per-instance outcome of batch actions ("OK" or the error code), in request order.
+    pub instance_codes: Vec<String>,
+    pub request_id: String,
+    /// The recorded answer of an earlier request with the same ClientToken was returned.
+    pub replayed: bool,
+    /// The call was applied but its response was deliberately dropped.
+    pub lost: bool,
+    /// Which injected fault shaped the answer, if any: injected_error, throttle, garbage:KIND, lost.
+    pub fault: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ActionStats {
+    pub calls: u64,
+    /// Call-level outcome ("OK" or error code) -> count.
+    pub codes: BTreeMap<String, u64>,
+    /// Per-instance outcomes of batch actions -> count.
+    pub instance_codes: BTreeMap<String, u64>,
+    pub replayed: u64,
+    pub lost: u64,
+}
+
+#[derive(Debug)]
+pub struct CallLog {
+    limit: usize,
+    next_seq: u64,
+    calls: VecDeque<CallRecord>,
+    stats: BTreeMap<String, ActionStats>,
+}
+
+impl CallLog {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            next_seq: 1,
+            calls: VecDeque::new(),
+            stats: BTreeMap::new(),
+        }
+    }
+
+    pub fn push(&mut self, mut rec: CallRecord) -> u64 {
+        rec.seq = self.next_seq;
+        self.next_seq += 1;
+        let label = if rec.action.is_empty() {
+            "(none)".to_string()
+        } else {
+            rec.action.clone()
+        };
+        let s = self.stats.entry(label).or_default();
+        s.calls += 1;
+        *s.codes.entry(rec.code.clone()).or_default() += 1;
+        for c in &rec.instance_codes {
+            *s.instance_codes.entry(c.clone()).or_default() += 1;
+        }
+        s.replayed += u64::from(rec.replayed);
+        s.lost += u64::from(rec.lost);
+        if self.calls.len() >= self.limit {
+            self.calls.pop_front();
+        }
+        let seq = rec.seq;
+        self.calls.push_back(rec);
+        seq
+    }
+
+    /// Records with seq > `since`, optionally of one action, at most `limit` of them.
+    pub fn query(&self, action: Option<&str>, since: u64, limit: usize) -> Vec<CallRecord> {
+        // Sequence numbers are dense within the buffer, so `since` maps to an index.
+        let first = self.calls.front().map_or(0, |c| c.seq);
+        let skip =
+            usize::try_from(since.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
+        self.calls
+            .iter()
+            .skip(skip)
+            .filter(|c| action.is_none_or(|a| c.action == a))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the calls; statistics and sequence numbers carry on.
+    pub fn clear(&mut self) {
+        self.calls.clear();
+    }
+
+    pub fn stats(&self) -> &BTreeMap<String, ActionStats> {
+        &self.stats
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(action: &str, code: &str) -> CallRecord {
+        CallRecord {
+            action: action.into(),
+            code: code.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bounded_with_dense_seq_queries() {
+        let mut log = CallLog::new(3);
+        for i in 0..5 {
+            log.push(rec(if i % 2 == 0 { "A" } else { "B" }, "OK"));
+        }
+        let all = log.query(None, 0, usize::MAX);
+        assert_eq!(all.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        let since = log.query(None, 3, usize::MAX);
+        assert_eq!(since.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![4, 5]);
+        let a = log.query(Some("A"), 0, usize::MAX);
+        assert_eq!(a.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3, 5]);
+        assert_eq!(log.query(None, 0, 1).len(), 1);
+        assert_eq!(log.stats()["A"].calls, 3);
+        log.clear();
+        assert!(log.query(None, 0, usize::MAX).is_empty());
+        assert_eq!(log.push(rec("A", "X")), 6);
+        assert_eq!(log.query(None, 5, usize::MAX).len(), 1);
+        assert_eq!(log.stats()["A"].codes["X"], 1);
+    }
+}
