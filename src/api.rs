@@ -47,6 +47,7 @@ pub struct EcsInstanceSpec {
     /// leaves it running. Unset: the namespace annotation `ecs.volcengine.io/deletion-policy`,
     /// then the operator's `--default-deletion-policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "deletion_policy_schema")]
     pub deletion_policy: Option<DeletionPolicy>,
 
     /// Keep the finalizer after the cloud accepted the deletion until DescribeInstances no
@@ -62,6 +63,16 @@ pub struct EcsInstanceSpec {
     /// Creation parameters, used only when `instanceId` is empty. Immutable after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create: Option<CreateSpec>,
+}
+
+// Optional enums: schemars would list `null` among the enum values, which a structural
+// schema rejects; the field is simply omitted when unset.
+fn deletion_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["Delete", "Orphan"]})
+}
+
+fn charge_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["PostPaid", "PrePaid"]})
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -126,6 +137,7 @@ pub struct CreateSpec {
     /// `PostPaid` (pay as you go, default) or `PrePaid` (subscription; cannot be deleted
     /// before it expires).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "charge_type_schema")]
     pub instance_charge_type: Option<ChargeType>,
     /// Extra tags for the VM. The operator adds its ownership tags (`ecs.volcengine.io/*`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
