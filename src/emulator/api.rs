@@ -117,6 +117,7 @@ async fn process(
     }
     let params = Params::from_pairs(all);
     rec.params = params.map().clone();
+    rec.client_token = params.non_empty("ClientToken").map(str::to_string);
     meta.action = params.get("Action").unwrap_or("").to_string();
     meta.version = params.get("Version").unwrap_or("").to_string();
     rec.action = meta.action.clone();
@@ -180,7 +181,6 @@ async fn process(
         None
     };
     if let Some(t) = &token {
-        rec.client_token = Some(t.clone());
         if t.len() > MAX_TOKEN_LEN || !t.is_ascii() {
             let e = ApiError::malformed("ClientToken");
             return error(meta, &e, rec);

@@ -1,0 +1,1107 @@
+//! The project's real ECS client against the emulator over real HTTP on loopback: every
+//! action, every error class, retries, idempotency and unusable responses.
+
+use std::time::Duration;
+
+use ecs_operator::cloud::client::{ClientConfig, EcsClient};
+use ecs_operator::cloud::limiter::RateLimit;
+use ecs_operator::cloud::model::{
+    Action, DescribeQuery, EmptyResult, OperationDetailsResult, Params, RunInstancesRequest, Tag,
+    VolumeSpec,
+};
+use ecs_operator::cloud::signer::{Credentials, Secret};
+use ecs_operator::cloud::{Cloud, CloudError, ErrorClass};
+use ecs_operator::emulator::{serve, Delays, EmulatorConfig};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const AK: &str = "AKLTtest-client";
+const SK: &str = "test-secret";
+const REGION: &str = "cn-beijing";
+
+struct Emu {
+    base: String,
+    http: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_with(delays: Delays) -> Emu {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let cfg = EmulatorConfig {
+        access_key: AK.into(),
+        secret_key: Secret::new(SK),
+        delays,
+        ..Default::default()
+    };
+    tokio::spawn(serve(listener, cfg, async {
+        let _ = rx.await;
+    }));
+    Emu {
+        base,
+        http: reqwest::Client::new(),
+        _stop: tx,
+    }
+}
+
+async fn start() -> Emu {
+    start_with(Delays::ZERO).await
+}
+
+fn creds(ak: &str, sk: &str, token: Option<&str>) -> Credentials {
+    Credentials {
+        access_key: ak.into(),
+        secret_key: Secret::new(sk),
+        session_token: token.map(Secret::new),
+    }
+}
+
+impl Emu {
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(&self.base, REGION, creds(AK, SK, None));
+        c.max_attempts = 1;
+        c.retry_base = Duration::from_millis(20);
+        c.retry_max = Duration::from_millis(100);
+        c.request_timeout = Duration::from_secs(5);
+        c.rate_limit = RateLimit {
+            rate: 0.0,
+            burst: 1,
+        };
+        c
+    }
+
+    fn client(&self) -> EcsClient {
+        EcsClient::new(self.config(), None).unwrap()
+    }
+
+    fn client_with(&self, f: impl FnOnce(&mut ClientConfig)) -> EcsClient {
+        let mut c = self.config();
+        f(&mut c);
+        EcsClient::new(c, None).unwrap()
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(m, format!("{}/_emulator/{path}", self.base));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (status, v)
+    }
+
+    async fn seed(&self, body: Value) -> String {
+        let (s, v) = self.admin("POST", "instances", Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+        v["InstanceId"].as_str().unwrap().to_string()
+    }
+
+    async fn fault(&self, action: &str, spec: Value) {
+        let (s, v) = self
+            .admin("PUT", &format!("faults/{action}"), Some(spec))
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    async fn calls(&self, action: &str) -> Vec<Value> {
+        let (_, v) = self
+            .admin("GET", &format!("calls?action={action}"), None)
+            .await;
+        v.as_array().unwrap().clone()
+    }
+
+    async fn deletions_of(&self, id: &str) -> usize {
+        let (_, v) = self.admin("GET", "deletions", None).await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["instance_id"] == id)
+            .count()
+    }
+
+    async fn status_of(&self, id: &str) -> Option<String> {
+        let (s, v) = self.admin("GET", &format!("instances/{id}"), None).await;
+        (s == 200).then(|| v["Status"].as_str().unwrap().to_string())
+    }
+}
+
+fn run_request(name: &str, token: &str) -> RunInstancesRequest {
+    RunInstancesRequest {
+        zone_id: "cn-beijing-a".into(),
+        image_id: "image-ubuntu".into(),
+        instance_type_id: "ecs.g3i.large".into(),
+        instance_name: name.into(),
+        subnet_id: "subnet-1".into(),
+        security_group_ids: vec!["sg-1".into(), "sg-2".into()],
+        volumes: vec![VolumeSpec {
+            volume_type: Some("ESSD_PL0".into()),
+            size: 40,
+            delete_with_instance: Some(true),
+        }],
+        tags: vec![
+            Tag {
+                key: "owner".into(),
+                value: "my operator".into(),
+            },
+            Tag {
+                key: "k8s/uid".into(),
+                value: "u-1".into(),
+            },
+        ],
+        client_token: token.into(),
+        ..Default::default()
+    }
+}
+
+fn ids_query(ids: &[&str]) -> DescribeQuery {
+    DescribeQuery {
+        instance_ids: ids.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn api_err(e: &CloudError) -> (&str, u16) {
+    match e {
+        CloudError::Api { code, status, .. } => (code.as_str(), *status),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn codes(details: &[ecs_operator::cloud::OperationDetail]) -> Vec<String> {
+    details
+        .iter()
+        .map(|d| {
+            d.error
+                .as_ref()
+                .map_or("OK".to_string(), |e| e.code.clone())
+        })
+        .collect()
+}
+
+async fn batch(c: &EcsClient, action: Action, ids: &[&str], token: &str) -> Vec<String> {
+    let mut p = Params::new();
+    p.list("InstanceIds", ids).set("ClientToken", token);
+    let r = c
+        .call::<OperationDetailsResult>(REGION, action, p.into_vec())
+        .await
+        .unwrap();
+    codes(&r.value.operation_details)
+}
+
+#[tokio::test]
+async fn full_lifecycle_with_transitional_states() {
+    let emu = start_with(Delays {
+        create_ms: 300,
+        stop_ms: 300,
+        start_ms: 300,
+        delete_ms: 300,
+    })
+    .await;
+    let c = emu.client();
+    let ids = c
+        .run_instances(REGION, run_request("web-1", "run-1"))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(ids.len(), 1);
+    let id = ids[0].clone();
+    assert!(id.starts_with("i-") && id.len() == 22, "{id}");
+
+    let d = c
+        .describe_instances(REGION, ids_query(&[&id]))
+        .await
+        .unwrap();
+    assert_eq!(d.value.total_count, Some(1));
+    let inst = &d.value.instances[0];
+    assert_eq!(inst.status, "CREATING");
+    assert_eq!(inst.zone_id.as_deref(), Some("cn-beijing-a"));
+    assert_eq!(inst.instance_type_id.as_deref(), Some("ecs.g3i.large"));
+    assert_eq!(inst.image_id.as_deref(), Some("image-ubuntu"));
+    assert_eq!(inst.instance_name.as_deref(), Some("web-1"));
+    assert_eq!(inst.tag("owner"), Some("my operator"));
+    assert_eq!(inst.tag("k8s/uid"), Some("u-1"));
+    assert_eq!(inst.deletion_protection, Some(false));
+    assert_eq!(inst.instance_charge_type.as_deref(), Some("PostPaid"));
+    assert!(inst.primary_ip().unwrap().starts_with("172.16."));
+    assert_eq!(
+        inst.network_interfaces[0].security_group_ids,
+        vec!["sg-1", "sg-2"]
+    );
+    assert_eq!(
+        inst.network_interfaces[0].subnet_id.as_deref(),
+        Some("subnet-1")
+    );
+    inst.created_at
+        .as_deref()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+
+    // Deleting while CREATING is refused per instance, not per call.
+    assert_eq!(
+        batch(&c, Action::DeleteInstances, &[&id], "del-early").await,
+        vec!["InvalidInstanceStatus"]
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(emu.status_of(&id).await.as_deref(), Some("RUNNING"));
+
+    assert_eq!(
+        batch(&c, Action::StartInstances, &[&id], "start-0").await,
+        vec!["InvalidInstanceStatus"]
+    );
+    assert_eq!(
+        batch(&c, Action::StopInstances, &[&id], "stop-1").await,
+        vec!["OK"]
+    );
+    assert_eq!(emu.status_of(&id).await.as_deref(), Some("STOPPING"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(emu.status_of(&id).await.as_deref(), Some("STOPPED"));
+    assert_eq!(
+        batch(&c, Action::StartInstances, &[&id], "start-1").await,
+        vec!["OK"]
+    );
+    assert_eq!(emu.status_of(&id).await.as_deref(), Some("STARTING"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(emu.status_of(&id).await.as_deref(), Some("RUNNING"));
+
+    // Protection blocks deletion until it is lifted.
+    c.set_deletion_protection(REGION, id.clone(), true)
+        .await
+        .unwrap();
+    let d = c
+        .describe_instances(REGION, ids_query(&[&id]))
+        .await
+        .unwrap();
+    assert_eq!(d.value.instances[0].deletion_protection, Some(true));
+    let r = c
+        .delete_instances(REGION, vec![id.clone()], "del-1".into())
+        .await
+        .unwrap();
+    assert_eq!(codes(&r.value), vec!["OperationDenied.DeletionProtection"]);
+    c.set_deletion_protection(REGION, id.clone(), false)
+        .await
+        .unwrap();
+
+    let r = c
+        .delete_instances(REGION, vec![id.clone()], "del-2".into())
+        .await
+        .unwrap();
+    assert_eq!(r.value[0].instance_id, id);
+    assert!(r.value[0].error.is_none());
+    assert!(!r.request_id.is_empty());
+    let d = c
+        .describe_instances(REGION, ids_query(&[&id]))
+        .await
+        .unwrap();
+    assert_eq!(d.value.instances[0].status, "DELETING");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let d = c
+        .describe_instances(REGION, ids_query(&[&id]))
+        .await
+        .unwrap();
+    assert!(d.value.instances.is_empty());
+    assert_eq!(d.value.total_count, Some(0));
+    assert_eq!(emu.deletions_of(&id).await, 1);
+}
+
+#[tokio::test]
+async fn delete_instance_single_uses_call_level_errors() {
+    let emu = start().await;
+    let c = emu.client();
+    let running = emu.seed(json!({"Status": "RUNNING"})).await;
+    let busy = emu.seed(json!({"Status": "REBUILDING"})).await;
+    let call = |id: &str, token: &str| {
+        let mut p = Params::new();
+        p.set("InstanceId", id).set("ClientToken", token);
+        c.call::<EmptyResult>(REGION, Action::DeleteInstance, p.into_vec())
+    };
+    let e = call("i-doesnotexist000000000", "s-1").await.unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidInstance.NotFound", 404));
+    assert_eq!(e.class(), ErrorClass::Terminal);
+    let e = call(&busy, "s-2").await.unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidInstanceStatus", 400));
+    call(&running, "s-3").await.unwrap();
+    assert_eq!(emu.status_of(&running).await, None);
+    let e = c
+        .call::<EmptyResult>(REGION, Action::DeleteInstance, vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("MissingParameter.InstanceId", 400));
+}
+
+#[tokio::test]
+async fn batch_delete_reports_each_instance_in_request_order() {
+    let emu = start().await;
+    let c = emu.client();
+    let ok = emu.seed(json!({})).await;
+    let stopped = emu.seed(json!({"Status": "STOPPED"})).await;
+    let rebooted = emu.seed(json!({"Status": "REBOOTING"})).await;
+    emu.admin("PUT", "config", Some(json!({"start_delay_ms": 600000})))
+        .await;
+    let rebooting = emu.seed(json!({"Status": "REBOOTING"})).await;
+    let protected = emu.seed(json!({"DeletionProtection": true})).await;
+    let prepaid = emu
+        .seed(json!({"InstanceChargeType": "PrePaid", "ExpiredAt": "2999-01-01T00:00:00Z"}))
+        .await;
+    let expired = emu
+        .seed(json!({"InstanceChargeType": "PrePaid", "ExpiredAt": "2001-01-01T00:00:00Z"}))
+        .await;
+    let other_region = emu.seed(json!({"Region": "cn-shanghai"})).await;
+    let ids = [
+        "i-unknown0000000000000",
+        &ok,
+        &stopped,
+        &rebooted,
+        &rebooting,
+        &protected,
+        &prepaid,
+        &expired,
+        &other_region,
+    ];
+    let r = c
+        .delete_instances(
+            REGION,
+            ids.iter().map(|s| s.to_string()).collect(),
+            "mixed".into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.value
+            .iter()
+            .map(|d| d.instance_id.as_str())
+            .collect::<Vec<_>>(),
+        ids.to_vec()
+    );
+    assert_eq!(
+        codes(&r.value),
+        vec![
+            "InvalidInstance.NotFound",
+            "OK",
+            "OK",
+            "OK", // REBOOTING under a 0 ms delay was already RUNNING again
+            "InvalidInstanceStatus",
+            "OperationDenied.DeletionProtection",
+            "InvalidChargeType",
+            "OK",
+            "InvalidInstance.NotFound",
+        ]
+    );
+    assert_eq!(
+        r.value[0].error.as_ref().unwrap().message,
+        "The specified instance does not exist."
+    );
+    let (_, dels) = emu.admin("GET", "deletions", None).await;
+    let mut deleted: Vec<&str> = dels
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["client_token"], "mixed");
+            assert_eq!(d["action"], "DeleteInstances");
+            d["instance_id"].as_str().unwrap()
+        })
+        .collect();
+    deleted.sort();
+    let mut want = vec![
+        ok.as_str(),
+        stopped.as_str(),
+        rebooted.as_str(),
+        expired.as_str(),
+    ];
+    want.sort();
+    assert_eq!(deleted, want);
+    let calls = emu.calls("DeleteInstances").await;
+    assert_eq!(
+        calls[0]["instance_codes"].as_array().unwrap().len(),
+        ids.len()
+    );
+    // Still there, in the other region.
+    assert_eq!(
+        emu.status_of(&other_region).await.as_deref(),
+        Some("RUNNING")
+    );
+}
+
+#[tokio::test]
+async fn batch_size_is_validated() {
+    let emu = start().await;
+    let c = emu.client();
+    let e = c
+        .delete_instances(REGION, vec![], "none".into())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("MissingParameter.InstanceIds", 400));
+    let many: Vec<String> = (0..101).map(|i| format!("i-{i:020}")).collect();
+    let e = c
+        .delete_instances(REGION, many, "many".into())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidParameter", 400));
+    assert_eq!(e.class(), ErrorClass::Terminal);
+}
+
+#[tokio::test]
+async fn run_instances_validates_and_is_idempotent_by_token() {
+    let emu = start().await;
+    let c = emu.client();
+    let first = c
+        .run_instances(REGION, run_request("node-a", "create-once"))
+        .await
+        .unwrap()
+        .value;
+    let again = c
+        .run_instances(REGION, run_request("node-a", "create-once"))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(first, again, "same token must not create a second VM");
+    let (_, all) = emu.admin("GET", "instances", None).await;
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    assert_eq!(all[0]["Region"], REGION);
+
+    let e = c
+        .run_instances(REGION, run_request("node-b", "create-once"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("IdempotentParameterMismatch", 400));
+
+    let mut missing = run_request("node-c", "c-1");
+    missing.image_id.clear();
+    let e = c.run_instances(REGION, missing).await.unwrap_err();
+    assert_eq!(api_err(&e), ("MissingParameter.ImageId", 400));
+    let e = c
+        .run_instances(REGION, run_request("9-starts-with-digit", "c-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidInstanceName.Malformed", 400));
+    let mut zone = run_request("node-d", "c-3");
+    zone.zone_id = "cn-shanghai-a".into();
+    let e = c.run_instances(REGION, zone).await.unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidZoneId.NotFound", 404));
+
+    // A refused call leaves its token free for the corrected request.
+    let ok = c
+        .run_instances(REGION, run_request("node-c", "c-1"))
+        .await
+        .unwrap();
+    assert_eq!(ok.value.len(), 1);
+
+    let mut pre = run_request("billing", "c-4");
+    pre.instance_charge_type = Some("PrePaid".into());
+    pre.deletion_protection = Some(true);
+    let id = c.run_instances(REGION, pre).await.unwrap().value[0].clone();
+    let d = c
+        .describe_instances(REGION, ids_query(&[&id]))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(
+        d.instances[0].instance_charge_type.as_deref(),
+        Some("PrePaid")
+    );
+    assert_eq!(d.instances[0].deletion_protection, Some(true));
+    assert!(d.instances[0].expired_at.is_some());
+}
+
+#[tokio::test]
+async fn describe_pages_and_filters_by_tags() {
+    let emu = start().await;
+    let c = emu.client();
+    let (s, v) = emu
+        .admin(
+            "POST",
+            "instances/bulk",
+            Some(json!({"Count": 230, "Prefix": "i-page",
+                "Tags": [{"Key": "owner", "Value": "op"}, {"Key": "env", "Value": "dev"}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    emu.admin(
+        "POST",
+        "instances/bulk",
+        Some(json!({"Count": 20, "Prefix": "i-prod",
+            "Tags": [{"Key": "owner", "Value": "op"}, {"Key": "env", "Value": "prod"}]})),
+    )
+    .await;
+    emu.admin(
+        "POST",
+        "instances/bulk",
+        Some(json!({"Count": 7, "Prefix": "i-other", "Status": "STOPPED",
+            "Tags": [{"Key": "owner", "Value": "someone-else"}]})),
+    )
+    .await;
+    emu.admin(
+        "POST",
+        "instances/bulk",
+        Some(
+            json!({"Count": 5, "Prefix": "i-sh", "Region": "cn-shanghai",
+            "Tags": [{"Key": "owner", "Value": "op"}]}),
+        ),
+    )
+    .await;
+
+    let page_all = |filters: Vec<(String, Vec<String>)>| {
+        let c = &c;
+        async move {
+            let mut seen = Vec::new();
+            let mut token = None;
+            let mut totals = Vec::new();
+            loop {
+                let r = c
+                    .describe_instances(
+                        REGION,
+                        DescribeQuery {
+                            tag_filters: filters.clone(),
+                            max_results: Some(100),
+                            next_token: token.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .value;
+                assert!(r.instances.len() <= 100);
+                totals.push(r.total_count.unwrap());
+                seen.extend(r.instances.into_iter().map(|i| i.instance_id));
+                match r.next_token.filter(|t| !t.is_empty()) {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+            (seen, totals)
+        }
+    };
+    let (owned, totals) = page_all(vec![("owner".into(), vec!["op".into()])]).await;
+    assert_eq!(owned.len(), 250);
+    assert!(totals.iter().all(|t| *t == 250), "{totals:?}");
+    let mut sorted = owned.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, owned, "stable id order, no duplicates");
+
+    let (prod, _) = page_all(vec![
+        ("owner".into(), vec!["op".into(), "nobody".into()]),
+        ("env".into(), vec!["prod".into()]),
+    ])
+    .await;
+    assert_eq!(prod.len(), 20);
+    assert!(prod.iter().all(|id| id.starts_with("i-prod-")));
+    let (with_env, _) = page_all(vec![("env".into(), vec![])]).await;
+    assert_eq!(with_env.len(), 250);
+    let (everything, _) = page_all(vec![]).await;
+    assert_eq!(everything.len(), 257, "other regions are invisible");
+
+    // Default page size is 10; an explicit id list ignores unknown ids.
+    let r = c
+        .describe_instances(REGION, DescribeQuery::default())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(r.instances.len(), 10);
+    assert_eq!(r.total_count, Some(257));
+    let r = c
+        .describe_instances(REGION, ids_query(&["i-page-00001", "i-nope", "i-sh-00001"]))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(r.instances.len(), 1);
+
+    // Status filter, through the raw parameters.
+    let mut p = Params::new();
+    p.set("Status", "STOPPED").set("MaxResults", 100);
+    let r = c
+        .call::<ecs_operator::cloud::DescribeInstancesResult>(
+            REGION,
+            Action::DescribeInstances,
+            p.into_vec(),
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(r.total_count, Some(7));
+    let e = c
+        .describe_instances(
+            REGION,
+            DescribeQuery {
+                max_results: Some(101),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidMaxResults.Malformed", 400));
+}
+
+#[tokio::test]
+async fn auth_errors_are_classified_and_logged() {
+    let emu = start().await;
+    let with = |ak: &str, sk: &str, token: Option<&str>| {
+        let ak = ak.to_string();
+        let sk = sk.to_string();
+        let token = token.map(str::to_string);
+        emu.client_with(move |c| c.credentials = creds(&ak, &sk, token.as_deref()))
+    };
+    let q = DescribeQuery::default;
+
+    let e = with(AK, "wrong", None)
+        .describe_instances(REGION, q())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("SignatureDoesNotMatch", 401));
+    assert_eq!(e.class(), ErrorClass::Auth);
+    assert!(matches!(
+        e,
+        CloudError::Api {
+            code_n: Some(100010),
+            ..
+        }
+    ));
+    let e = with("AKLTunknown", SK, None)
+        .describe_instances(REGION, q())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidAccessKey", 401));
+    assert_eq!(e.class(), ErrorClass::Auth);
+
+    emu.admin(
+        "PUT",
+        "config",
+        Some(json!({"expired_tokens": ["sts-old"]})),
+    )
+    .await;
+    let e = with(AK, SK, Some("sts-old"))
+        .describe_instances(REGION, q())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidSecretToken", 401));
+    assert_eq!(e.class(), ErrorClass::Auth);
+    with(AK, SK, Some("sts-fresh"))
+        .describe_instances(REGION, q())
+        .await
+        .unwrap();
+
+    let e = emu
+        .client()
+        .describe_instances("mars-north-1", q())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidRegion", 400));
+
+    let calls = emu.calls("DescribeInstances").await;
+    let got: Vec<(&str, u64)> = calls
+        .iter()
+        .map(|c| (c["code"].as_str().unwrap(), c["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("SignatureDoesNotMatch", 401),
+            ("InvalidAccessKey", 401),
+            ("InvalidSecretToken", 401),
+            ("OK", 200),
+            ("InvalidRegion", 400),
+        ]
+    );
+    assert_eq!(calls[4]["region"], "mars-north-1");
+}
+
+#[tokio::test]
+async fn clock_skew_is_rejected() {
+    use ecs_operator::cloud::signer::{canonical_query, sign, SignRequest};
+    let emu = start().await;
+    let host = emu.base.trim_start_matches("http://").to_string();
+    let query = vec![
+        ("Action".to_string(), "DescribeInstances".to_string()),
+        ("Version".to_string(), "2020-04-01".to_string()),
+    ];
+    let send = |at: jiff::Timestamp| {
+        let x_date = at.strftime("%Y%m%dT%H%M%SZ").to_string();
+        let sig = sign(
+            &creds(AK, SK, None),
+            &SignRequest {
+                method: "GET",
+                host: &host,
+                path: "/",
+                query: &query,
+                headers: &[],
+                body: b"",
+                x_date: &x_date,
+                region: REGION,
+                service: "ecs",
+            },
+        );
+        let mut req = emu
+            .http
+            .get(format!("{}/?{}", emu.base, canonical_query(&query)));
+        for (k, v) in sig.headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            (status, v)
+        }
+    };
+    let now = jiff::Timestamp::now();
+    let (s, v) = send(now - jiff::SignedDuration::from_mins(20)).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["ResponseMetadata"]["Error"]["Code"], "InvalidTimestamp");
+    assert_eq!(v["ResponseMetadata"]["Error"]["CodeN"], 100006);
+    let (s, _) = send(now + jiff::SignedDuration::from_mins(20)).await;
+    assert_eq!(s, 400);
+    let (s, v) = send(now - jiff::SignedDuration::from_mins(10)).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test]
+async fn internal_error_is_retried_with_the_same_token() {
+    let emu = start().await;
+    let id = emu.seed(json!({})).await;
+    emu.fault("DeleteInstances", json!({"fail_next": 2})).await;
+    let c = emu.client_with(|c| c.max_attempts = 3);
+    let r = c
+        .delete_instances(REGION, vec![id.clone()], "tok-retry".into())
+        .await
+        .unwrap();
+    assert!(r.value[0].error.is_none());
+    let calls = emu.calls("DeleteInstances").await;
+    let seen: Vec<(u64, &str, &str)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["status"].as_u64().unwrap(),
+                c["code"].as_str().unwrap(),
+                c["client_token"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (500, "InternalError", "tok-retry"),
+            (500, "InternalError", "tok-retry"),
+            (200, "OK", "tok-retry"),
+        ]
+    );
+    assert_eq!(calls[0]["fault"], "injected_error");
+    assert_eq!(emu.deletions_of(&id).await, 1);
+
+    // Without retries the 500 surfaces as retryable, and nothing was applied.
+    let other = emu.seed(json!({})).await;
+    emu.fault(
+        "DeleteInstances",
+        json!({"fail_next": 1, "error_code": "ServiceUnavailableTemp", "error_status": 503}),
+    )
+    .await;
+    let e = emu
+        .client()
+        .delete_instances(REGION, vec![other.clone()], "tok-x".into())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("ServiceUnavailableTemp", 503));
+    assert!(e.is_retryable());
+    assert_eq!(emu.status_of(&other).await.as_deref(), Some("RUNNING"));
+}
+
+#[tokio::test]
+async fn throttling_gives_429_and_the_client_backs_off() {
+    let emu = start().await;
+    emu.fault(
+        "DescribeInstances",
+        json!({"throttle_rps": 2.0, "throttle_burst": 1}),
+    )
+    .await;
+    let c = emu.client();
+    c.describe_instances(REGION, DescribeQuery::default())
+        .await
+        .unwrap();
+    let e = c
+        .describe_instances(REGION, DescribeQuery::default())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("FlowLimitExceeded", 429));
+    assert_eq!(e.class(), ErrorClass::Throttled);
+
+    let patient = emu.client_with(|c| {
+        c.max_attempts = 5;
+        c.retry_base = Duration::from_millis(100);
+        c.retry_max = Duration::from_millis(600);
+    });
+    for _ in 0..3 {
+        patient
+            .describe_instances(REGION, DescribeQuery::default())
+            .await
+            .unwrap();
+    }
+    let calls = emu.calls("DescribeInstances").await;
+    let throttled = calls.iter().filter(|c| c["status"] == 429).count();
+    assert!(throttled >= 1, "{calls:?}");
+    assert!(calls
+        .iter()
+        .filter(|c| c["status"] == 429)
+        .all(|c| c["fault"] == "throttle"));
+}
+
+#[tokio::test]
+async fn lost_response_is_a_network_error_and_the_retry_replays() {
+    let emu = start().await;
+    let id = emu.seed(json!({})).await;
+    emu.fault("DeleteInstances", json!({"lose_next": 1})).await;
+    let e = emu
+        .client()
+        .delete_instances(REGION, vec![id.clone()], "tok-lost".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Network { .. }), "{e:?}");
+    assert!(e.is_retryable());
+    // It was applied all the same.
+    assert_eq!(emu.deletions_of(&id).await, 1);
+
+    let id2 = emu.seed(json!({})).await;
+    emu.fault("DeleteInstances", json!({"lose_next": 1})).await;
+    let c = emu.client_with(|c| c.max_attempts = 3);
+    let r = c
+        .delete_instances(REGION, vec![id2.clone()], "tok-lost-2".into())
+        .await
+        .unwrap();
+    assert!(r.value[0].error.is_none(), "{:?}", r.value);
+    assert_eq!(emu.deletions_of(&id2).await, 1, "deleted exactly once");
+    let calls: Vec<Value> = emu
+        .calls("DeleteInstances")
+        .await
+        .into_iter()
+        .filter(|c| c["client_token"] == "tok-lost-2")
+        .collect();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        (calls[0]["lost"].as_bool(), calls[0]["replayed"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(
+        (calls[1]["lost"].as_bool(), calls[1]["replayed"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_ne!(calls[0]["request_id"], calls[1]["request_id"]);
+}
+
+#[tokio::test]
+async fn same_token_with_other_ids_is_a_mismatch() {
+    let emu = start().await;
+    let a = emu.seed(json!({})).await;
+    let b = emu.seed(json!({})).await;
+    let c = emu.client_with(|c| c.max_attempts = 3);
+    c.delete_instances(REGION, vec![a.clone()], "tok-m".into())
+        .await
+        .unwrap();
+    let e = c
+        .delete_instances(REGION, vec![b.clone()], "tok-m".into())
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("IdempotentParameterMismatch", 400));
+    assert_eq!(e.class(), ErrorClass::Terminal);
+    assert_eq!(emu.calls("DeleteInstances").await.len(), 2, "not retried");
+    assert_eq!(emu.status_of(&b).await.as_deref(), Some("RUNNING"));
+    // The same token on another action is unrelated.
+    assert_eq!(
+        batch(&c, Action::StopInstances, &[&b], "tok-m").await,
+        vec!["OK"]
+    );
+}
+
+#[tokio::test]
+async fn concurrent_same_token_gets_idempotent_processing() {
+    let emu = start().await;
+    let id = emu.seed(json!({})).await;
+    emu.fault("DeleteInstances", json!({"latency_ms": 800}))
+        .await;
+    let c = emu.client();
+    let first = c.delete_instances(REGION, vec![id.clone()], "tok-busy".into());
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.delete_instances(REGION, vec![id.clone()], "tok-busy".into())
+            .await
+    };
+    let (a, b) = tokio::join!(first, second);
+    assert!(a.unwrap().value[0].error.is_none());
+    let e = b.unwrap_err();
+    assert_eq!(api_err(&e), ("IdempotentProcessing", 412));
+    assert_eq!(e.class(), ErrorClass::Retryable);
+
+    // With retries the second caller ends up with the first one's answer.
+    let id2 = emu.seed(json!({})).await;
+    let patient = emu.client_with(|c| {
+        c.max_attempts = 6;
+        c.retry_base = Duration::from_millis(200);
+        c.retry_max = Duration::from_millis(400);
+    });
+    let first = c.delete_instances(REGION, vec![id2.clone()], "tok-busy-2".into());
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        patient
+            .delete_instances(REGION, vec![id2.clone()], "tok-busy-2".into())
+            .await
+    };
+    let (a, b) = tokio::join!(first, second);
+    assert_eq!(a.unwrap().value, b.unwrap().value);
+    assert_eq!(emu.deletions_of(&id2).await, 1);
+}
+
+#[tokio::test]
+async fn replay_returns_the_recorded_error_until_replay_is_off() {
+    let emu = start().await;
+    let id = emu.seed(json!({"Status": "REBUILDING"})).await;
+    let c = emu.client();
+    let del = || c.delete_instances(REGION, vec![id.clone()], "tok-replay".into());
+    assert_eq!(
+        codes(&del().await.unwrap().value),
+        vec!["InvalidInstanceStatus"]
+    );
+    let (s, _) = emu
+        .admin(
+            "PATCH",
+            &format!("instances/{id}"),
+            Some(json!({"Status": "RUNNING"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // Deletable now, but the token's recorded answer wins.
+    assert_eq!(
+        codes(&del().await.unwrap().value),
+        vec!["InvalidInstanceStatus"]
+    );
+    assert_eq!(emu.status_of(&id).await.as_deref(), Some("RUNNING"));
+    let calls = emu.calls("DeleteInstances").await;
+    assert_eq!(calls[1]["replayed"], true);
+    assert_eq!(calls[1]["instance_codes"], json!(["InvalidInstanceStatus"]));
+
+    emu.admin("PUT", "config", Some(json!({"replay": false})))
+        .await;
+    assert_eq!(codes(&del().await.unwrap().value), vec!["OK"]);
+    assert_eq!(emu.deletions_of(&id).await, 1);
+    assert_eq!(emu.calls("DeleteInstances").await[2]["replayed"], false);
+}
+
+#[tokio::test]
+async fn unusable_responses_are_bad_response_with_status() {
+    let emu = start().await;
+    let c = emu.client();
+    for (kind, status, want) in [
+        ("html", None, 502),
+        ("html", Some(503), 503),
+        ("truncated_json", None, 200),
+        ("no_metadata", None, 200),
+        ("oversized", None, 200),
+        ("empty", None, 200),
+        ("empty", Some(500), 500),
+    ] {
+        let id = emu.seed(json!({})).await;
+        let mut spec = json!({"garbage_next": 1, "garbage_kind": kind});
+        if let Some(s) = status {
+            spec["garbage_status"] = json!(s);
+        }
+        emu.fault("DeleteInstances", spec).await;
+        let e = c
+            .delete_instances(REGION, vec![id.clone()], format!("tok-{kind}-{want}"))
+            .await
+            .unwrap_err();
+        match &e {
+            CloudError::BadResponse { status, .. } => assert_eq!(*status, want, "{kind}: {e}"),
+            other => panic!("{kind}: expected BadResponse, got {other:?}"),
+        }
+        assert_eq!(e.http_status(), Some(want));
+        assert_eq!(
+            emu.status_of(&id).await.as_deref(),
+            Some("RUNNING"),
+            "{kind}: not applied"
+        );
+    }
+    let calls = emu.calls("DeleteInstances").await;
+    assert_eq!(calls[0]["code"], "Garbage:html");
+    assert_eq!(calls[0]["fault"], "garbage:html");
+}
+
+#[tokio::test]
+async fn slow_answers_time_out() {
+    let emu = start().await;
+    emu.fault("DescribeInstances", json!({"latency_ms": 1500}))
+        .await;
+    let c = emu.client_with(|c| c.request_timeout = Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let e = c
+        .describe_instances(REGION, DescribeQuery::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Timeout { .. }), "{e:?}");
+    assert!(e.is_retryable());
+    assert!(started.elapsed() < Duration::from_millis(1200));
+}
+
+#[tokio::test]
+async fn connection_refused_is_a_network_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut cfg = ClientConfig::new(&format!("http://{addr}"), REGION, creds(AK, SK, None));
+    cfg.max_attempts = 1;
+    let c = EcsClient::new(cfg, None).unwrap();
+    let e = c
+        .describe_instances(REGION, DescribeQuery::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Network { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn modify_instance_attribute_errors() {
+    let emu = start().await;
+    let c = emu.client();
+    let e = c
+        .set_deletion_protection(REGION, "i-missing000000000000".into(), true)
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidInstance.NotFound", 404));
+    let id = emu.seed(json!({"InstanceName": "before"})).await;
+    let mut p = Params::new();
+    p.set("InstanceId", &id)
+        .set("InstanceName", "after")
+        .set("Description", "renamed")
+        .set("DeletionProtection", "maybe");
+    let e = c
+        .call::<EmptyResult>(
+            REGION,
+            Action::ModifyInstanceAttribute,
+            p.clone().into_vec(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(&e), ("InvalidDeletionProtection.Malformed", 400));
+    let mut p = Params::new();
+    p.set("InstanceId", &id)
+        .set("InstanceName", "after")
+        .set("Description", "renamed");
+    c.call::<EmptyResult>(REGION, Action::ModifyInstanceAttribute, p.into_vec())
+        .await
+        .unwrap();
+    let d = c
+        .describe_instances(REGION, ids_query(&[&id]))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(d.instances[0].instance_name.as_deref(), Some("after"));
+    assert_eq!(d.instances[0].description.as_deref(), Some("renamed"));
+}
