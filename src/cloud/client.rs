@@ -86,10 +86,12 @@ impl EcsClient {
         match endpoint.scheme() {
             "https" => {}
             "http" if is_loopback(&host) || cfg.allow_insecure_http => {}
-            "http" => return Err(CloudError::Config(format!(
+            "http" => {
+                return Err(CloudError::Config(format!(
                 "refusing plain http to non-loopback endpoint {}; use https or allow it explicitly",
                 cfg.endpoint
-            ))),
+            )))
+            }
             s => {
                 return Err(CloudError::Config(format!(
                     "unsupported endpoint scheme {s:?}"

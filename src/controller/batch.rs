@@ -93,7 +93,7 @@ async fn run<I: Send + 'static, O: Send + Sync + 'static>(
 ) {
     let max = cfg.max_size.max(1);
     // Regions are batched separately: the region is part of the signature scope.
-    let mut open: BTreeMap<String, (Instant, Vec<Pending<I, O>>)> = BTreeMap::new();
+    let mut open: OpenBatches<I, O> = BTreeMap::new();
     let mut last_arrival = Instant::now();
     let mut closed = false;
     loop {
@@ -153,7 +153,10 @@ async fn run<I: Send + 'static, O: Send + Sync + 'static>(
     }
 }
 
-fn add<I, O>(open: &mut BTreeMap<String, (Instant, Vec<Pending<I, O>>)>, p: Pending<I, O>) {
+/// Open batches by region, with the arrival time of each batch's first request.
+type OpenBatches<I, O> = BTreeMap<String, (Instant, Vec<Pending<I, O>>)>;
+
+fn add<I, O>(open: &mut OpenBatches<I, O>, p: Pending<I, O>) {
     open.entry(p.region.clone())
         .or_insert_with(|| (Instant::now(), Vec::new()))
         .1
@@ -182,8 +185,10 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    type Calls = Vec<(String, Vec<u32>)>;
+
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(String, Vec<u32>)>>);
+    struct Recorder(Mutex<Calls>);
 
     impl BatchCall<u32, usize> for Arc<Recorder> {
         fn call(&self, region: String, items: Vec<u32>) -> BoxFuture<'static, usize> {

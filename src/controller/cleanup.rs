@@ -445,6 +445,9 @@ mod tests {
         };
         assert_ne!(batch_request(&[a.clone(), b3]).0, t1);
         // A batch of one uses the single-resource token, so it survives restarts unchanged.
-        assert_eq!(batch_request(&[a.clone()]).0, delete_token("u1", 0));
+        assert_eq!(
+            batch_request(std::slice::from_ref(&a)).0,
+            delete_token("u1", 0)
+        );
     }
 }

@@ -455,3 +455,112 @@ fn modify(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError
     r.inst.updated_at = Some(rfc3339(now));
     Ok(done(EmptyResult {}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::params::decode_pairs;
+
+    fn ctx(now: Timestamp) -> Ctx<'static> {
+        Ctx {
+            now,
+            region: "cn-beijing",
+            request_id: "r",
+            client_token: Some("t"),
+            delays: Delays::ZERO,
+        }
+    }
+
+    fn p(s: &str) -> Params {
+        Params::from_pairs(decode_pairs(s.as_bytes()))
+    }
+
+    fn run(store: &mut Store, tags: &str) -> String {
+        let q = format!("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm{tags}");
+        let d = dispatch(store, &ctx(Timestamp::now()), Action::RunInstances, &p(&q)).unwrap();
+        d.result["InstanceIds"][0].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn instance_names() {
+        for ok in ["a", "vm-1.web_2", "测试-vm", &"a".repeat(128)] {
+            assert!(valid_instance_name(ok), "{ok}");
+        }
+        for bad in ["", "1vm", "-vm", "vm 1", "vm/1", &"a".repeat(129)] {
+            assert!(!valid_instance_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tag_filters_and_paging() {
+        let mut s = Store::default();
+        let a = run(
+            &mut s,
+            "&Tags.1.Key=owner&Tags.1.Value=x&Tags.2.Key=env&Tags.2.Value=dev",
+        );
+        let b = run(&mut s, "&Tags.1.Key=owner&Tags.1.Value=y");
+        let _c = run(&mut s, "&Tags.1.Key=other&Tags.1.Value=x");
+        let describe = |s: &mut Store, q: &str| {
+            dispatch(s, &ctx(Timestamp::now()), Action::DescribeInstances, &p(q))
+                .unwrap()
+                .result
+        };
+        let ids = |v: &Value| -> Vec<String> {
+            let mut ids: Vec<String> = v["Instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["InstanceId"].as_str().unwrap().to_string())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let mut ab = vec![a.clone(), b.clone()];
+        ab.sort();
+        assert_eq!(ids(&describe(&mut s, "TagFilters.1.Key=owner")), ab);
+        assert_eq!(
+            ids(&describe(
+                &mut s,
+                "TagFilters.1.Key=owner&TagFilters.1.Values.1=y&TagFilters.1.Values.2=z"
+            )),
+            vec![b.clone()]
+        );
+        assert_eq!(
+            ids(&describe(
+                &mut s,
+                "TagFilters.1.Key=owner&TagFilters.2.Key=env&TagFilters.2.Values.1=dev"
+            )),
+            vec![a.clone()]
+        );
+        let first = describe(&mut s, "MaxResults=2");
+        assert_eq!(first["TotalCount"], 3);
+        assert_eq!(first["Instances"].as_array().unwrap().len(), 2);
+        let token = first["NextToken"].as_str().unwrap().to_string();
+        let second = describe(&mut s, &format!("MaxResults=2&NextToken={token}"));
+        assert_eq!(second["Instances"].as_array().unwrap().len(), 1);
+        assert_eq!(second["NextToken"], "");
+        let e = dispatch(
+            &mut s,
+            &ctx(Timestamp::now()),
+            Action::DescribeInstances,
+            &p("NextToken=zz"),
+        );
+        assert_eq!(e.err().unwrap().code, "InvalidNextToken.Malformed");
+    }
+
+    #[test]
+    fn delete_records_and_dry_run_does_not() {
+        let mut s = Store::default();
+        let a = run(&mut s, "");
+        let q = p(&format!("InstanceId={a}&DryRun=true"));
+        let e = dispatch(&mut s, &ctx(Timestamp::now()), Action::DeleteInstance, &q);
+        assert_eq!(e.err().unwrap().code, "DryRunOperation");
+        assert!(s.deletions().is_empty() && s.contains(&a));
+        let q = p(&format!("InstanceIds.1={a}&InstanceIds.2={a}"));
+        let d = dispatch(&mut s, &ctx(Timestamp::now()), Action::DeleteInstances, &q).unwrap();
+        // A 0 ms delete is immediate, so the repeated id is already gone.
+        assert_eq!(d.instance_codes, vec!["OK", "InvalidInstance.NotFound"]);
+        assert_eq!(s.deletions().len(), 1);
+        assert_eq!(s.deletions()[0].client_token.as_deref(), Some("t"));
+    }
+}
