@@ -132,6 +132,23 @@ impl Emu {
             .count()
     }
 
+    /// Polls until the instance reaches `want` (None = gone); the deadline is generous so a
+    /// loaded machine does not fail the test, while a wrong state machine still does.
+    async fn wait_status(&self, id: &str, want: Option<&str>) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.status_of(id).await;
+            if got.as_deref() == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id}: still {got:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn status_of(&self, id: &str) -> Option<String> {
         let (s, v) = self.admin("GET", &format!("instances/{id}"), None).await;
         (s == 200).then(|| v["Status"].as_str().unwrap().to_string())
@@ -204,10 +221,10 @@ async fn batch(c: &EcsClient, action: Action, ids: &[&str], token: &str) -> Vec<
 #[tokio::test]
 async fn full_lifecycle_with_transitional_states() {
     let emu = start_with(Delays {
-        create_ms: 300,
-        stop_ms: 300,
-        start_ms: 300,
-        delete_ms: 300,
+        create_ms: 1500,
+        stop_ms: 1500,
+        start_ms: 1500,
+        delete_ms: 1500,
     })
     .await;
     let c = emu.client();
@@ -255,8 +272,7 @@ async fn full_lifecycle_with_transitional_states() {
         batch(&c, Action::DeleteInstances, &[&id], "del-early").await,
         vec!["InvalidInstanceStatus"]
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(emu.status_of(&id).await.as_deref(), Some("RUNNING"));
+    emu.wait_status(&id, Some("RUNNING")).await;
 
     assert_eq!(
         batch(&c, Action::StartInstances, &[&id], "start-0").await,
@@ -267,15 +283,13 @@ async fn full_lifecycle_with_transitional_states() {
         vec!["OK"]
     );
     assert_eq!(emu.status_of(&id).await.as_deref(), Some("STOPPING"));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(emu.status_of(&id).await.as_deref(), Some("STOPPED"));
+    emu.wait_status(&id, Some("STOPPED")).await;
     assert_eq!(
         batch(&c, Action::StartInstances, &[&id], "start-1").await,
         vec!["OK"]
     );
     assert_eq!(emu.status_of(&id).await.as_deref(), Some("STARTING"));
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(emu.status_of(&id).await.as_deref(), Some("RUNNING"));
+    emu.wait_status(&id, Some("RUNNING")).await;
 
     // Protection blocks deletion until it is lifted.
     c.set_deletion_protection(REGION, id.clone(), true)
@@ -307,7 +321,7 @@ async fn full_lifecycle_with_transitional_states() {
         .await
         .unwrap();
     assert_eq!(d.value.instances[0].status, "DELETING");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    emu.wait_status(&id, None).await;
     let d = c
         .describe_instances(REGION, ids_query(&[&id]))
         .await
@@ -945,7 +959,7 @@ async fn concurrent_same_token_gets_idempotent_processing() {
     // With retries the second caller ends up with the first one's answer.
     let id2 = emu.seed(json!({})).await;
     let patient = emu.client_with(|c| {
-        c.max_attempts = 6;
+        c.max_attempts = 10;
         c.retry_base = Duration::from_millis(200);
         c.retry_max = Duration::from_millis(400);
     });

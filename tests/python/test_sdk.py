@@ -24,7 +24,7 @@ BIN = os.environ.get("ECS_OPERATOR_BIN", os.path.join(REPO, "target", "debug", "
 AK = "AKLTpython"
 SK = "python-secret"
 REGION = "cn-beijing"
-DELAY_MS = 300
+DELAY_MS = 1000
 
 
 def _first_line(proc, timeout):
