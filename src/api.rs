@@ -61,6 +61,8 @@ pub struct EcsInstanceSpec {
     pub deletion_protection: Option<bool>,
 
     /// Creation parameters, used only when `instanceId` is empty. Immutable after creation.
+    /// (Kubernetes 1.20 has no CEL rules for CRDs, so an edit is accepted by the API server;
+    /// the operator reports it as `ImmutableFieldChanged` and does not act on it.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create: Option<CreateSpec>,
 }
@@ -218,12 +220,24 @@ pub struct EcsInstanceStatus {
     /// Set before RunInstances is first sent: from then on a VM may exist for this uid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_requested: Option<bool>,
+    /// Hash of `spec.create` as sent to RunInstances, to detect later edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_hash: Option<String>,
     /// The `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Synced` (and kstatus' `Reconciling`/`Stalled` when true).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+impl CreateSpec {
+    /// Stable fingerprint of the creation parameters (sha256 of their JSON, 16 hex).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..8])
+    }
 }
 
 impl EcsInstance {

@@ -52,6 +52,11 @@ pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
             drift.push(format!("spec.region changed from {have} to {want}"));
         }
     }
+    if let (Some(create), Some(have)) = (obj.spec.create.as_ref(), st.create_hash.as_deref()) {
+        if create.fingerprint() != have {
+            drift.push("spec.create changed after the VM was created".to_string());
+        }
+    }
 
     let instance_id = match obj.owned_instance_id() {
         Some(id) => id.to_string(),
@@ -392,6 +397,7 @@ async fn create_or_adopt(
     // Persist the intent first: from here on a VM may exist, so deletion must look for it.
     if st.create_requested != Some(true) {
         st.create_requested = Some(true);
+        st.create_hash = Some(create.fingerprint());
         set_condition(
             &mut st.conditions,
             "Ready",
