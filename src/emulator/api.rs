@@ -267,6 +267,37 @@ fn code_of(body: &Value) -> String {
         .to_string()
 }
 
+/// The answer a token check settles on its own (None: execute the call).
+fn token_answer(check: TokenCheck, meta: &Meta) -> Option<Executed> {
+    let refuse = |e: ApiError| Executed {
+        status: e.status,
+        code: e.code.clone(),
+        body: meta.err(&e),
+        instance_codes: Vec::new(),
+        replayed: false,
+    };
+    match check {
+        TokenCheck::Proceed => None,
+        TokenCheck::Replay(r) => Some(Executed {
+            status: r.status,
+            code: code_of(&r.body),
+            body: with_request_id(r.body, &meta.request_id),
+            instance_codes: r.instance_codes,
+            replayed: true,
+        }),
+        TokenCheck::Mismatch => Some(refuse(ApiError::new(
+            400,
+            "IdempotentParameterMismatch",
+            "The ClientToken was already used with different parameters.",
+        ))),
+        TokenCheck::InProgress => Some(refuse(ApiError::new(
+            412,
+            "IdempotentProcessing",
+            "A request with the same ClientToken is still being processed.",
+        ))),
+    }
+}
+
 async fn execute(
     emu: Arc<Emulator>,
     action: Action,
@@ -276,53 +307,27 @@ async fn execute(
     meta: Meta,
 ) -> Executed {
     let key = token.as_ref().map(|t| (action, t.clone()));
-    if let Some(key) = &key {
+    let early = key.as_ref().and_then(|key| {
         let fingerprint = params.fingerprint();
         let check = {
             let mut inner = emu.lock();
             let replay = inner.cfg.replay;
             inner.store.token_begin(key, &fingerprint, replay)
         };
-        let refuse = |e: ApiError| Executed {
-            status: e.status,
-            code: e.code.clone(),
-            body: meta.err(&e),
-            instance_codes: Vec::new(),
-            replayed: false,
-        };
-        match check {
-            TokenCheck::Proceed => {}
-            TokenCheck::Replay(r) => {
-                return Executed {
-                    status: r.status,
-                    code: code_of(&r.body),
-                    body: with_request_id(r.body, &meta.request_id),
-                    instance_codes: r.instance_codes,
-                    replayed: true,
-                }
-            }
-            TokenCheck::Mismatch => {
-                return refuse(ApiError::new(
-                    400,
-                    "IdempotentParameterMismatch",
-                    "The ClientToken was already used with different parameters.",
-                ))
-            }
-            TokenCheck::InProgress => {
-                return refuse(ApiError::new(
-                    412,
-                    "IdempotentProcessing",
-                    "A request with the same ClientToken is still being processed.",
-                ))
-            }
-        }
-    }
+        token_answer(check, &meta)
+    });
+    // Only a call about to execute has marked its token in flight.
     let mut guard = InFlight {
         emu: emu.clone(),
-        key: key.clone(),
+        key: if early.is_none() { key.clone() } else { None },
     };
+    // Latency is the server's processing time: every answer waits, and a token marked in
+    // flight stays so meanwhile (concurrent re-sends see 412).
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
+    }
+    if let Some(answer) = early {
+        return answer;
     }
     let now = Timestamp::now();
     let mut inner = emu.lock();
