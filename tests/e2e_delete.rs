@@ -13,7 +13,10 @@ use serde_json::json;
 use support::*;
 
 fn token_of(call: &serde_json::Value) -> String {
-    call["params"]["ClientToken"].as_str().unwrap_or_default().to_string()
+    call["params"]["ClientToken"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 async fn adopt(api: &Api<EcsInstance>, name: &str, id: &str) -> EcsInstance {
@@ -21,7 +24,11 @@ async fn adopt(api: &Api<EcsInstance>, name: &str, id: &str) -> EcsInstance {
     wait_for(30, "finalizer and Ready", || async {
         let o = api.get(name).await.ok()?;
         let ready = o.condition("Ready")?.status == "True";
-        (ready && o.finalizers().iter().any(|f| f == ecs_operator::api::FINALIZER)).then_some(o)
+        (ready
+            && o.finalizers()
+                .iter()
+                .any(|f| f == ecs_operator::api::FINALIZER))
+        .then_some(o)
     })
     .await
 }
@@ -35,22 +42,50 @@ async fn kubectl_delete_deletes_the_vm_exactly_once() {
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let obj = adopt(&api, "vm", &id).await;
-    assert_eq!(obj.status.as_ref().unwrap().instance_status.as_deref(), Some("RUNNING"));
+    assert_eq!(
+        obj.status.as_ref().unwrap().instance_status.as_deref(),
+        Some("RUNNING")
+    );
     // Nothing is deleted while the resource lives.
     assert!(emu.calls("DeleteInstances").await.is_empty());
 
-    let out = kubectl(&["-n", &ns, "delete", "ecsinstance", "vm", "--wait=true", "--timeout=30s"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kubectl(&[
+        "-n",
+        &ns,
+        "delete",
+        "ecsinstance",
+        "vm",
+        "--wait=true",
+        "--timeout=30s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(gone(&api, "vm").await.is_some());
     let calls = emu.calls("DeleteInstances").await;
     assert_eq!(calls.len(), 1, "{calls:?}");
-    assert_eq!(token_of(&calls[0]), format!("ecsop-del-{}-0", obj.uid().unwrap()));
+    assert_eq!(
+        token_of(&calls[0]),
+        format!("ecsop-del-{}-0", obj.uid().unwrap())
+    );
     assert_eq!(calls[0]["params"]["InstanceIds.1"], id.as_str());
     assert_eq!(emu.deletions_of(&id).await, 1);
-    wait_for(10, "VM gone from the emulator", || async { emu.instance(&id).await.is_none().then_some(()) }).await;
+    wait_for(10, "VM gone from the emulator", || async {
+        emu.instance(&id).await.is_none().then_some(())
+    })
+    .await;
     let evs = events(&client, &ns, "vm").await;
-    assert!(evs.iter().any(|(_, r, _)| r == "DeletionRequested"), "{evs:?}");
-    assert!(evs.iter().any(|(t, r, n)| t == "Normal" && r == "Deleted" && n.contains(&id)), "{evs:?}");
+    assert!(
+        evs.iter().any(|(_, r, _)| r == "DeletionRequested"),
+        "{evs:?}"
+    );
+    assert!(
+        evs.iter()
+            .any(|(t, r, n)| t == "Normal" && r == "Deleted" && n.contains(&id)),
+        "{evs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -63,7 +98,12 @@ async fn a_stopping_vm_keeps_the_finalizer_until_it_is_stopped() {
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let obj = adopt(&api, "vm", &id).await;
     // Stop it through the real API path so the state machine runs its STOPPING delay.
-    emu.send(reqwest::Method::PATCH, &format!("instances/{id}"), json!({"Status": "STOPPING"})).await;
+    emu.send(
+        reqwest::Method::PATCH,
+        &format!("instances/{id}"),
+        json!({"Status": "STOPPING"}),
+    )
+    .await;
     delete(&api, "vm").await;
 
     let pending = wait_for(20, "DeletionPending condition", || async {
@@ -73,12 +113,18 @@ async fn a_stopping_vm_keeps_the_finalizer_until_it_is_stopped() {
     })
     .await;
     assert_eq!(has_finalizer(&api, "vm").await, Some(true));
-    assert!(pending.deletion_attempt() >= 1, "a definitive answer bumps the attempt");
+    assert!(
+        pending.deletion_attempt() >= 1,
+        "a definitive answer bumps the attempt"
+    );
     let first = emu.calls("DeleteInstances").await;
     assert_eq!(first[0]["instance_codes"][0], "InvalidInstanceStatus");
     assert_eq!(emu.deletions_of(&id).await, 0);
 
-    wait_for(40, "resource gone after the VM stopped", || gone(&api, "vm")).await;
+    wait_for(40, "resource gone after the VM stopped", || {
+        gone(&api, "vm")
+    })
+    .await;
     assert_eq!(emu.deletions_of(&id).await, 1, "deleted exactly once");
     let calls = emu.calls("DeleteInstances").await;
     let uid = obj.uid().unwrap();
@@ -89,7 +135,10 @@ async fn a_stopping_vm_keeps_the_finalizer_until_it_is_stopped() {
     }
     assert_eq!(calls.last().unwrap()["instance_codes"][0], "OK");
     let evs = events(&client, &ns, "vm").await;
-    assert!(evs.iter().any(|(_, r, _)| r == "DeletionPending"), "{evs:?}");
+    assert!(
+        evs.iter().any(|(_, r, _)| r == "DeletionPending"),
+        "{evs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -101,11 +150,20 @@ async fn a_vm_already_gone_releases_the_resource_promptly() {
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     adopt(&api, "vm", &id).await;
-    emu.send(reqwest::Method::DELETE, &format!("instances/{id}"), json!({})).await;
+    emu.send(
+        reqwest::Method::DELETE,
+        &format!("instances/{id}"),
+        json!({}),
+    )
+    .await;
     let t = std::time::Instant::now();
     delete(&api, "vm").await;
     wait_for(10, "resource gone", || gone(&api, "vm")).await;
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     let calls = emu.calls("DeleteInstances").await;
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0]["instance_codes"][0], "InvalidInstance.NotFound");
@@ -149,19 +207,31 @@ async fn namespace_deletion_deletes_every_vm() {
     }
     wait_for(60, "all resources Ready", || async {
         let l = api.list(&Default::default()).await.ok()?;
-        (l.items.iter().filter(|o| o.condition("Ready").is_some_and(|c| c.status == "True")).count() == n).then_some(())
+        (l.items
+            .iter()
+            .filter(|o| o.condition("Ready").is_some_and(|c| c.status == "True"))
+            .count()
+            == n)
+            .then_some(())
     })
     .await;
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     nss.delete(&ns, &DeleteParams::default()).await.unwrap();
-    wait_for(90, "namespace gone", || async { matches!(nss.get_opt(&ns).await, Ok(None)).then_some(()) }).await;
+    wait_for(90, "namespace gone", || async {
+        matches!(nss.get_opt(&ns).await, Ok(None)).then_some(())
+    })
+    .await;
     for id in &ids {
         assert_eq!(emu.deletions_of(id).await, 1, "{id}");
     }
     assert!(emu.get("instances").await.as_array().unwrap().is_empty());
     // Deletions arriving together were batched.
     let calls = emu.calls("DeleteInstances").await;
-    assert!(calls.len() < n, "{} DeleteInstances calls for {n} VMs", calls.len());
+    assert!(
+        calls.len() < n,
+        "{} DeleteInstances calls for {n} VMs",
+        calls.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,7 +242,10 @@ async fn garbage_collection_through_owner_references() {
     let _op = Operator::start("gc", &ns, &emu, &[]);
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
     let owner = cms
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "owner"}})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "owner"}})).unwrap(),
+        )
         .await
         .unwrap();
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
@@ -182,7 +255,8 @@ async fn garbage_collection_through_owner_references() {
         let mut o = ecsi(&format!("child-{i}"), json!({"instanceId": id}));
         o.metadata.owner_references = Some(vec![serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.uid().unwrap()
-        })).unwrap()]);
+        }))
+        .unwrap()]);
         api.create(&PostParams::default(), &o).await.unwrap();
         ids.push(id);
     }
@@ -191,11 +265,19 @@ async fn garbage_collection_through_owner_references() {
     create(&api, "unrelated", json!({"instanceId": keep})).await;
     wait_for(30, "children have finalizers", || async {
         let l = api.list(&Default::default()).await.ok()?;
-        l.items.iter().all(|o| !o.finalizers().is_empty()).then_some(())
+        l.items
+            .iter()
+            .all(|o| !o.finalizers().is_empty())
+            .then_some(())
     })
     .await;
-    cms.delete("owner", &DeleteParams::background()).await.unwrap();
-    wait_for(60, "children gone", || async { (count(&api).await == 1).then_some(()) }).await;
+    cms.delete("owner", &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_for(60, "children gone", || async {
+        (count(&api).await == 1).then_some(())
+    })
+    .await;
     for id in &ids {
         assert_eq!(emu.deletions_of(id).await, 1);
     }
@@ -220,7 +302,11 @@ async fn gitops_prune_deletes_the_pruned_vms_only() {
     let all = dir.path().join("all.yaml");
     std::fs::write(&all, docs.join("---\n")).unwrap();
     let out = kubectl(&["-n", &ns, "apply", "-f", all.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     wait_for(30, "finalizers", || async {
         let l = api.list(&Default::default()).await.ok()?;
@@ -230,9 +316,26 @@ async fn gitops_prune_deletes_the_pruned_vms_only() {
     // The next Git revision keeps only app-0; apply --prune removes the others.
     let one = dir.path().join("one.yaml");
     std::fs::write(&one, &docs[0]).unwrap();
-    let out = kubectl(&["-n", &ns, "apply", "-f", one.to_str().unwrap(), "--prune", "-l", "app=demo", "--prune-allowlist=ecs.volcengine.io/v1alpha1/EcsInstance"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_for(30, "pruned resources gone", || async { (count(&api).await == 1).then_some(()) }).await;
+    let out = kubectl(&[
+        "-n",
+        &ns,
+        "apply",
+        "-f",
+        one.to_str().unwrap(),
+        "--prune",
+        "-l",
+        "app=demo",
+        "--prune-allowlist=ecs.volcengine.io/v1alpha1/EcsInstance",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(30, "pruned resources gone", || async {
+        (count(&api).await == 1).then_some(())
+    })
+    .await;
     assert_eq!(emu.deletions_of(&ids[0]).await, 0);
     assert_eq!(emu.deletions_of(&ids[1]).await, 1);
     assert_eq!(emu.deletions_of(&ids[2]).await, 1);
@@ -251,7 +354,11 @@ async fn a_500_then_a_lost_response_retry_with_the_same_token() {
     let ob = adopt(&api, "b", &b).await;
 
     // a: the first call gets a 500 (not applied); the retry must carry the same token.
-    emu.faults("DeleteInstances", json!({"fail_next": 1, "error_code": "InternalError", "error_status": 500})).await;
+    emu.faults(
+        "DeleteInstances",
+        json!({"fail_next": 1, "error_code": "InternalError", "error_status": 500}),
+    )
+    .await;
     delete(&api, "a").await;
     wait_for(30, "a gone", || gone(&api, "a")).await;
     let calls = emu.calls("DeleteInstances").await;
@@ -282,14 +389,24 @@ async fn wrong_credentials_keep_the_finalizer_and_say_why() {
     let emu = Emulator::start("creds", &[]);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    let mut op = Operator::start_with_env("creds", &ns, &emu, &[], &[("VOLCENGINE_SECRET_KEY", "wrong-secret-value")]);
+    let mut op = Operator::start_with_env(
+        "creds",
+        &ns,
+        &emu,
+        &[],
+        &[("VOLCENGINE_SECRET_KEY", "wrong-secret-value")],
+    );
     create(&api, "vm", json!({"instanceId": id})).await;
     let o = wait_for(30, "CloudAuthError condition", || async {
         let o = api.get("vm").await.ok()?;
         (o.condition("Synced")?.reason == "CloudAuthError").then_some(o)
     })
     .await;
-    assert!(o.condition("Synced").unwrap().message.contains("SignatureDoesNotMatch"));
+    assert!(o
+        .condition("Synced")
+        .unwrap()
+        .message
+        .contains("SignatureDoesNotMatch"));
     delete(&api, "vm").await;
     wait_for(30, "delete failure condition", || async {
         let o = api.get("vm").await.ok()?;
@@ -298,12 +415,24 @@ async fn wrong_credentials_keep_the_finalizer_and_say_why() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(has_finalizer(&api, "vm").await, Some(true), "finalizer kept");
+    assert_eq!(
+        has_finalizer(&api, "vm").await,
+        Some(true),
+        "finalizer kept"
+    );
     assert!(emu.instance(&id).await.is_some(), "VM untouched");
     let evs = events(&client, &ns, "vm").await;
-    assert!(evs.iter().any(|(t, r, n)| t == "Warning" && r == "CloudAuthError" && n.contains("SignatureDoesNotMatch")), "{evs:?}");
+    assert!(
+        evs.iter().any(|(t, r, n)| t == "Warning"
+            && r == "CloudAuthError"
+            && n.contains("SignatureDoesNotMatch")),
+        "{evs:?}"
+    );
     let log = op.log();
-    assert!(!log.contains("wrong-secret-value"), "secret leaked into logs");
+    assert!(
+        !log.contains("wrong-secret-value"),
+        "secret leaked into logs"
+    );
     // Fixed credentials: the deletion completes.
     op.kill();
     drop(op);
@@ -322,7 +451,8 @@ async fn operator_killed_mid_deletion_finishes_with_the_same_token() {
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     let obj = adopt(&api, "vm", &id).await;
     // The cloud is slow: the operator dies while its DeleteInstances is in flight.
-    emu.faults("DeleteInstances", json!({"latency_ms": 3000})).await;
+    emu.faults("DeleteInstances", json!({"latency_ms": 3000}))
+        .await;
     delete(&api, "vm").await;
     // The call log records a call when it is answered: give the operator time to send it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -334,6 +464,9 @@ async fn operator_killed_mid_deletion_finishes_with_the_same_token() {
     let calls = emu.calls("DeleteInstances").await;
     assert!(calls.len() >= 2, "{calls:?}");
     let t = format!("ecsop-del-{}-0", obj.uid().unwrap());
-    assert!(calls.iter().all(|c| token_of(c) == t), "same token across the restart: {calls:?}");
+    assert!(
+        calls.iter().all(|c| token_of(c) == t),
+        "same token across the restart: {calls:?}"
+    );
     assert_eq!(emu.deletions_of(&id).await, 1);
 }

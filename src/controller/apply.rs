@@ -71,7 +71,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
         Ok(o) => o,
         Err(e) => return cloud_failure(obj, ctx, &api, st, "DescribeInstances", e).await,
     };
-    let Some(inst) = observed else {
+    let Some(mut inst) = observed else {
         let msg = format!("VM {instance_id} does not exist in {region}; it was deleted outside Kubernetes or never existed. Nothing is re-created: delete this resource, or point spec.instanceId at another VM");
         let was = obj.condition("Ready").map(|c| c.reason.clone());
         st.instance_status = Some("NotFound".into());
@@ -109,17 +109,20 @@ pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
                 .set_deletion_protection(&region, instance_id.clone(), want)
                 .await
             {
-                Ok(c) => status::event(
-                    ctx,
-                    obj,
-                    false,
-                    "DeletionProtectionSet",
-                    "Update",
-                    format!(
-                        "deletion protection of VM {instance_id} set to {want} (RequestId {})",
-                        c.request_id
-                    ),
-                ),
+                Ok(c) => {
+                    inst.deletion_protection = Some(want);
+                    status::event(
+                        ctx,
+                        obj,
+                        false,
+                        "DeletionProtectionSet",
+                        "Update",
+                        format!(
+                            "deletion protection of VM {instance_id} set to {want} (RequestId {})",
+                            c.request_id
+                        ),
+                    )
+                }
                 Err(e) => {
                     return cloud_failure(obj, ctx, &api, st, "ModifyInstanceAttribute", e).await
                 }

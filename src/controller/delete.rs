@@ -96,13 +96,19 @@ pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
     // The user turned protection off in the spec while the deletion waited for it: that is
     // their decision, so carry it out (the operator never turns protection off by itself).
     if obj.spec.deletion_protection == Some(false) && st.deletion_protection == Some(true) {
-        match ctx.cloud.set_deletion_protection(&region, instance_id.clone(), false).await {
+        match ctx
+            .cloud
+            .set_deletion_protection(&region, instance_id.clone(), false)
+            .await
+        {
             Ok(c) => {
                 st.deletion_protection = Some(false);
                 status::event(ctx, obj, false, "DeletionProtectionSet", "Update",
                     format!("deletion protection of VM {instance_id} turned off as the spec says (RequestId {})", c.request_id));
             }
-            Err(e) => tracing::info!(%instance_id, error = %e, "could not turn deletion protection off"),
+            Err(e) => {
+                tracing::info!(%instance_id, error = %e, "could not turn deletion protection off")
+            }
         }
     }
     let attempt = obj.deletion_attempt();
@@ -206,6 +212,9 @@ pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
             request_id,
             slow,
         } => {
+            if code.contains("DeletionProtection") {
+                st.deletion_protection = Some(true);
+            }
             let msg = format!("DeleteInstances refused VM {instance_id}: {code}: {message} (RequestId {request_id})");
             set_condition(
                 &mut st.conditions,

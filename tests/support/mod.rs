@@ -51,7 +51,14 @@ pub fn control_plane() -> PathBuf {
             .expect("kubectl apply crd");
         assert!(st.success(), "CRD install failed");
         let st = Command::new("kubectl")
-            .args(["--kubeconfig", kc.to_str().unwrap(), "wait", "--for=condition=Established", "--timeout=60s", "crd/ecsinstances.ecs.volcengine.io"])
+            .args([
+                "--kubeconfig",
+                kc.to_str().unwrap(),
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/ecsinstances.ecs.volcengine.io",
+            ])
             .stdout(Stdio::null())
             .status()
             .expect("kubectl wait");
@@ -64,7 +71,9 @@ pub fn control_plane() -> PathBuf {
 pub async fn client() -> Client {
     let kc = control_plane();
     let cfg = Kubeconfig::read_from(&kc).expect("kubeconfig");
-    let cfg = Config::from_custom_kubeconfig(cfg, &KubeConfigOptions::default()).await.expect("config");
+    let cfg = Config::from_custom_kubeconfig(cfg, &KubeConfigOptions::default())
+        .await
+        .expect("config");
     Client::try_from(cfg).expect("client")
 }
 
@@ -82,15 +91,20 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{}", &uuid_ish()[..8]);
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    api.create(&PostParams::default(), &ns).await.expect("create namespace");
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
     name
 }
 
 pub fn uuid_ish() -> String {
     use rand::Rng;
     let mut r = rand::rng();
-    (0..16).map(|_| format!("{:x}", r.random_range(0..16u8))).collect()
+    (0..16)
+        .map(|_| format!("{:x}", r.random_range(0..16u8)))
+        .collect()
 }
 
 fn log_dir() -> PathBuf {
@@ -110,27 +124,55 @@ impl Emulator {
     pub fn start(name: &str, extra: &[&str]) -> Self {
         let log = std::fs::File::create(log_dir().join(format!("{name}-emulator.log"))).unwrap();
         let mut child = Command::new(BIN)
-            .args(["emulator", "--listen", "127.0.0.1:0", "--access-key", AK, "--secret-key", SK])
+            .args([
+                "emulator",
+                "--listen",
+                "127.0.0.1:0",
+                "--access-key",
+                AK,
+                "--secret-key",
+                SK,
+            ])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("spawn emulator");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let url = line.trim().rsplit(' ').next().unwrap().to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "emulator said {line:?}");
-        Self { child, url, http: reqwest::Client::new() }
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "emulator said {line:?}"
+        );
+        Self {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        let r = self.http.get(format!("{}/_emulator/{path}", self.url)).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}/_emulator/{path}", self.url))
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.unwrap()
     }
 
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let r = self.http.request(method, format!("{}/_emulator/{path}", self.url)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .request(method, format!("{}/_emulator/{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         let text = r.text().await.unwrap();
         assert!(status.is_success(), "{path}: {status} {text}");
@@ -145,7 +187,11 @@ impl Emulator {
 
     pub async fn instance(&self, id: &str) -> Option<Value> {
         let all = self.get("instances").await;
-        all.as_array().unwrap().iter().find(|i| i["InstanceId"] == id).cloned()
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["InstanceId"] == id)
+            .cloned()
     }
 
     /// Calls of one action, in order.
@@ -157,11 +203,16 @@ impl Emulator {
     /// Accepted deletions of one VM (each is one real deletion).
     pub async fn deletions_of(&self, id: &str) -> usize {
         let v = self.get("deletions").await;
-        v.as_array().unwrap().iter().filter(|d| d["instance_id"] == id).count()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["instance_id"] == id)
+            .count()
     }
 
     pub async fn faults(&self, action: &str, body: Value) {
-        self.send(reqwest::Method::PUT, &format!("faults/{action}"), body).await;
+        self.send(reqwest::Method::PUT, &format!("faults/{action}"), body)
+            .await;
     }
 }
 
@@ -186,28 +237,58 @@ impl Operator {
         Self::start_with_env(name, ns, emu, extra, &[("VOLCENGINE_SECRET_KEY", SK)])
     }
 
-    pub fn start_with_env(name: &str, ns: &str, emu: &Emulator, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut args: Vec<String> = ["run", "--namespaces", ns, "--metrics-addr", "127.0.0.1:0", "--backoff-base-secs", "1", "--backoff-max-secs", "4", "--transition-poll-secs", "1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+    pub fn start_with_env(
+        name: &str,
+        ns: &str,
+        emu: &Emulator,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut args: Vec<String> = [
+            "run",
+            "--namespaces",
+            ns,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--backoff-base-secs",
+            "1",
+            "--backoff-max-secs",
+            "4",
+            "--transition-poll-secs",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut e: Vec<(String, String)> = vec![
-            ("KUBECONFIG".into(), control_plane().to_string_lossy().into()),
+            (
+                "KUBECONFIG".into(),
+                control_plane().to_string_lossy().into(),
+            ),
             ("VOLCENGINE_ACCESS_KEY".into(), AK.into()),
             ("VOLCENGINE_REGION".into(), "cn-beijing".into()),
             ("VOLCENGINE_ENDPOINT".into(), emu.url.clone()),
             ("RUST_LOG".into(), "info,ecs_operator=debug".into()),
         ];
         e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut op = Self { child: None, name: name.into(), args, env: e, runs: 0 };
+        let mut op = Self {
+            child: None,
+            name: name.into(),
+            args,
+            env: e,
+            runs: 0,
+        };
         op.spawn();
         op
     }
 
     fn spawn(&mut self) {
         self.runs += 1;
-        let log = std::fs::File::create(log_dir().join(format!("{}-operator-{}.log", self.name, self.runs))).unwrap();
+        let log = std::fs::File::create(
+            log_dir().join(format!("{}-operator-{}.log", self.name, self.runs)),
+        )
+        .unwrap();
         let child = Command::new(BIN)
             .args(&self.args)
             .env_clear()
@@ -234,7 +315,8 @@ impl Operator {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(log_dir().join(format!("{}-operator-{}.log", self.name, self.runs))).unwrap_or_default()
+        std::fs::read_to_string(log_dir().join(format!("{}-operator-{}.log", self.name, self.runs)))
+            .unwrap_or_default()
     }
 }
 
@@ -255,11 +337,15 @@ pub fn ecsi(name: &str, spec: Value) -> EcsInstance {
 }
 
 pub async fn create(api: &Api<EcsInstance>, name: &str, spec: Value) -> EcsInstance {
-    api.create(&PostParams::default(), &ecsi(name, spec)).await.expect("create EcsInstance")
+    api.create(&PostParams::default(), &ecsi(name, spec))
+        .await
+        .expect("create EcsInstance")
 }
 
 pub async fn delete(api: &Api<EcsInstance>, name: &str) {
-    api.delete(name, &DeleteParams::default()).await.expect("delete EcsInstance");
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete EcsInstance");
 }
 
 /// Polls `f` until it returns Some, or panics with `what` after `secs`.
@@ -281,7 +367,13 @@ where
 }
 
 pub async fn has_finalizer(api: &Api<EcsInstance>, name: &str) -> Option<bool> {
-    api.get_opt(name).await.ok()?.map(|o| o.metadata.finalizers.unwrap_or_default().iter().any(|f| f == ecs_operator::api::FINALIZER))
+    api.get_opt(name).await.ok()?.map(|o| {
+        o.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == ecs_operator::api::FINALIZER)
+    })
 }
 
 pub async fn gone(api: &Api<EcsInstance>, name: &str) -> Option<()> {
@@ -292,7 +384,10 @@ pub async fn gone(api: &Api<EcsInstance>, name: &str) -> Option<()> {
 }
 
 pub async fn count(api: &Api<EcsInstance>) -> usize {
-    api.list(&ListParams::default()).await.map(|l| l.items.len()).unwrap_or(usize::MAX)
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(usize::MAX)
 }
 
 /// Events about one object (core/v1 view of events.k8s.io events).
@@ -304,6 +399,12 @@ pub async fn events(client: &Client, ns: &str, name: &str) -> Vec<(String, Strin
         .unwrap_or_default()
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
         .collect()
 }

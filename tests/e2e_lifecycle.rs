@@ -1,0 +1,415 @@
+//! The rest of a VM's life, end to end: create, crash before the status write, adopt,
+//! orphan, deletion protection, prepaid, out-of-band deletion, immutable fields.
+
+mod support;
+
+use std::time::Duration;
+
+use ecs_operator::api::EcsInstance;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::ResourceExt;
+use serde_json::json;
+use support::*;
+
+fn create_spec() -> serde_json::Value {
+    json!({"create": {
+        "zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
+        "subnetId": "subnet-1", "securityGroupIds": ["sg-1"],
+        "systemVolume": {"volumeType": "ESSD_PL0", "size": 40}, "tags": {"team": "web"}
+    }})
+}
+
+async fn ready(api: &Api<EcsInstance>, name: &str) -> EcsInstance {
+    wait_for(40, "Ready", || async {
+        let o = api.get(name).await.ok()?;
+        (o.condition("Ready")?.status == "True").then_some(o)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_observe_delete_with_ownership_tags() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-create").await;
+    let emu = Emulator::start("create", &["--create-delay-ms", "1500"]);
+    let _op = Operator::start("create", &ns, &emu, &["--cluster-id", "test-cluster"]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(&api, "web", create_spec()).await;
+    // Lost RunInstances answer on the first try: the retry with the same token must not make a second VM.
+    emu.faults("RunInstances", json!({"lose_next": 1})).await;
+    let o = ready(&api, "web").await;
+    let st = o.status.clone().unwrap();
+    let id = st.instance_id.clone().unwrap();
+    assert_eq!(st.instance_status.as_deref(), Some("RUNNING"));
+    assert!(st.private_ip.is_some() && st.zone_id.as_deref() == Some("cn-beijing-a"));
+    let all = emu.get("instances").await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "exactly one VM: {all}");
+    let vm = emu.instance(&id).await.unwrap();
+    let tag = |k: &str| {
+        vm["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["Key"] == k)
+            .map(|t| t["Value"].as_str().unwrap().to_string())
+    };
+    assert_eq!(tag("ecs.volcengine.io/uid"), o.uid());
+    assert_eq!(
+        tag("ecs.volcengine.io/cluster").as_deref(),
+        Some("test-cluster")
+    );
+    assert_eq!(
+        tag("ecs.volcengine.io/namespace").as_deref(),
+        Some(ns.as_str())
+    );
+    assert_eq!(tag("ecs.volcengine.io/name").as_deref(), Some("web"));
+    assert_eq!(tag("team").as_deref(), Some("web"));
+    let runs = emu.calls("RunInstances").await;
+    let tok = format!("ecsop-run-{}", o.uid().unwrap());
+    assert!(
+        runs.iter()
+            .all(|c| c["params"]["ClientToken"] == tok.as_str()),
+        "{runs:?}"
+    );
+    // kubectl get shows the columns; kubectl wait works.
+    let out = kubectl(&["-n", &ns, "get", "ecsi", "web"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&id) && text.contains("RUNNING") && text.contains("True"),
+        "{text}"
+    );
+    let out = kubectl(&[
+        "-n",
+        &ns,
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=5s",
+        "ecsi/web",
+    ]);
+    assert!(out.status.success());
+
+    delete(&api, "web").await;
+    wait_for(30, "gone", || gone(&api, "web")).await;
+    assert_eq!(emu.deletions_of(&id).await, 1);
+    let evs = events(&client, &ns, "web").await;
+    for r in ["Created", "Ready", "DeletionRequested", "Deleted"] {
+        assert!(
+            evs.iter().any(|(_, reason, _)| reason == r),
+            "{r} missing: {evs:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_run_instances_adopts_instead_of_creating_again() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-crashrun").await;
+    let emu = Emulator::start("crashrun", &["--create-delay-ms", "0"]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    // No operator yet: the resource exists, and a VM tagged with its uid exists, as if an
+    // operator had sent RunInstances and died before writing the instance ID.
+    let o = create(&api, "web", create_spec()).await;
+    let uid = o.uid().unwrap();
+    let id = emu.seed(json!({"Status": "RUNNING", "Tags": [
+        {"Key": "ecs.volcengine.io/uid", "Value": uid}, {"Key": "ecs.volcengine.io/cluster", "Value": "default"}
+    ]})).await;
+    let _op = Operator::start("crashrun", &ns, &emu, &[]);
+    let o = ready(&api, "web").await;
+    assert_eq!(o.status.unwrap().instance_id.as_deref(), Some(id.as_str()));
+    assert!(emu.calls("RunInstances").await.is_empty(), "no second VM");
+    let evs = events(&client, &ns, "web").await;
+    assert!(evs.iter().any(|(_, r, _)| r == "Adopted"), "{evs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_policy_keeps_the_vm_from_spec_or_namespace_annotation() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-orphan").await;
+    let emu = Emulator::start("orphan", &[]);
+    let _op = Operator::start("orphan", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let a = emu.seed(json!({"Status": "RUNNING"})).await;
+    let b = emu.seed(json!({"Status": "RUNNING"})).await;
+    let c = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "spec-orphan",
+        json!({"instanceId": a, "deletionPolicy": "Orphan"}),
+    )
+    .await;
+    create(&api, "ns-orphan", json!({"instanceId": b})).await;
+    create(
+        &api,
+        "spec-wins",
+        json!({"instanceId": c, "deletionPolicy": "Delete"}),
+    )
+    .await;
+    for n in ["spec-orphan", "ns-orphan", "spec-wins"] {
+        ready(&api, n).await;
+    }
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    nss.patch(
+        &ns,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"ecs.volcengine.io/deletion-policy": "Orphan"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    for n in ["spec-orphan", "ns-orphan", "spec-wins"] {
+        delete(&api, n).await;
+    }
+    for n in ["spec-orphan", "ns-orphan", "spec-wins"] {
+        wait_for(30, n, || gone(&api, n)).await;
+    }
+    assert_eq!(emu.deletions_of(&a).await, 0);
+    assert_eq!(emu.deletions_of(&b).await, 0);
+    assert_eq!(
+        emu.deletions_of(&c).await,
+        1,
+        "the resource's own policy wins over the namespace"
+    );
+    assert!(emu.instance(&a).await.is_some() && emu.instance(&b).await.is_some());
+    let evs = events(&client, &ns, "spec-orphan").await;
+    assert!(
+        evs.iter()
+            .any(|(_, r, n)| r == "Orphaned" && n.contains(&a)),
+        "{evs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletion_protection_blocks_until_the_user_turns_it_off() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-protect").await;
+    let emu = Emulator::start("protect", &[]);
+    let _op = Operator::start("protect", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "vm",
+        json!({"instanceId": id, "deletionProtection": true}),
+    )
+    .await;
+    wait_for(30, "protection applied", || async {
+        let vm = emu.instance(&id).await?;
+        (vm["DeletionProtection"] == true).then_some(())
+    })
+    .await;
+    delete(&api, "vm").await;
+    wait_for(30, "DeletionRefused", || async {
+        let o = api.get("vm").await.ok()?;
+        let c = o.condition("Synced")?;
+        (c.reason == "DeletionRefused" && c.message.contains("DeletionProtection")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(has_finalizer(&api, "vm").await, Some(true));
+    assert!(emu.instance(&id).await.is_some(), "protected VM kept");
+    let evs = events(&client, &ns, "vm").await;
+    assert!(
+        evs.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "DeletionRefused"),
+        "{evs:?}"
+    );
+    // The operator never turned protection off by itself.
+    assert!(emu
+        .calls("ModifyInstanceAttribute")
+        .await
+        .iter()
+        .all(|c| c["params"]["DeletionProtection"] == "true"));
+    // The user turns it off in the spec: now the VM is deleted.
+    api.patch(
+        "vm",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"deletionProtection": false}})),
+    )
+    .await
+    .unwrap();
+    wait_for(30, "gone", || gone(&api, "vm")).await;
+    assert_eq!(emu.deletions_of(&id).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepaid_vm_is_a_terminal_condition_not_a_hot_loop() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-prepaid").await;
+    let emu = Emulator::start("prepaid", &[]);
+    let _op = Operator::start("prepaid", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING", "InstanceChargeType": "PrePaid", "ExpiredAt": "2099-01-01T00:00:00Z"})).await;
+    create(&api, "vm", json!({"instanceId": id})).await;
+    ready(&api, "vm").await;
+    delete(&api, "vm").await;
+    wait_for(30, "Stalled", || async {
+        let o = api.get("vm").await.ok()?;
+        (o.condition("Stalled")?.reason == "DeletionRefused").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The slow requeue (the backoff cap, 4 s in tests) bounds the calls.
+    let n = emu.calls("DeleteInstances").await.len();
+    assert!((1..=3).contains(&n), "{n} DeleteInstances calls in ~6 s");
+    assert_eq!(has_finalizer(&api, "vm").await, Some(true));
+    // Once the subscription expires the deletion goes through.
+    emu.send(
+        reqwest::Method::PATCH,
+        &format!("instances/{id}"),
+        json!({"ExpiredAt": "2020-01-01T00:00:00Z"}),
+    )
+    .await;
+    wait_for(30, "gone", || gone(&api, "vm")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_deleted_outside_kubernetes_is_reported_not_recreated() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-oob").await;
+    let emu = Emulator::start("oob", &[]);
+    let _op = Operator::start("oob", &ns, &emu, &["--resync-secs", "1"]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(&api, "web", create_spec()).await;
+    let o = ready(&api, "web").await;
+    let id = o.status.unwrap().instance_id.unwrap();
+    emu.send(
+        reqwest::Method::DELETE,
+        &format!("instances/{id}"),
+        json!({}),
+    )
+    .await;
+    wait_for(30, "InstanceNotFound", || async {
+        let o = api.get("web").await.ok()?;
+        (o.condition("Ready")?.reason == "InstanceNotFound").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        emu.calls("RunInstances").await.len(),
+        1,
+        "never silently re-created"
+    );
+    let evs = events(&client, &ns, "web").await;
+    assert!(
+        evs.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "InstanceNotFound"),
+        "{evs:?}"
+    );
+    delete(&api, "web").await;
+    wait_for(30, "gone", || gone(&api, "web")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn immutable_field_change_is_reported_and_ignored() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-immut").await;
+    let emu = Emulator::start("immut", &[]);
+    let _op = Operator::start("immut", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let a = emu.seed(json!({"Status": "RUNNING"})).await;
+    let b = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(&api, "vm", json!({"instanceId": a})).await;
+    ready(&api, "vm").await;
+    api.patch(
+        "vm",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"instanceId": b}})),
+    )
+    .await
+    .unwrap();
+    wait_for(30, "ImmutableFieldChanged", || async {
+        let o = api.get("vm").await.ok()?;
+        (o.condition("Synced")?.reason == "ImmutableFieldChanged").then_some(())
+    })
+    .await;
+    let evs = events(&client, &ns, "vm").await;
+    assert!(
+        evs.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "ImmutableFieldChanged"),
+        "{evs:?}"
+    );
+    delete(&api, "vm").await;
+    wait_for(30, "gone", || gone(&api, "vm")).await;
+    assert_eq!(
+        emu.deletions_of(&a).await,
+        1,
+        "the adopted VM is the one deleted"
+    );
+    assert_eq!(
+        emu.deletions_of(&b).await,
+        0,
+        "the edited-in VM is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_for_termination_keeps_the_finalizer_until_the_vm_is_gone() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-wait").await;
+    let emu = Emulator::start("wait", &["--delete-delay-ms", "4000"]);
+    let _op = Operator::start("wait", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "vm",
+        json!({"instanceId": id, "waitForTermination": true}),
+    )
+    .await;
+    ready(&api, "vm").await;
+    delete(&api, "vm").await;
+    wait_for(20, "DeletionAccepted", || async {
+        let o = api.get("vm").await.ok()?;
+        (o.condition("Ready")?.reason == "DeletionAccepted").then_some(())
+    })
+    .await;
+    assert!(emu.instance(&id).await.is_some(), "still DELETING");
+    assert_eq!(has_finalizer(&api, "vm").await, Some(true));
+    wait_for(30, "gone", || gone(&api, "vm")).await;
+    assert!(emu.instance(&id).await.is_none());
+    assert_eq!(emu.deletions_of(&id).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_rejects_malformed_specs() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-schema").await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("ecs.volcengine.io", "v1alpha1", "EcsInstance"),
+        "ecsinstances",
+    );
+    let dynamic: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+    for (name, spec) in [
+        ("bad-id", json!({"instanceId": "not-an-id"})),
+        (
+            "bad-policy",
+            json!({"instanceId": "i-abcdef12", "deletionPolicy": "Sometimes"}),
+        ),
+        (
+            "small-disk",
+            json!({"create": {"zoneId": "z", "imageId": "i", "instanceTypeId": "t", "subnetId": "s", "securityGroupIds": ["sg"], "systemVolume": {"size": -5}}}),
+        ),
+        (
+            "no-sg",
+            json!({"create": {"zoneId": "z", "imageId": "i", "instanceTypeId": "t", "subnetId": "s", "securityGroupIds": []}}),
+        ),
+    ] {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "ecs.volcengine.io/v1alpha1", "kind": "EcsInstance",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        let r = dynamic.create(&Default::default(), &obj).await;
+        match r {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 422, "{name}: {s:?}"),
+            other => panic!("{name} was not rejected: {other:?}"),
+        }
+    }
+    let out = kubectl(&["explain", "ecsinstance.spec"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("deletionPolicy") && text.contains("Orphan"),
+        "{text}"
+    );
+}
