@@ -40,8 +40,8 @@ fn schema_constrains_what_the_api_server_must_reject() {
         serde_json::json!(["Delete", "Orphan"])
     );
     assert_eq!(
-        spec["create"]["properties"]["systemVolume"]["properties"]["size"]["minimum"],
-        10
+        spec["create"]["properties"]["systemVolume"]["properties"]["size"]["minimum"].as_f64(),
+        Some(10.0)
     );
     // Every spec field carries a description (kubectl explain shows it).
     for (name, field) in spec.as_object().unwrap() {
