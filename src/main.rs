@@ -1,5 +1,5 @@
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use ecs_operator::cloud::client::EcsClient;
 use ecs_operator::config::{Cli, Command, RunArgs};
 use ecs_operator::controller::batch::BatchConfig;
 use ecs_operator::controller::{self, Context, Settings};
+use ecs_operator::leader::{self, LeaderConfig};
 use ecs_operator::metrics::Metrics;
 use ecs_operator::{emulator, server, telemetry};
 
@@ -109,9 +110,34 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             async move { t.cancelled().await },
         ))
     };
-    let ctx = Arc::new(Context::new(client, cloud, metrics, settings));
-    let t = token.clone();
-    controller::run(ctx, async move { t.cancelled().await }, ready).await;
+    let ctx = Arc::new(Context::new(client.clone(), cloud, metrics, settings));
+    let result = if args.leader_elect {
+        let cfg = LeaderConfig {
+            lease_name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: args
+                .identity
+                .clone()
+                .unwrap_or_else(leader::default_identity),
+            duration_secs: args.lease_duration_secs,
+        };
+        // A standby replica is ready: it serves probes and waits for the Lease.
+        let standby_ready = ready.clone();
+        let cache_ready = Arc::new(AtomicBool::new(false));
+        leader::run_as_leader(
+            client,
+            cfg,
+            token.clone(),
+            move || standby_ready.store(true, Ordering::SeqCst),
+            |stop| controller::run(ctx, async move { stop.cancelled().await }, cache_ready),
+        )
+        .await
+        .map_err(|e| e.into())
+    } else {
+        let t = token.clone();
+        controller::run(ctx, async move { t.cancelled().await }, ready).await;
+        Ok(())
+    };
     token.cancel();
     match srv.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server"),
@@ -119,5 +145,5 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         Ok(Ok(())) => {}
     }
     tracing::info!("stopped");
-    Ok(())
+    result
 }

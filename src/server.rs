@@ -30,6 +30,7 @@ pub async fn serve(
         .route("/readyz", get(ready_handler))
         .with_state(AppState { metrics, ready });
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

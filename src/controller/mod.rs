@@ -207,9 +207,18 @@ pub async fn run(
         let reader2 = reader.clone();
         runs.push(tokio::spawn(async move {
             tokio::spawn(async move {
-                if reader2.wait_until_ready().await.is_ok()
-                    && synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n
-                {
+                // The store's readiness signal wakes only its latest waiter (the controller
+                // also waits on it), so poll it afresh instead of waiting once.
+                loop {
+                    let wait = reader2.wait_until_ready();
+                    match tokio::time::timeout(Duration::from_millis(200), wait).await {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => return,
+                        Err(_) => continue,
+                    }
+                }
+                tracing::info!("cache synced");
+                if synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
                     ready.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
             });
