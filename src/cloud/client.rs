@@ -98,10 +98,13 @@ impl EcsClient {
                 )))
             }
         }
-        if cfg.credentials.access_key.is_empty() || cfg.credentials.secret_key.is_empty() {
-            return Err(CloudError::Config(
-                "VOLCENGINE_ACCESS_KEY and VOLCENGINE_SECRET_KEY must be set".into(),
-            ));
+        // Missing credentials are not a startup failure: the operator runs, and every call
+        // fails with MissingCredentials, which every resource reports in its conditions.
+        if let Some(missing) = cfg.credentials.missing() {
+            tracing::warn!(
+                missing,
+                "no cloud credentials: every cloud call will fail with MissingCredentials"
+            );
         }
         let host = match endpoint.port() {
             Some(p) => format!("{host}:{p}"),
@@ -140,6 +143,14 @@ impl EcsClient {
         action: Action,
         params: Vec<(String, String)>,
     ) -> Result<Called<T>, CloudError> {
+        if let Some(missing) = self.cfg.credentials.missing() {
+            let e = CloudError::MissingCredentials { action, missing };
+            if let Some(m) = &self.metrics {
+                m.cloud_call(action.as_str(), e.code(), 0.0);
+            }
+            tracing::info!(%action, code = e.code(), error = %e, "cloud call not sent");
+            return Err(e);
+        }
         let mut attempt = 1;
         loop {
             let waited = self.limiter.acquire(action).await;
@@ -510,6 +521,40 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code(), "FlowLimitExceeded");
         assert_eq!(e.class(), ErrorClass::Throttled);
+    }
+
+    #[tokio::test]
+    async fn missing_credentials_fail_every_call_without_sending_it() {
+        for (ak, sk, missing) in [
+            ("", "sk", "VOLCENGINE_ACCESS_KEY"),
+            ("ak", "", "VOLCENGINE_SECRET_KEY"),
+            ("", "", "VOLCENGINE_ACCESS_KEY"),
+        ] {
+            let creds = Credentials {
+                access_key: ak.into(),
+                secret_key: signer::Secret::new(sk),
+                session_token: Some(signer::Secret::new("tok-not-shown")),
+            };
+            // Port 9 (discard) is never reached: the call fails before the limiter and the wire.
+            let c = EcsClient::new(
+                ClientConfig::new("http://127.0.0.1:9", "cn-beijing", creds),
+                None,
+            )
+            .expect("missing credentials are not a startup failure");
+            let e = c
+                .describe_instances("cn-beijing", DescribeQuery::default())
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), "MissingCredentials");
+            assert_eq!(e.class(), ErrorClass::Auth);
+            assert!(!e.is_retryable());
+            let shown = e.to_string();
+            assert!(
+                shown.contains("MissingCredentials") && shown.contains(missing),
+                "{shown}"
+            );
+            assert!(!shown.contains("tok-not-shown"), "{shown}");
+        }
     }
 
     #[test]

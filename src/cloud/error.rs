@@ -65,17 +65,25 @@ pub enum CloudError {
     },
     /// The cloud answered, but not with anything we can read (HTML page, truncated JSON,
     /// no ResponseMetadata, oversized body).
-    #[error("{action} failed: HTTP {status} with an unusable response: {detail}")]
+    #[error("{action} failed: BadResponse: HTTP {status} with an unusable response: {detail}{}",
+        request_id.as_deref().map(|r| format!(" (RequestId {r})")).unwrap_or_default())]
     BadResponse {
         action: Action,
         status: u16,
         detail: String,
         request_id: Option<String>,
     },
-    #[error("{action} failed: network error: {detail}")]
+    #[error("{action} failed: NetworkError: {detail}")]
     Network { action: Action, detail: String },
-    #[error("{action} failed: no response within {after:?}")]
+    #[error("{action} failed: Timeout: no response within {after:?}")]
     Timeout { action: Action, after: Duration },
+    /// No access key or secret key is configured: nothing was sent. The operator keeps
+    /// running so that every resource says so, and picks up fixed credentials on restart.
+    #[error("{action} not sent: MissingCredentials: {missing} is empty; set VOLCENGINE_ACCESS_KEY and VOLCENGINE_SECRET_KEY")]
+    MissingCredentials {
+        action: Action,
+        missing: &'static str,
+    },
     /// Local misconfiguration (bad endpoint URL, plain http to a remote host, ...).
     #[error("cloud client configuration: {0}")]
     Config(String),
@@ -89,6 +97,7 @@ impl CloudError {
             CloudError::BadResponse { .. } => "BadResponse",
             CloudError::Network { .. } => "NetworkError",
             CloudError::Timeout { .. } => "Timeout",
+            CloudError::MissingCredentials { .. } => "MissingCredentials",
             CloudError::Config(_) => "InvalidConfiguration",
         }
     }
@@ -123,6 +132,7 @@ impl CloudError {
                 }
             }
             CloudError::Network { .. } | CloudError::Timeout { .. } => ErrorClass::Retryable,
+            CloudError::MissingCredentials { .. } => ErrorClass::Auth,
             CloudError::Config(_) => ErrorClass::Terminal,
         }
     }
@@ -148,6 +158,46 @@ pub fn classify(code: &str, status: u16) -> ErrorClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_message_names_its_code() {
+        let a = Action::DeleteInstances;
+        let errors = [
+            CloudError::BadResponse {
+                action: a,
+                status: 502,
+                detail: "not JSON".into(),
+                request_id: Some("rid-1".into()),
+            },
+            CloudError::Network {
+                action: a,
+                detail: "connection refused".into(),
+            },
+            CloudError::Timeout {
+                action: a,
+                after: Duration::from_secs(1),
+            },
+            CloudError::MissingCredentials {
+                action: a,
+                missing: "VOLCENGINE_SECRET_KEY",
+            },
+            CloudError::Api {
+                action: a,
+                code: "InvalidRegion".into(),
+                code_n: None,
+                message: "m".into(),
+                status: 400,
+                request_id: "rid-2".into(),
+            },
+        ];
+        for e in errors {
+            let shown = e.to_string();
+            assert!(shown.contains(e.code()), "{shown}");
+            if let Some(rid) = e.request_id() {
+                assert!(shown.contains(rid), "{shown}");
+            }
+        }
+    }
 
     #[test]
     fn classification_table() {

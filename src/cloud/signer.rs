@@ -55,6 +55,19 @@ pub struct Credentials {
     pub session_token: Option<Secret>,
 }
 
+impl Credentials {
+    /// Which required part is empty, if any (named by its environment variable).
+    pub fn missing(&self) -> Option<&'static str> {
+        if self.access_key.is_empty() {
+            Some("VOLCENGINE_ACCESS_KEY")
+        } else if self.secret_key.is_empty() {
+            Some("VOLCENGINE_SECRET_KEY")
+        } else {
+            None
+        }
+    }
+}
+
 /// Everything a signature depends on.
 #[derive(Debug, Clone)]
 pub struct SignRequest<'a> {

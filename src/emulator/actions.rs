@@ -10,6 +10,7 @@ use crate::cloud::model::{
     OperationDetailsResult, OperationError, RunInstancesResult, Tag,
 };
 
+use super::faults::DetailOverrides;
 use super::params::Params;
 use super::state::{self, Delays, Deletion, InstanceRec, Store};
 use super::wire::{new_resource_id, rfc3339, ApiError};
@@ -21,6 +22,8 @@ pub(crate) struct Ctx<'a> {
     pub request_id: &'a str,
     pub client_token: Option<&'a str>,
     pub delays: Delays,
+    /// Injected `OperationDetails` falsifications for batch actions.
+    pub details: &'a DetailOverrides,
 }
 
 /// A successful call: the `Result` object and, for batch actions, per-instance codes.
@@ -393,6 +396,25 @@ fn batch(
     let mut details = Vec::with_capacity(ids.len());
     let mut codes = Vec::with_capacity(ids.len());
     for id in ids {
+        if ctx.details.omit.contains(&id) {
+            continue;
+        }
+        if ctx.details.conflicting.contains(&id) {
+            let busy = ApiError::bad_status();
+            codes.extend(["OK".to_string(), busy.code.clone()]);
+            details.push(OperationDetail {
+                instance_id: id.clone(),
+                error: None,
+            });
+            details.push(OperationDetail {
+                instance_id: id,
+                error: Some(OperationError {
+                    code: busy.code,
+                    message: busy.message,
+                }),
+            });
+            continue;
+        }
         let error = one(store, ctx, &id, action).err().map(|e| OperationError {
             code: e.code,
             message: e.message,
@@ -468,8 +490,14 @@ mod tests {
             request_id: "r",
             client_token: Some("t"),
             delays: Delays::ZERO,
+            details: &NO_OVERRIDES,
         }
     }
+
+    static NO_OVERRIDES: DetailOverrides = DetailOverrides {
+        omit: Vec::new(),
+        conflicting: Vec::new(),
+    };
 
     fn p(s: &str) -> Params {
         Params::from_pairs(decode_pairs(s.as_bytes()))
@@ -562,5 +590,51 @@ mod tests {
         assert_eq!(d.instance_codes, vec!["OK", "InvalidInstance.NotFound"]);
         assert_eq!(s.deletions().len(), 1);
         assert_eq!(s.deletions()[0].client_token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn falsified_details_leave_the_instances_alone() {
+        let mut s = Store::default();
+        let (a, b, c) = (run(&mut s, ""), run(&mut s, ""), run(&mut s, ""));
+        let details = DetailOverrides {
+            omit: vec![a.clone()],
+            conflicting: vec![b.clone()],
+        };
+        let cx = Ctx {
+            details: &details,
+            ..ctx(Timestamp::now())
+        };
+        let q = p(&format!(
+            "InstanceIds.1={a}&InstanceIds.2={b}&InstanceIds.3={c}"
+        ));
+        let d = dispatch(&mut s, &cx, Action::DeleteInstances, &q).unwrap();
+        let got: Vec<(String, Option<String>)> = d.result["OperationDetails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["InstanceId"].as_str().unwrap().to_string(),
+                    e["Error"]["Code"].as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (b.clone(), None),
+                (b.clone(), Some("InvalidInstanceStatus".into())),
+                (c.clone(), None),
+            ]
+        );
+        assert_eq!(d.instance_codes, vec!["OK", "InvalidInstanceStatus", "OK"]);
+        // Only c was really deleted.
+        let deleted: Vec<&str> = s
+            .deletions()
+            .iter()
+            .map(|d| d.instance_id.as_str())
+            .collect();
+        assert_eq!(deleted, vec![c.as_str()]);
+        assert!(s.contains(&a) && s.contains(&b));
     }
 }

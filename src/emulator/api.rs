@@ -15,7 +15,7 @@ use crate::cloud::model::{Action, API_VERSION};
 
 use super::actions::{self, Ctx};
 use super::auth::{self, Incoming};
-use super::faults::{Decision, GarbageKind};
+use super::faults::{Decision, DetailOverrides, GarbageKind};
 use super::log::CallRecord;
 use super::params::{decode_pairs, Params};
 use super::state::{Recorded, TokenCheck, TokenKey};
@@ -152,7 +152,11 @@ async fn process(
         Ok(a) => a,
         Err(e) => return error(meta, &e, rec),
     };
-    let decision = emu.lock().faults.decide(action, std::time::Instant::now());
+    let (decision, details) = {
+        let mut inner = emu.lock();
+        let d = inner.faults.decide(action, std::time::Instant::now());
+        (d, inner.faults.detail_overrides(action))
+    };
     let (latency, lose) = match decision {
         Decision::Reject(e, tag) => {
             rec.fault = Some(tag.to_string());
@@ -186,6 +190,11 @@ async fn process(
             return error(meta, &e, rec);
         }
     }
+    let falsified = !details.is_empty()
+        && params
+            .list("InstanceIds")
+            .iter()
+            .any(|id| details.omit.contains(id) || details.conflicting.contains(id));
     // Run the call to completion even if the client hangs up, as a real server would.
     let job = tokio::spawn(execute(
         emu.clone(),
@@ -193,6 +202,7 @@ async fn process(
         params,
         token,
         latency,
+        details,
         meta.clone(),
     ));
     let out = match job.await {
@@ -203,6 +213,9 @@ async fn process(
     rec.code = out.code;
     rec.instance_codes = out.instance_codes;
     rec.replayed = out.replayed;
+    if falsified {
+        rec.fault = Some("falsified_details".into());
+    }
     if lose {
         rec.lost = true;
         rec.fault = Some("lost".into());
@@ -304,6 +317,7 @@ async fn execute(
     params: Params,
     token: Option<String>,
     latency: Duration,
+    details: DetailOverrides,
     meta: Meta,
 ) -> Executed {
     let key = token.as_ref().map(|t| (action, t.clone()));
@@ -337,6 +351,7 @@ async fn execute(
         request_id: &meta.request_id,
         client_token: token.as_deref(),
         delays: inner.cfg.delays,
+        details: &details,
     };
     let (status, body, instance_codes) =
         match actions::dispatch(&mut inner.store, &ctx, action, &params) {

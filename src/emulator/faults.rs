@@ -41,6 +41,25 @@ pub struct FaultSpec {
     pub garbage_status: Option<u16>,
     /// Size of the `oversized` body; default 5 MiB (above the client's 4 MiB limit).
     pub garbage_bytes: Option<usize>,
+    /// Batch actions (DeleteInstances, StopInstances, StartInstances): these instance IDs
+    /// are left alone and the answer has no `OperationDetails` entry for them. Until cleared.
+    pub omit_details: Vec<String>,
+    /// Batch actions: these instance IDs are left alone and the answer has two conflicting
+    /// entries for each (a success, then `InvalidInstanceStatus`). Until cleared.
+    pub conflicting_details: Vec<String>,
+}
+
+/// How a batch action's `OperationDetails` are falsified (see `FaultSpec::omit_details`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DetailOverrides {
+    pub omit: Vec<String>,
+    pub conflicting: Vec<String>,
+}
+
+impl DetailOverrides {
+    pub fn is_empty(&self) -> bool {
+        self.omit.is_empty() && self.conflicting.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +145,17 @@ impl Faults {
             .iter()
             .map(|(a, f)| (a.as_str().to_string(), f.spec.clone()))
             .collect()
+    }
+
+    /// The `OperationDetails` falsifications in force for `action`.
+    pub fn detail_overrides(&self, action: Action) -> DetailOverrides {
+        self.per_action
+            .get(&action)
+            .map(|f| DetailOverrides {
+                omit: f.spec.omit_details.clone(),
+                conflicting: f.spec.conflicting_details.clone(),
+            })
+            .unwrap_or_default()
     }
 
     pub fn decide(&mut self, action: Action, now: Instant) -> Decision {
@@ -333,6 +363,28 @@ mod tests {
             }
         ));
         assert_eq!(f.decide(Action::RunInstances, now), proceed());
+    }
+
+    #[test]
+    fn detail_overrides_are_per_action_and_persist() {
+        let mut f = Faults::default();
+        f.set(
+            Action::DeleteInstances,
+            serde_json::from_str(r#"{"omit_details":["i-a"],"conflicting_details":["i-b"]}"#)
+                .unwrap(),
+        );
+        let now = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(f.decide(Action::DeleteInstances, now), proceed());
+            let o = f.detail_overrides(Action::DeleteInstances);
+            assert_eq!(
+                (o.omit, o.conflicting),
+                (vec!["i-a".into()], vec!["i-b".into()])
+            );
+        }
+        assert!(f.detail_overrides(Action::StopInstances).is_empty());
+        f.remove(Action::DeleteInstances);
+        assert!(f.detail_overrides(Action::DeleteInstances).is_empty());
     }
 
     #[test]
