@@ -1,0 +1,939 @@
+//! The bad-input scenarios, shared by `e2e_bad_input.rs` (the matrix: every case must end
+//! in a condition, a Warning Event and nothing lost) and `e2e_secrets.rs` (the very same
+//! paths with debug logging and recognizable secrets, which must show up nowhere).
+//!
+//! Three groups:
+//! - `config_cases`: the operator itself is misconfigured (credentials, endpoint). One
+//!   namespace and one operator per case, all at once, sharing one emulator.
+//! - `answer_cases`: the cloud answers badly (unknown region, HTML, truncated JSON, no
+//!   ResponseMetadata, oversized body, OperationDetails without or with conflicting entries
+//!   for our VM). One namespace, one operator, one emulator, one case after the other.
+//! - `startup_cases`: endpoints the operator must refuse at startup with a clear message.
+//!
+//! Every case with a VM ends with the cause removed and the VM deleted exactly once.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ecs_operator::api::{EcsInstance, FINALIZER};
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+
+use crate::support::{self, create, delete, gone, wait_for, BIN};
+
+pub const AK: &str = "AKLTbadinput";
+pub const BOGUS_AK: &str = "AKLTnobodyhasthiskey";
+pub const UNKNOWN_REGION: &str = "xx-nowhere-1";
+
+/// Credentials and log level of one run of the scenarios.
+#[derive(Clone, Copy, Debug)]
+pub struct Mode {
+    /// Prefix of namespaces and log files.
+    pub tag: &'static str,
+    /// The emulator's secret key, and so the right one.
+    pub sk: &'static str,
+    /// A secret key the emulator does not know.
+    pub wrong_sk: &'static str,
+    /// A session token the emulator accepts, sent by every operator that has one.
+    pub token: Option<&'static str>,
+    /// A session token the emulator answers with InvalidSecretToken.
+    pub expired_token: &'static str,
+    pub rust_log: &'static str,
+}
+
+impl Mode {
+    /// Every value that must never appear in a log, an Event or a status.
+    pub fn secrets(&self) -> Vec<&'static str> {
+        let mut v = vec![self.sk, self.wrong_sk, self.expired_token];
+        v.extend(self.token);
+        v
+    }
+}
+
+pub const MATRIX: Mode = Mode {
+    tag: "badin",
+    sk: "bad-input-secret-key",
+    wrong_sk: "bad-input-wrong-secret-key",
+    token: None,
+    expired_token: "bad-input-expired-token",
+    rust_log: "info,ecs_operator=debug",
+};
+
+/// Everything the scenarios saw (logs, objects, Events), for the secrets scan.
+#[derive(Clone, Default)]
+pub struct Evidence(Arc<Mutex<Vec<(String, String)>>>);
+
+impl Evidence {
+    pub fn add(&self, what: impl Into<String>, text: impl Into<String>) {
+        self.0.lock().unwrap().push((what.into(), text.into()));
+    }
+
+    pub fn items(&self) -> Vec<(String, String)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Every Event of the namespace, whole.
+    pub async fn add_events(&self, client: &Client, ns: &str) {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+        for e in api.list(&ListParams::default()).await.unwrap().items {
+            self.add(
+                format!("event {ns}/{}", e.name_any()),
+                serde_json::to_string(&e).unwrap(),
+            );
+        }
+    }
+
+    fn add_object(&self, o: &EcsInstance) {
+        self.add(
+            format!(
+                "EcsInstance {}/{}",
+                o.namespace().unwrap_or_default(),
+                o.name_any()
+            ),
+            serde_json::to_string(o).unwrap(),
+        );
+    }
+}
+
+/// One row of the matrix, as it was observed.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub case: &'static str,
+    pub code: String,
+    pub apply_reason: Option<String>,
+    pub delete_reason: Option<String>,
+}
+
+fn log_dir() -> PathBuf {
+    let d = support::repo().join("target/e2e-logs");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The emulator, started with this mode's credentials (the support one has fixed ones).
+pub struct Emu {
+    child: Child,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Emu {
+    pub fn start(name: &str, mode: &Mode) -> Self {
+        let log = std::fs::File::create(log_dir().join(format!("{name}-emulator.log"))).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["emulator", "--listen", "127.0.0.1:0", "--access-key", AK])
+            .args(["--secret-key", mode.sk, "--delete-delay-ms", "0"])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn emulator");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "emulator: {line:?}");
+        Self {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self
+            .http
+            .request(method, format!("{}/_emulator/{path}", self.url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// A RUNNING VM in `region` (default cn-beijing).
+    pub async fn seed(&self, region: Option<&str>) -> String {
+        let mut body = json!({"Status": "RUNNING"});
+        if let Some(r) = region {
+            body["Region"] = json!(r);
+        }
+        let v = self
+            .admin(reqwest::Method::POST, "instances", Some(body))
+            .await;
+        v["InstanceId"].as_str().unwrap().to_string()
+    }
+
+    /// The VM's status, None once it is gone.
+    pub async fn status_of(&self, id: &str) -> Option<String> {
+        let r = self
+            .http
+            .get(format!("{}/_emulator/instances/{id}", self.url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        let v: Value = r.json().await.unwrap();
+        Some(v["Status"].as_str().unwrap_or_default().to_string())
+    }
+
+    pub async fn deletions_of(&self, id: &str) -> usize {
+        let v = self.admin(reqwest::Method::GET, "deletions", None).await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["instance_id"] == id)
+            .count()
+    }
+
+    /// Calls of `action` whose parameters name `id`.
+    pub async fn calls_naming(&self, action: &str, id: &str) -> usize {
+        let v = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("calls?action={action}"),
+                None,
+            )
+            .await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| {
+                c["params"]
+                    .as_object()
+                    .is_some_and(|p| p.values().any(|v| v == id))
+            })
+            .count()
+    }
+
+    pub async fn fault(&self, action: &str, spec: Value) {
+        self.admin(
+            reqwest::Method::PUT,
+            &format!("faults/{action}"),
+            Some(spec),
+        )
+        .await;
+    }
+
+    pub async fn clear_fault(&self, action: &str) {
+        self.admin(reqwest::Method::DELETE, &format!("faults/{action}"), None)
+            .await;
+    }
+
+    pub async fn config(&self, body: Value) -> Value {
+        self.admin(reqwest::Method::PUT, "config", Some(body)).await
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The operator binary with this mode's credentials, any endpoint, and overrides.
+pub struct Op {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl Op {
+    pub fn start(
+        name: &str,
+        ns: &str,
+        endpoint: &str,
+        mode: &Mode,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Self {
+        let log_path = log_dir().join(format!("{name}-operator.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--namespaces", ns, "--metrics-addr", "127.0.0.1:0"])
+            .args(["--backoff-base-secs", "1", "--backoff-max-secs", "3"])
+            .args(["--transition-poll-secs", "1"])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", support::control_plane())
+            .env("VOLCENGINE_ACCESS_KEY", AK)
+            .env("VOLCENGINE_SECRET_KEY", mode.sk)
+            .env("VOLCENGINE_REGION", "cn-beijing")
+            .env("VOLCENGINE_ENDPOINT", endpoint)
+            .env("RUST_LOG", mode.rust_log);
+        if let Some(t) = mode.token {
+            cmd.env("VOLCENGINE_SESSION_TOKEN", t);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn operator");
+        Self {
+            child: Some(child),
+            log_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Stops it and returns its log.
+    pub fn stop(&mut self) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.log()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits for the condition an apply-path failure leaves: Synced=False (and the first
+/// Ready=False) with `reason`, messages naming `code` and every `detail`, and a Warning
+/// Event about DescribeInstances that names the code.
+pub async fn expect_apply_failure(
+    client: &Client,
+    api: &Api<EcsInstance>,
+    name: &str,
+    code: &str,
+    reason: &str,
+    detail: &[&str],
+    ev: &Evidence,
+) {
+    let o = wait_for(
+        40,
+        &format!("{name}: Synced=False {reason} naming {code}"),
+        || async {
+            let o = api.get(name).await.ok()?;
+            let c = o.condition("Synced")?;
+            (c.status == "False" && c.reason == reason && c.message.contains(code)).then_some(o)
+        },
+    )
+    .await;
+    ev.add_object(&o);
+    let synced = o.condition("Synced").unwrap();
+    for d in detail {
+        assert!(
+            synced.message.contains(d),
+            "{name}: {:?} lacks {d:?}",
+            synced.message
+        );
+    }
+    let ready = o.condition("Ready").expect("Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reason),
+        "{name}: {ready:?}"
+    );
+    assert!(ready.message.contains(code), "{name}: {ready:?}");
+    assert!(o.finalizers().iter().any(|f| f == FINALIZER), "{name}");
+    let ns = o.namespace().unwrap();
+    wait_for(20, &format!("{name}: Warning Event {reason}"), || async {
+        support::events(client, &ns, name)
+            .await
+            .into_iter()
+            .any(|(t, r, n)| {
+                t == "Warning" && r == reason && n.contains(code) && n.contains("DescribeInstances")
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+/// Deletes the resource and waits for what a failed deletion leaves: Ready=False Deleting
+/// and Synced=False `reason`, both naming `code`, and a Warning Event about DeleteInstances.
+/// Then lets the operator retry (at least two DeleteInstances naming the VM when `emu` sees
+/// them, else 3 s) and checks nothing was lost: finalizer kept, VM still RUNNING and never
+/// deleted.
+#[allow(clippy::too_many_arguments)]
+pub async fn expect_delete_failure(
+    client: &Client,
+    api: &Api<EcsInstance>,
+    name: &str,
+    id: &str,
+    code: &str,
+    reason: &str,
+    emu: &Emu,
+    sees_calls: bool,
+    ev: &Evidence,
+) {
+    delete(api, name).await;
+    let o = wait_for(
+        40,
+        &format!("{name}: deletion failure naming {code}"),
+        || async {
+            let o = api.get(name).await.ok()?;
+            let r = o.condition("Ready")?;
+            let s = o.condition("Synced")?;
+            (r.status == "False"
+                && r.reason == "Deleting"
+                && r.message.contains(code)
+                && s.status == "False"
+                && s.reason == reason
+                && s.message.contains(code))
+            .then_some(o)
+        },
+    )
+    .await;
+    ev.add_object(&o);
+    let ns = o.namespace().unwrap();
+    wait_for(
+        20,
+        &format!("{name}: Warning Event {reason} on delete"),
+        || async {
+            support::events(client, &ns, name)
+                .await
+                .into_iter()
+                .any(|(t, r, n)| {
+                    t == "Warning"
+                        && r == reason
+                        && n.contains(code)
+                        && n.contains("DeleteInstances")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    if sees_calls {
+        wait_for(
+            30,
+            &format!("{name}: a retried DeleteInstances"),
+            || async { (emu.calls_naming("DeleteInstances", id).await >= 2).then_some(()) },
+        )
+        .await;
+    } else {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let o = api.get(name).await.expect("resource still there");
+    ev.add_object(&o);
+    assert!(
+        o.finalizers().iter().any(|f| f == FINALIZER),
+        "{name}: finalizer kept"
+    );
+    assert!(o.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        emu.status_of(id).await.as_deref(),
+        Some("RUNNING"),
+        "{name}: VM untouched"
+    );
+    assert_eq!(emu.deletions_of(id).await, 0, "{name}: VM never deleted");
+}
+
+/// Once the cause is gone, the held deletion completes, exactly once.
+pub async fn expect_recovery(api: &Api<EcsInstance>, name: &str, id: &str, emu: &Emu) {
+    wait_for(60, &format!("{name}: deleted after the fix"), || {
+        gone(api, name)
+    })
+    .await;
+    assert_eq!(
+        emu.deletions_of(id).await,
+        1,
+        "{name}: deleted exactly once"
+    );
+}
+
+/// Where a misconfigured operator sends its calls.
+#[derive(Clone, Copy, Debug)]
+pub enum Endpoint {
+    Emulator,
+    /// A loopback port nobody listens on.
+    Refused,
+    /// A loopback listener that accepts and never answers.
+    Hanging,
+}
+
+pub struct ConfigCase {
+    pub name: &'static str,
+    pub code: &'static str,
+    pub reason: &'static str,
+    /// Text each message must also contain.
+    pub detail: &'static str,
+    pub env: Vec<(&'static str, &'static str)>,
+    pub endpoint: Endpoint,
+    pub args: &'static [&'static str],
+}
+
+pub fn config_cases(mode: &Mode) -> Vec<ConfigCase> {
+    let c = |name, code, reason, detail, env, endpoint, args| ConfigCase {
+        name,
+        code,
+        reason,
+        detail,
+        env,
+        endpoint,
+        args,
+    };
+    use Endpoint::*;
+    vec![
+        c(
+            "no-access-key",
+            "MissingCredentials",
+            "CloudAuthError",
+            "VOLCENGINE_ACCESS_KEY",
+            vec![("VOLCENGINE_ACCESS_KEY", "")],
+            Emulator,
+            &[],
+        ),
+        c(
+            "no-secret-key",
+            "MissingCredentials",
+            "CloudAuthError",
+            "VOLCENGINE_SECRET_KEY",
+            vec![("VOLCENGINE_SECRET_KEY", "")],
+            Emulator,
+            &[],
+        ),
+        c(
+            "wrong-secret",
+            "SignatureDoesNotMatch",
+            "CloudAuthError",
+            "HTTP 401",
+            vec![("VOLCENGINE_SECRET_KEY", mode.wrong_sk)],
+            Emulator,
+            &[],
+        ),
+        c(
+            "unknown-access-key",
+            "InvalidAccessKey",
+            "CloudAuthError",
+            "HTTP 401",
+            vec![("VOLCENGINE_ACCESS_KEY", BOGUS_AK)],
+            Emulator,
+            &[],
+        ),
+        c(
+            "expired-token",
+            "InvalidSecretToken",
+            "CloudAuthError",
+            "expired",
+            vec![("VOLCENGINE_SESSION_TOKEN", mode.expired_token)],
+            Emulator,
+            &[],
+        ),
+        c(
+            "refused",
+            "NetworkError",
+            "CloudError",
+            "Connection refused",
+            vec![],
+            Refused,
+            &[],
+        ),
+        c(
+            "hanging",
+            "Timeout",
+            "CloudError",
+            "no response within 1s",
+            vec![],
+            Hanging,
+            &["--request-timeout-secs", "1", "--max-attempts", "1"],
+        ),
+    ]
+}
+
+/// A loopback port that refuses connections (bound, then closed).
+fn refused_endpoint() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// A listener that accepts every connection and never writes a byte; stops when aborted.
+async fn hanging_endpoint() -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (url, task)
+}
+
+async fn run_config_case(
+    client: &Client,
+    emu: &Emu,
+    mode: &Mode,
+    case: &ConfigCase,
+    ev: &Evidence,
+) -> Row {
+    let ns = support::namespace(client, &format!("{}-{}", mode.tag, case.name)).await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(None).await;
+    let mut hang = None;
+    let endpoint = match case.endpoint {
+        Endpoint::Emulator => emu.url.clone(),
+        Endpoint::Refused => refused_endpoint(),
+        Endpoint::Hanging => {
+            let (url, task) = hanging_endpoint().await;
+            hang = Some(task);
+            url
+        }
+    };
+    let name = format!("{}-{}", mode.tag, case.name);
+    let mut op = Op::start(&name, &ns, &endpoint, mode, &case.env, case.args);
+    create(&api, case.name, json!({"instanceId": id})).await;
+    expect_apply_failure(
+        client,
+        &api,
+        case.name,
+        case.code,
+        case.reason,
+        &[case.detail],
+        ev,
+    )
+    .await;
+    expect_delete_failure(
+        client,
+        &api,
+        case.name,
+        &id,
+        case.code,
+        case.reason,
+        emu,
+        false,
+        ev,
+    )
+    .await;
+    assert!(op.is_running(), "{}: the operator keeps running", case.name);
+    let log = op.stop();
+    assert!(
+        log.contains(case.code),
+        "{}: the log names {}",
+        case.name,
+        case.code
+    );
+    assert!(!log.contains("panicked"), "{}: {log}", case.name);
+    ev.add(format!("log {name}"), log);
+    if let Some(t) = hang {
+        t.abort();
+    }
+    // The fix: the same operator with the right configuration.
+    let mut fixed = Op::start(&format!("{name}-fixed"), &ns, &emu.url, mode, &[], &[]);
+    expect_recovery(&api, case.name, &id, emu).await;
+    ev.add(format!("log {name}-fixed"), fixed.stop());
+    ev.add_events(client, &ns).await;
+    Row {
+        case: case.name,
+        code: case.code.to_string(),
+        apply_reason: Some(case.reason.to_string()),
+        delete_reason: Some(case.reason.to_string()),
+    }
+}
+
+/// Every misconfigured operator at once, each in its own namespace.
+pub async fn run_config_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
+    let client = support::client().await;
+    let emu = Emu::start(&format!("{}-config", mode.tag), &mode);
+    emu.config(json!({"expired_tokens": [mode.expired_token]}))
+        .await;
+    let cases = config_cases(&mode);
+    let runs = cases
+        .iter()
+        .map(|c| run_config_case(&client, &emu, &mode, c, ev));
+    futures::future::join_all(runs).await
+}
+
+pub struct AnswerCase {
+    pub name: &'static str,
+    pub code: &'static str,
+    pub reason: &'static str,
+    /// Text the apply-path message must also contain.
+    pub detail: &'static str,
+    pub kind: Answer,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Answer {
+    /// spec.region is a region the cloud does not know (the VM lives there anyway, in the
+    /// emulator's store, so that opening the region is the fix).
+    UnknownRegion,
+    /// The emulator's `garbage_kind`, on DescribeInstances and then on DeleteInstances.
+    Garbage(&'static str),
+    /// OperationDetails without an entry for our VM.
+    OmitDetail,
+    /// Two conflicting entries for our VM.
+    ConflictingDetails,
+}
+
+pub fn answer_cases() -> Vec<AnswerCase> {
+    let c = |name, code, reason, detail, kind| AnswerCase {
+        name,
+        code,
+        reason,
+        detail,
+        kind,
+    };
+    use Answer::*;
+    vec![
+        c(
+            "unknown-region",
+            "InvalidRegion",
+            "CloudError",
+            UNKNOWN_REGION,
+            UnknownRegion,
+        ),
+        c(
+            "html",
+            "BadResponse",
+            "CloudError",
+            "HTTP 502 with an unusable response: not JSON",
+            Garbage("html"),
+        ),
+        c(
+            "truncated-json",
+            "BadResponse",
+            "CloudError",
+            "not JSON",
+            Garbage("truncated_json"),
+        ),
+        c(
+            "no-metadata",
+            "BadResponse",
+            "CloudError",
+            "no ResponseMetadata",
+            Garbage("no_metadata"),
+        ),
+        c(
+            "oversized",
+            "BadResponse",
+            "CloudError",
+            "body larger than",
+            Garbage("oversized"),
+        ),
+        c(
+            "missing-entry",
+            "MissingOperationDetail",
+            "CloudError",
+            "",
+            OmitDetail,
+        ),
+        c(
+            "conflicting-entries",
+            "ConflictingOperationDetails",
+            "CloudError",
+            "",
+            ConflictingDetails,
+        ),
+    ]
+}
+
+async fn ready(api: &Api<EcsInstance>, name: &str) {
+    wait_for(40, &format!("{name}: Ready"), || async {
+        let o = api.get(name).await.ok()?;
+        (o.condition("Ready")?.status == "True").then_some(())
+    })
+    .await;
+}
+
+/// One operator, one namespace, one case after the other (faults are per action).
+pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
+    let client = support::client().await;
+    let ns = support::namespace(&client, &format!("{}-answers", mode.tag)).await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let emu = Emu::start(&format!("{}-answers", mode.tag), &mode);
+    let name = format!("{}-answers", mode.tag);
+    let mut op = Op::start(&name, &ns, &emu.url, &mode, &[], &[]);
+    let mut rows = Vec::new();
+    for case in answer_cases() {
+        let n = case.name;
+        let mut row = Row {
+            case: n,
+            code: case.code.to_string(),
+            apply_reason: None,
+            delete_reason: None,
+        };
+        match case.kind {
+            Answer::UnknownRegion => {
+                let id = emu.seed(Some(UNKNOWN_REGION)).await;
+                create(&api, n, json!({"instanceId": id, "region": UNKNOWN_REGION})).await;
+                expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
+                    .await;
+                row.apply_reason = Some(case.reason.into());
+                expect_delete_failure(
+                    &client,
+                    &api,
+                    n,
+                    &id,
+                    case.code,
+                    case.reason,
+                    &emu,
+                    false,
+                    ev,
+                )
+                .await;
+                row.delete_reason = Some(case.reason.into());
+                let regions = json!(["cn-beijing", UNKNOWN_REGION]);
+                emu.config(json!({ "regions": regions })).await;
+                expect_recovery(&api, n, &id, &emu).await;
+            }
+            Answer::Garbage(kind) => {
+                let id = emu.seed(None).await;
+                let spec = json!({"garbage_next": 1_000_000, "garbage_kind": kind});
+                emu.fault("DescribeInstances", spec.clone()).await;
+                create(&api, n, json!({"instanceId": id})).await;
+                expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
+                    .await;
+                row.apply_reason = Some(case.reason.into());
+                emu.clear_fault("DescribeInstances").await;
+                ready(&api, n).await;
+                emu.fault("DeleteInstances", spec).await;
+                expect_delete_failure(
+                    &client,
+                    &api,
+                    n,
+                    &id,
+                    case.code,
+                    case.reason,
+                    &emu,
+                    true,
+                    ev,
+                )
+                .await;
+                row.delete_reason = Some(case.reason.into());
+                emu.clear_fault("DeleteInstances").await;
+                expect_recovery(&api, n, &id, &emu).await;
+            }
+            Answer::OmitDetail | Answer::ConflictingDetails => {
+                let id = emu.seed(None).await;
+                create(&api, n, json!({"instanceId": id})).await;
+                ready(&api, n).await;
+                let field = if matches!(case.kind, Answer::OmitDetail) {
+                    "omit_details"
+                } else {
+                    "conflicting_details"
+                };
+                emu.fault("DeleteInstances", json!({ field: [id] })).await;
+                expect_delete_failure(
+                    &client,
+                    &api,
+                    n,
+                    &id,
+                    case.code,
+                    case.reason,
+                    &emu,
+                    true,
+                    ev,
+                )
+                .await;
+                row.delete_reason = Some(case.reason.into());
+                // Each answer was definitive (a recorded answer that does not name us), so
+                // every retry carried a new token.
+                let o = api.get(n).await.unwrap();
+                assert!(o.deletion_attempt() >= 1, "{n}: {:?}", o.status);
+                emu.clear_fault("DeleteInstances").await;
+                expect_recovery(&api, n, &id, &emu).await;
+            }
+        }
+        rows.push(row);
+    }
+    assert!(op.is_running(), "the operator keeps running");
+    let log = op.stop();
+    assert!(!log.contains("panicked"), "{log}");
+    ev.add(format!("log {name}"), log);
+    ev.add_events(&client, &ns).await;
+    rows
+}
+
+/// Endpoints a production operator must refuse at startup, and what its message must say.
+pub const STARTUP_CASES: &[(&str, &[&str])] = &[
+    (
+        "http://example.com",
+        &["http://example.com", "refusing plain http", "https"],
+    ),
+    (
+        "ftp://127.0.0.1:21",
+        &["unsupported endpoint scheme", "ftp"],
+    ),
+    ("not a url", &["endpoint", "not a url"]),
+];
+
+/// Runs the operator against each endpoint and expects a prompt, clear, non-zero exit.
+pub fn run_startup_cases(mode: &Mode, ev: &Evidence) {
+    for (endpoint, needles) in STARTUP_CASES {
+        let mut child = Command::new(BIN)
+            .args(["run", "--metrics-addr", "127.0.0.1:0"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", support::control_plane())
+            .env("VOLCENGINE_ACCESS_KEY", AK)
+            .env("VOLCENGINE_SECRET_KEY", mode.sk)
+            .env("VOLCENGINE_SESSION_TOKEN", mode.token.unwrap_or(""))
+            .env("VOLCENGINE_ENDPOINT", endpoint)
+            .env("RUST_LOG", mode.rust_log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if t.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                panic!("{endpoint}: the operator did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(status.code(), Some(1), "{endpoint}: {status:?} {stderr}");
+        assert!(!stderr.contains("panicked"), "{endpoint}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: "), "{endpoint}: {stderr}");
+        for n in *needles {
+            assert!(last.contains(n), "{endpoint}: {last:?} lacks {n:?}");
+        }
+        ev.add(format!("startup {endpoint}"), stderr);
+        ev.add(
+            format!("startup stdout {endpoint}"),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        );
+    }
+}
+
+pub fn print_matrix(rows: &[Row]) {
+    println!(
+        "{:<22} {:<30} {:<16} {:<16}",
+        "case", "code", "apply", "delete"
+    );
+    for r in rows {
+        println!(
+            "{:<22} {:<30} {:<16} {:<16}",
+            r.case,
+            r.code,
+            r.apply_reason.as_deref().unwrap_or("-"),
+            r.delete_reason.as_deref().unwrap_or("-"),
+        );
+    }
+}
