@@ -19,6 +19,19 @@ if [[ ! -x "$VENV/bin/pytest" ]] || ! "$VENV/bin/python" -c 'import volcenginesd
   "$VENV/bin/pip" install -q --disable-pip-version-check volcenginesdk-ecs pytest
 fi
 
+step "lua5.1 for the Argo CD health check (deploy/argocd/health.lua; Argo CD runs Lua 5.1)"
+if ! command -v lua5.1 >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null; }
+fi
+
+step "Argo CD health check verdicts (tests/argocd)"
+lua5.1 tests/argocd/health_test.lua
+
+step "kustomize build of deploy/"
+kubectl kustomize deploy/ >/dev/null
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

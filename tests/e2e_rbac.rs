@@ -1,0 +1,474 @@
+//! The deploy/ manifests on the real control plane: the kustomization passes a server-side
+//! dry run; the operator, running with a token of the deployed ServiceAccount (not admin),
+//! creates, observes and deletes VMs, reads a namespace's deletion policy, reads user data
+//! only where the opt-in RoleBinding exists, publishes Events and holds its Lease, without
+//! one "forbidden"; and the ServiceAccount can do exactly what deploy/rbac lists, nothing more.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ecs_operator::api::EcsInstance;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authorization::v1::{SelfSubjectRulesReview, SelfSubjectRulesReviewSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use serde_json::{json, Value};
+use support::*;
+
+const SYSTEM_NS: &str = "ecs-operator-system";
+const SA_USER: &str = "system:serviceaccount:ecs-operator-system:ecs-operator";
+const LEASE: &str = "ecs-operator-leader";
+const USER_DATA: &str = "#cloud-config\nruncmd: [echo hello]\n";
+
+fn deploy(p: &str) -> PathBuf {
+    repo().join("deploy").join(p)
+}
+
+/// kubectl as admin; panics with stderr unless it succeeds.
+fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A kubeconfig with the admin kubeconfig's cluster (server, CA) and the given token.
+fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
+    let admin: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    let cluster = admin["clusters"][0].clone();
+    let cluster_name = cluster["name"].as_str().unwrap().to_string();
+    let kc = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [serde_json::to_value(&cluster).unwrap()],
+        "users": [{"name": "ecs-operator", "user": {"token": token}}],
+        "contexts": [{"name": "ecs-operator", "context": {"cluster": cluster_name, "user": "ecs-operator"}}],
+        "current-context": "ecs-operator",
+    });
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+async fn client_from(path: &Path) -> Client {
+    let kc = Kubeconfig::read_from(path).unwrap();
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(cfg).unwrap()
+}
+
+type Grant = (String, String, String); // (API group, resource, verb)
+
+fn grants(rules: &[(&str, &str, &[&str])]) -> BTreeSet<Grant> {
+    rules
+        .iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// What deploy/rbac/cluster-role.yaml grants everywhere.
+fn cluster_grants() -> BTreeSet<Grant> {
+    grants(&[
+        (
+            "ecs.volcengine.io",
+            "ecsinstances",
+            &["get", "list", "watch", "patch", "update"],
+        ),
+        (
+            "ecs.volcengine.io",
+            "ecsinstances/status",
+            &["get", "patch", "update"],
+        ),
+        ("ecs.volcengine.io", "ecsinstances/finalizers", &["update"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+        ("", "namespaces", &["get"]),
+    ])
+}
+
+/// The ServiceAccount's own view of its rules in `ns` (SelfSubjectRulesReview, what
+/// `kubectl auth can-i --list` shows), minus what every authenticated user may do.
+async fn effective(sa: &Client, ns: &str) -> BTreeSet<Grant> {
+    let review = SelfSubjectRulesReview {
+        spec: SelfSubjectRulesReviewSpec {
+            namespace: Some(ns.into()),
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectRulesReview> = Api::all(sa.clone());
+    let out = api
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectRulesReview");
+    let st = out.status.expect("review status");
+    assert!(!st.incomplete, "incomplete rules review: {st:?}");
+    // Discovery and health URLs (system:discovery, system:public-info-viewer): read-only.
+    for r in &st.non_resource_rules {
+        assert_eq!(r.verbs, vec!["get".to_string()], "{r:?}");
+    }
+    let mut set = BTreeSet::new();
+    for r in &st.resource_rules {
+        assert!(
+            r.resource_names.as_ref().is_none_or(|n| n.is_empty()),
+            "{r:?}"
+        );
+        for g in r.api_groups.as_deref().unwrap_or_default() {
+            for res in r.resources.as_deref().unwrap_or_default() {
+                for v in &r.verbs {
+                    assert!(v != "*" && res != "*" && g != "*", "wildcard: {r:?}");
+                    set.insert((g.clone(), res.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    // system:basic-user: every authenticated user may ask what it may do.
+    set.retain(|(g, r, v)| {
+        !(g == "authorization.k8s.io"
+            && (r == "selfsubjectaccessreviews" || r == "selfsubjectrulesreviews")
+            && v == "create")
+    });
+    set
+}
+
+fn can_i(verb: &str, resource: &str, ns: &str) -> bool {
+    let out = kubectl(&["auth", "can-i", verb, resource, "-n", ns, "--as", SA_USER]);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// A JSON value as a Lua 5.1 table literal (what Argo CD hands a health script).
+fn lua_literal(v: &Value) -> String {
+    fn string(s: &str) -> String {
+        let mut out = String::from("\"");
+        for b in s.bytes() {
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                b' '..=b'~' => out.push(b as char),
+                _ => out.push_str(&format!("\\{b:03}")),
+            }
+        }
+        out.push('"');
+        out
+    }
+    match v {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => string(s),
+        Value::Array(a) => format!(
+            "{{{}}}",
+            a.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("[{}] = {}", string(k), lua_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// deploy/argocd/health.lua on an object as the API server returns it: (status, message).
+fn argocd_health(obj: &Value) -> (String, String) {
+    let mut child = Command::new("lua5.1")
+        .args(["tests/argocd/health_test.lua", "--eval"])
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("lua5.1 not found: apt-get install lua5.1 (scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lua_literal(obj).as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "health.lua: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (s, m) = text
+        .trim_end()
+        .split_once('\t')
+        .expect("status<TAB>message");
+    (s.to_string(), m.to_string())
+}
+
+fn create_spec(with_user_data: bool) -> Value {
+    let mut c = json!({
+        "zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
+        "subnetId": "subnet-1", "securityGroupIds": ["sg-1"],
+    });
+    if with_user_data {
+        c["userDataSecretRef"] = json!({"name": "init", "key": "cloud-init"});
+    }
+    json!({"create": c, "deletionPolicy": "Delete"})
+}
+
+async fn user_data_secret(client: &Client, ns: &str) {
+    let s: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "init"},
+        "stringData": {"cloud-init": USER_DATA},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap();
+}
+
+async fn ready(api: &Api<EcsInstance>, name: &str) -> EcsInstance {
+    wait_for(60, &format!("{name} Ready"), || async {
+        let o = api.get(name).await.ok()?;
+        (o.condition("Ready")?.status == "True").then_some(o)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_works_with_exactly_the_deployed_rbac() {
+    let admin = client().await;
+
+    // The identity and its permissions, for real (idempotent; cluster-scoped objects stay).
+    kubectl_ok(&["apply", "-k", deploy("rbac").to_str().unwrap()]);
+    // The whole base passes the API server's validation and admission (nothing is stored).
+    let dry = kubectl_ok(&[
+        "apply",
+        "-k",
+        repo().join("deploy").to_str().unwrap(),
+        "--dry-run=server",
+    ]);
+    for kind in [
+        "customresourcedefinition.apiextensions.k8s.io/ecsinstances.ecs.volcengine.io",
+        "deployment.apps/ecs-operator",
+        "service/ecs-operator-metrics",
+        "clusterrolebinding.rbac.authorization.k8s.io/ecs-operator",
+    ] {
+        assert!(dry.contains(kind), "{kind} missing from:\n{dry}");
+    }
+
+    // ns: user data allowed (the example RoleBinding), deletion policy Orphan by annotation.
+    // ns2: no RoleBinding, so its Secrets are out of reach.
+    let ns = namespace(&admin, "e2e-rbac").await;
+    let ns2 = namespace(&admin, "e2e-rbac-nosecret").await;
+    let dir = tempfile::tempdir().unwrap();
+    let binding = std::fs::read_to_string(repo().join("deploy/user-data-rolebinding.example.yaml"))
+        .unwrap()
+        .replace("namespace: my-namespace", &format!("namespace: {ns}"));
+    let binding_path = dir.path().join("user-data-rolebinding.yaml");
+    std::fs::write(&binding_path, binding).unwrap();
+    kubectl_ok(&["apply", "-f", binding_path.to_str().unwrap()]);
+    Api::<Namespace>::all(admin.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                ecs_operator::api::NAMESPACE_POLICY_ANNOTATION: "Orphan"}}})),
+        )
+        .await
+        .unwrap();
+    user_data_secret(&admin, &ns).await;
+    user_data_secret(&admin, &ns2).await;
+
+    // A token of the ServiceAccount (TokenRequest API, as `kubectl create token` asks for
+    // it) in a kubeconfig of its own.
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": {"audiences": [], "expirationSeconds": 3600}
+    }))
+    .unwrap();
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), SYSTEM_NS)
+        .create_token_request("ecs-operator", &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest")
+        .status
+        .and_then(|s| s.token)
+        .expect("a token in the TokenRequest status");
+    let sa_kubeconfig = token_kubeconfig(dir.path(), &token);
+    let sa = client_from(&sa_kubeconfig).await;
+
+    // Exactly the listed rules: everywhere, plus the Lease in its namespace, plus Secrets
+    // only where the opt-in RoleBinding exists.
+    let base = cluster_grants();
+    assert_eq!(effective(&sa, "default").await, base);
+    assert_eq!(effective(&sa, &ns2).await, base);
+    let mut with_secrets = base.clone();
+    with_secrets.insert(("".into(), "secrets".into(), "get".into()));
+    assert_eq!(effective(&sa, &ns).await, with_secrets);
+    let mut with_lease = base.clone();
+    with_lease.extend(grants(&[(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update", "patch"],
+    )]));
+    assert_eq!(effective(&sa, SYSTEM_NS).await, with_lease);
+    let listing = kubectl_ok(&["auth", "can-i", "--list", "-n", &ns, "--as", SA_USER]);
+    eprintln!("kubectl auth can-i --list -n {ns} --as {SA_USER}:\n{listing}");
+    for (verb, res, where_) in [
+        ("delete", "ecsinstances.ecs.volcengine.io", ns.as_str()),
+        ("create", "ecsinstances.ecs.volcengine.io", ns.as_str()),
+        ("list", "secrets", ns.as_str()),
+        ("get", "secrets", ns2.as_str()),
+        ("get", "secrets", SYSTEM_NS),
+        ("create", "events", ns.as_str()), // kubectl maps "events" to the core ("") API
+        ("create", "leases.coordination.k8s.io", ns.as_str()),
+        ("delete", "leases.coordination.k8s.io", SYSTEM_NS),
+        ("list", "namespaces", "default"),
+        ("get", "pods", SYSTEM_NS),
+    ] {
+        assert!(
+            !can_i(verb, res, where_),
+            "{SA_USER} may {verb} {res} in {where_}"
+        );
+    }
+    assert!(can_i("get", "secrets", &ns));
+    assert!(can_i("create", "events.events.k8s.io", &ns2));
+
+    // The operator binary with that kubeconfig (later env entries win over the harness's
+    // admin KUBECONFIG), leader election in ecs-operator-system, watching ns and ns2.
+    let emu = Emulator::start("rbac", &["--create-delay-ms", "500"]);
+    let pod = format!("ecs-operator-e2e-{}", &uuid_ish()[..6]);
+    let kc = sa_kubeconfig.to_str().unwrap();
+    let mut op = Operator::start_with_env(
+        "rbac",
+        &ns,
+        &emu,
+        &["--namespaces", &ns2, "--leader-elect"],
+        &[
+            ("VOLCENGINE_SECRET_KEY", SK),
+            ("KUBECONFIG", kc),
+            ("POD_NAME", &pod),
+            ("POD_NAMESPACE", SYSTEM_NS),
+        ],
+    );
+
+    // Create (RunInstances with the user data from the Secret), observe (Ready).
+    let api: Api<EcsInstance> = Api::namespaced(admin.clone(), &ns);
+    create(&api, "web", create_spec(true)).await;
+    let kept_id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(&api, "kept", json!({"instanceId": kept_id})).await;
+    let web = ready(&api, "web").await;
+    ready(&api, "kept").await;
+    let lease: Lease = Api::namespaced(admin.clone(), SYSTEM_NS)
+        .get(LEASE)
+        .await
+        .expect("the Lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(pod.as_str())
+    );
+    let web_id = web.status.as_ref().unwrap().instance_id.clone().unwrap();
+    let runs = emu.calls("RunInstances").await;
+    use base64::Engine;
+    let want = base64::engine::general_purpose::STANDARD.encode(USER_DATA);
+    assert!(
+        runs.iter()
+            .any(|c| c["params"]["UserData"] == want.as_str()),
+        "{runs:?}"
+    );
+
+    // The Argo CD health check on what the operator really wrote.
+    let web_json = serde_json::to_value(api.get("web").await.unwrap()).unwrap();
+    let (health, message) = argocd_health(&web_json);
+    assert_eq!(health, "Healthy", "{message}: {web_json}");
+    assert!(message.contains(&web_id), "{message}");
+
+    // Without the RoleBinding the user data cannot be read, so nothing is created there.
+    let api2: Api<EcsInstance> = Api::namespaced(admin.clone(), &ns2);
+    let web2 = create(&api2, "web2", create_spec(true)).await;
+    // The read was attempted: the error is logged (and, should the operator report it in a
+    // condition one day, that counts too).
+    wait_for(30, "a forbidden Secret read in ns2", || async {
+        let logged = op
+            .log()
+            .lines()
+            .any(|l| l.contains("forbidden") && l.contains("secrets") && l.contains(&ns2));
+        let o = api2.get("web2").await.ok()?;
+        let reported = ["Ready", "Synced"].iter().any(|t| {
+            o.condition(t)
+                .is_some_and(|c| c.status == "False" && c.message.contains("init"))
+        });
+        (logged || reported).then_some(())
+    })
+    .await;
+    let web2_token = format!("ecsop-run-{}", web2.uid().unwrap());
+    assert!(
+        !emu.calls("RunInstances")
+            .await
+            .iter()
+            .any(|c| c["params"]["ClientToken"] == web2_token.as_str()),
+        "a VM was created without the user data"
+    );
+    let web2_json = serde_json::to_value(api2.get("web2").await.unwrap()).unwrap();
+    eprintln!("Argo CD health of web2: {:?}", argocd_health(&web2_json));
+
+    // Delete: the VM goes (spec.deletionPolicy Delete); the namespace annotation (Orphan)
+    // was readable, so "kept" leaves its VM in place.
+    delete(&api, "web").await;
+    delete(&api, "kept").await;
+    delete(&api2, "web2").await;
+    wait_for(60, "web gone", || gone(&api, "web")).await;
+    wait_for(60, "kept gone", || gone(&api, "kept")).await;
+    wait_for(60, "web2 gone", || gone(&api2, "web2")).await;
+    assert_eq!(emu.deletions_of(&web_id).await, 1);
+    wait_for(10, "web's VM gone from the emulator", || async {
+        emu.instance(&web_id).await.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        emu.instance(&kept_id).await.is_some(),
+        "the Orphan policy from the namespace annotation was not applied"
+    );
+    assert_eq!(emu.deletions_of(&kept_id).await, 0);
+
+    // Events went through events.k8s.io with the ServiceAccount's rights.
+    let evs = events(&admin, &ns, "web").await;
+    for reason in ["Created", "Ready", "Deleted"] {
+        assert!(evs.iter().any(|(_, r, _)| r == reason), "{reason}: {evs:?}");
+    }
+    let evs = events(&admin, &ns, "kept").await;
+    assert!(evs.iter().any(|(_, r, _)| r == "Orphaned"), "{evs:?}");
+
+    // SIGTERM releases the Lease; the log shows no permission problem except the one above.
+    let status = op.terminate();
+    let log = op.log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit {status:?}\n{log}"
+    );
+    let denied: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("forbidden") || l.contains("unauthorized")
+        })
+        .filter(|l| !(l.contains("secrets") && l.contains(&ns2)))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "permission errors:\n{}",
+        denied.join("\n")
+    );
+    assert!(!log.contains("could not publish event"), "{log}");
+    assert!(!log.contains("namespace not readable"), "{log}");
+}
