@@ -38,6 +38,19 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -q -- -D warnings
 
+step "cargo deny check licenses bans sources (deny.toml; offline parts only)"
+# Runs where cargo-deny is installed (`cargo install cargo-deny --locked`, ~5 min once; the
+# binary then stays in ~/.cargo/bin). A fresh machine skips it rather than spend those
+# minutes of CI; ECS_INSTALL_CARGO_DENY=1 installs it first.
+if ! cargo deny --version >/dev/null 2>&1 && [[ "${ECS_INSTALL_CARGO_DENY:-0}" == 1 ]]; then
+  cargo install -q --locked cargo-deny
+fi
+if cargo deny --version >/dev/null 2>&1; then
+  cargo deny --offline --log-level error check licenses bans sources
+else
+  echo "cargo-deny not installed: skipped"
+fi
+
 step "cargo build"
 cargo build -q --bins
 
