@@ -39,6 +39,35 @@ pub enum Command {
     Crd,
     /// Run the local Volcengine ECS emulator.
     Emulator(crate::emulator::EmulatorArgs),
+    /// Find VMs this cluster created whose EcsInstance no longer exists; print or delete them.
+    Sweep(Box<SweepArgs>),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// Identity of this cluster (the ecs.volcengine.io/cluster tag on the VMs it created).
+    #[arg(long, env = "ECS_CLUSTER_ID", default_value = "default")]
+    pub cluster_id: String,
+    /// Only print the candidates, never delete.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// report or delete (delete acts only on confirmed candidates, and never with --dry-run).
+    #[arg(long, value_enum, default_value_t = crate::sweeper::SweepMode::Report)]
+    pub mode: crate::sweeper::SweepMode,
+    /// A VM must look leaked for this long, across at least two sweeps, to be confirmed.
+    #[arg(long, env = "ECS_SWEEP_GRACE_SECS", default_value_t = 1800)]
+    pub grace_secs: u64,
+    /// Sweeps to run (at least two are needed to confirm a candidate).
+    #[arg(long, default_value_t = 2)]
+    pub sweeps: u32,
+    /// Seconds between sweeps.
+    #[arg(long, default_value_t = 5)]
+    pub interval_secs: u64,
+    /// More regions to look in (the default region and those of existing resources always are).
+    #[arg(long, value_delimiter = ',')]
+    pub regions: Vec<String>,
 }
 
 fn parse_secret(s: &str) -> Result<Secret, String> {
@@ -168,9 +197,18 @@ pub struct RunArgs {
     /// Lease duration, seconds.
     #[arg(long, env = "ECS_LEASE_DURATION_SECS", default_value_t = 15)]
     pub lease_duration_secs: u64,
-    /// This replica's identity in the Lease (defaults to the hostname).
+    /// This replica's identity in the Lease (defaults to the hostname plus a random suffix).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Leak sweeper: seconds between sweeps (0 = off).
+    #[arg(long, env = "ECS_SWEEP_INTERVAL_SECS", default_value_t = 0)]
+    pub sweep_interval_secs: u64,
+    /// Leak sweeper: report (metrics, log, Event) or delete confirmed leaks.
+    #[arg(long, env = "ECS_SWEEP_MODE", value_enum, default_value_t = crate::sweeper::SweepMode::Report)]
+    pub sweep_mode: crate::sweeper::SweepMode,
+    /// Leak sweeper: how long a VM must look leaked (across two or more sweeps) to be confirmed.
+    #[arg(long, env = "ECS_SWEEP_GRACE_SECS", default_value_t = 1800)]
+    pub sweep_grace_secs: u64,
 }
 
 impl RunArgs {

@@ -9,6 +9,7 @@ pub mod emulator;
 pub mod leader;
 pub mod metrics;
 pub mod server;
+pub mod sweeper;
 pub mod telemetry;
 
 /// Errors of a reconcile. Cloud answers the controller understands are not errors: they

@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use ecs_operator::api::EcsInstance;
 use ecs_operator::cloud::client::EcsClient;
-use ecs_operator::config::{Cli, Command, RunArgs};
+use ecs_operator::config::{Cli, Command, RunArgs, SweepArgs};
 use ecs_operator::controller::batch::BatchConfig;
 use ecs_operator::controller::{self, Context, Settings};
 use ecs_operator::leader::{self, LeaderConfig};
 use ecs_operator::metrics::Metrics;
+use ecs_operator::sweeper::{self, SweepMode, Tracker};
 use ecs_operator::{emulator, server, telemetry};
 
 #[tokio::main]
@@ -35,6 +36,13 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: emulator: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Sweep(args) => match sweep(*args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -67,6 +75,61 @@ async fn shutdown_signal(token: CancellationToken) {
     }
     tracing::info!("shutdown signal received");
     token.cancel();
+}
+
+/// `ecs-operator sweep`: runs a few sweeps and prints the candidates as a table.
+async fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let cloud = EcsClient::new(args.cloud.client_config(), None)?;
+    let client = kube::Client::try_default().await?;
+    let mode = if args.dry_run {
+        SweepMode::Report
+    } else {
+        args.mode
+    };
+    let mut tracker = Tracker::default();
+    let mut last = Vec::new();
+    for i in 0..args.sweeps.max(1) {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(args.interval_secs)).await;
+        }
+        let (c, actions) = sweeper::sweep_once(
+            &client,
+            &cloud,
+            &mut tracker,
+            &args.cluster_id,
+            &args.regions,
+            Duration::from_secs(args.grace_secs),
+            mode,
+        )
+        .await?;
+        for (id, d) in actions {
+            println!("deleted? {id}: {}", d.code());
+        }
+        last = c;
+    }
+    println!(
+        "{:<24} {:<14} {:<10} {:<8} {:<10} {:<38} RESOURCE",
+        "INSTANCE-ID", "REGION", "STATUS", "LEAKED-S", "CONFIRMED", "UID"
+    );
+    for c in &last {
+        println!(
+            "{:<24} {:<14} {:<10} {:<8} {:<10} {:<38} {}/{}",
+            c.instance_id,
+            c.region,
+            c.status,
+            c.leaked_for.as_secs(),
+            c.confirmed,
+            c.uid,
+            c.namespace,
+            c.name
+        );
+    }
+    println!(
+        "{} candidate(s), {} confirmed",
+        last.len(),
+        last.iter().filter(|c| c.confirmed).count()
+    );
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -110,6 +173,20 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             async move { t.cancelled().await },
         ))
     };
+    let sweeper = (args.sweep_interval_secs > 0).then(|| {
+        let (client, cloud, metrics) = (client.clone(), cloud.clone(), metrics.clone());
+        let (cluster, ns) = (args.cluster_id.clone(), args.lease_namespace.clone());
+        let (interval, grace, mode) = (
+            Duration::from_secs(args.sweep_interval_secs),
+            Duration::from_secs(args.sweep_grace_secs),
+            args.sweep_mode,
+        );
+        move |stop: CancellationToken| {
+            tokio::spawn(sweeper::run_periodic(
+                client, cloud, metrics, cluster, ns, interval, grace, mode, stop,
+            ))
+        }
+    });
     let ctx = Arc::new(Context::new(client.clone(), cloud, metrics, settings));
     let result = if args.leader_elect {
         let cfg = LeaderConfig {
@@ -129,11 +206,19 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             cfg,
             token.clone(),
             move || standby_ready.store(true, Ordering::SeqCst),
-            |stop| controller::run(ctx, async move { stop.cancelled().await }, cache_ready),
+            |stop| {
+                if let Some(start) = sweeper {
+                    start(stop.clone());
+                }
+                controller::run(ctx, async move { stop.cancelled().await }, cache_ready)
+            },
         )
         .await
         .map_err(|e| e.into())
     } else {
+        if let Some(start) = sweeper {
+            start(token.clone());
+        }
         let t = token.clone();
         controller::run(ctx, async move { t.cancelled().await }, ready).await;
         Ok(())

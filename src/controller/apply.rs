@@ -305,11 +305,32 @@ async fn create_or_adopt(
         Some(r) => {
             let secrets: Api<Secret> =
                 Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-            let data = secrets
-                .get_opt(&r.name)
-                .await?
-                .and_then(|s| s.data)
-                .and_then(|d| d.get(&r.key).cloned());
+            let data = match secrets.get_opt(&r.name).await {
+                Ok(s) => s.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()),
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    let msg = format!("the operator may not read Secret {}/{} (user data): bind the ClusterRole ecs-operator-user-data in this namespace (see deploy/rbac)", obj.namespace().unwrap_or_default(), r.name);
+                    set_condition(
+                        &mut st.conditions,
+                        "Ready",
+                        false,
+                        "UserDataForbidden",
+                        &msg,
+                        gen,
+                    );
+                    set_condition(
+                        &mut st.conditions,
+                        "Synced",
+                        false,
+                        "UserDataForbidden",
+                        &msg,
+                        gen,
+                    );
+                    status::patch(api, obj, st).await?;
+                    status::event(ctx, obj, true, "UserDataForbidden", "Create", msg);
+                    return Ok(Step::Wait(Action::requeue(ctx.backoff.next(uid))));
+                }
+                Err(e) => return Err(e.into()),
+            };
             match data {
                 Some(bytes) => Some(base64::engine::general_purpose::STANDARD.encode(bytes.0)),
                 None => {

@@ -3,9 +3,9 @@
 //! Deletions from a namespace deletion or a garbage-collected owner arrive as a stream
 //! (the namespace controller marks about 190 resources a second), not all at once, so a
 //! fixed tiny window would send many small batches. Instead a batch is sent when it is full,
-//! when no new request arrived for `idle` (a lone `kubectl delete` waits only this long), or
-//! when its oldest request has waited `max_linger`. While a batch waits for a rate-limit
-//! token it keeps filling, so throttling makes batches bigger rather than calls more.
+//! or when its oldest request has waited `max_linger`, or, while the batcher is quiet (no
+//! batch sent within `max_linger`), when no new request arrived for `idle`: a lone
+//! `kubectl delete` waits only `idle`, and a stream fills its batches.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -95,6 +95,10 @@ async fn run<I: Send + 'static, O: Send + Sync + 'static>(
     // Regions are batched separately: the region is part of the signature scope.
     let mut open: OpenBatches<I, O> = BTreeMap::new();
     let mut last_arrival = Instant::now();
+    // When a batch went out recently the system is busy (a namespace deletion, a GC wave):
+    // then a partial batch waits up to `max_linger` to fill instead of leaving at the first
+    // short gap. When it is quiet, a lone deletion leaves after `idle`.
+    let mut last_dispatch: Option<Instant> = None;
     let mut closed = false;
     loop {
         if open.is_empty() {
@@ -109,12 +113,19 @@ async fn run<I: Send + 'static, O: Send + Sync + 'static>(
                 None => return,
             }
         }
+        let busy = |now: Instant| {
+            last_dispatch.is_some_and(|t| now.saturating_duration_since(t) < cfg.max_linger)
+        };
         let oldest = open
             .values()
             .map(|(t, _)| *t)
             .min()
             .unwrap_or_else(Instant::now);
-        let deadline = (last_arrival + cfg.idle).min(oldest + cfg.max_linger);
+        let deadline = if busy(Instant::now()) {
+            oldest + cfg.max_linger
+        } else {
+            (last_arrival + cfg.idle).min(oldest + cfg.max_linger)
+        };
         if !closed {
             tokio::select! {
                 p = rx.recv() => match p {
@@ -128,7 +139,7 @@ async fn run<I: Send + 'static, O: Send + Sync + 'static>(
             }
         }
         let now = Instant::now();
-        let idle = now >= last_arrival + cfg.idle || closed;
+        let idle = (now >= last_arrival + cfg.idle && !busy(now)) || closed;
         let regions: Vec<String> = open.keys().cloned().collect();
         for region in regions {
             let due = match open.get(&region) {
@@ -146,6 +157,7 @@ async fn run<I: Send + 'static, O: Send + Sync + 'static>(
                 let batch = std::mem::replace(&mut members, rest);
                 dispatch(&caller, region.clone(), batch);
             }
+            last_dispatch = Some(now);
         }
         if let Some(d) = &depth {
             d(open.values().map(|(_, v)| v.len() as i64).sum());
@@ -236,6 +248,33 @@ mod tests {
         let mut all: Vec<u32> = calls.into_iter().flat_map(|(_, v)| v).collect();
         all.sort();
         assert_eq!(all, (0..250).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_burst_partial_batches_wait_to_fill_then_quiet_is_fast_again() {
+        let rec = Arc::new(Recorder::default());
+        let b = batcher(&rec, BatchConfig::default());
+        // A burst with 40 ms gaps (longer than `idle`): once busy, requests are gathered.
+        let mut handles = Vec::new();
+        for i in 0..20u32 {
+            let b = b.clone();
+            handles.push(tokio::spawn(async move { b.submit("r".into(), i).await }));
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let n = rec.0.lock().unwrap().len();
+        assert!(n <= 3, "{n} calls for a 20-request burst");
+        // Quiet again: a lone request goes out after `idle`.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let t = Instant::now();
+        b.submit("r".into(), 99).await.unwrap();
+        assert!(
+            t.elapsed() <= Duration::from_millis(30),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

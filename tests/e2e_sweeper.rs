@@ -1,0 +1,161 @@
+//! The leak sweeper end to end: a force-removed finalizer leaves a VM that is reported and
+//! then deleted; other clusters' VMs, untagged VMs and VMs whose resource lives in another
+//! namespace are never touched; a cloud fault during the sweep skips it.
+
+mod support;
+
+use std::time::Duration;
+
+use ecs_operator::api::EcsInstance;
+use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use serde_json::json;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sweeper_reports_then_deletes_only_true_leaks() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-sweep").await;
+    let other_ns = namespace(&client, "e2e-sweep-other").await;
+    let emu = Emulator::start(
+        "sweep",
+        &["--create-delay-ms", "0", "--delete-delay-ms", "0"],
+    );
+    let sweep_args = |mode: &'static str| -> Vec<&'static str> {
+        vec![
+            "--cluster-id",
+            "c-test",
+            "--sweep-interval-secs",
+            "1",
+            "--sweep-grace-secs",
+            "2",
+            "--sweep-mode",
+            mode,
+        ]
+    };
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let mut op = Operator::start_with_env("sweep", &ns, &emu, &sweep_args("report"), &env);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(&api, "web", json!({"create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}})).await;
+    let o = wait_for(30, "created", || async {
+        let o = api.get("web").await.ok()?;
+        o.status.as_ref()?.instance_id.clone()?;
+        (o.condition("Ready")?.status == "True").then_some(o)
+    })
+    .await;
+    let leaked = o.status.unwrap().instance_id.unwrap();
+    // The operator is down; an administrator deletes the resource and force-removes the
+    // finalizer: the resource goes, the VM stays.
+    op.kill();
+    kubectl(&["-n", &ns, "delete", "ecsi", "web", "--wait=false"]);
+    api.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    wait_for(20, "resource gone", || gone(&api, "web")).await;
+    assert!(emu.instance(&leaked).await.is_some());
+    op.restart();
+
+    // VMs that must never be touched.
+    let other_cluster = emu.seed(json!({"Tags": [{"Key": "ecs.volcengine.io/cluster", "Value": "c-other"}, {"Key": "ecs.volcengine.io/uid", "Value": "0000-gone"}]})).await;
+    let untagged = emu.seed(json!({})).await;
+    let other_api: Api<EcsInstance> = Api::namespaced(client.clone(), &other_ns);
+    let elsewhere = create(
+        &other_api,
+        "elsewhere",
+        json!({"instanceId": "i-placeholder1"}),
+    )
+    .await;
+    let elsewhere_vm = emu.seed(json!({"Tags": [{"Key": "ecs.volcengine.io/cluster", "Value": "c-test"}, {"Key": "ecs.volcengine.io/uid", "Value": elsewhere.uid().unwrap()}]})).await;
+
+    // Report mode: a log line naming the VM, no deletion.
+    wait_for(30, "leak reported", || async {
+        op.log()
+            .lines()
+            .any(|l| l.contains("leaked VM") && l.contains(&leaked))
+            .then_some(())
+    })
+    .await;
+    let log = op.log();
+    for id in [&other_cluster, &untagged, &elsewhere_vm] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("leaked VM") && l.contains(id.as_str())),
+            "{id} reported"
+        );
+    }
+    assert_eq!(
+        emu.deletions_of(&leaked).await,
+        0,
+        "report mode deletes nothing"
+    );
+
+    // The command-line dry run prints the same verdicts.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "sweep",
+            "--dry-run",
+            "--cluster-id",
+            "c-test",
+            "--grace-secs",
+            "0",
+            "--sweeps",
+            "2",
+            "--interval-secs",
+            "1",
+        ])
+        .env("KUBECONFIG", control_plane())
+        .env("VOLCENGINE_ACCESS_KEY", AK)
+        .env("VOLCENGINE_SECRET_KEY", SK)
+        .env("VOLCENGINE_ENDPOINT", &emu.url)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains(&leaked))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("true") && row.contains(&format!("{ns}/web")),
+        "{row}"
+    );
+    for id in [&other_cluster, &untagged, &elsewhere_vm] {
+        assert!(!table.contains(id.as_str()), "{id} listed: {table}");
+    }
+
+    // Delete mode, but the cloud fails during sweeps: skipped, nothing guessed.
+    op.kill();
+    emu.faults(
+        "DescribeInstances",
+        json!({"error_rate": 1.0, "error_code": "InternalError", "error_status": 500}),
+    )
+    .await;
+    let mut op = Operator::start_with_env("sweep-delete", &ns, &emu, &sweep_args("delete"), &env);
+    wait_for(30, "sweep skipped", || async {
+        op.log().contains("leak sweep skipped").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(emu.deletions_of(&leaked).await, 0);
+    emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
+    wait_for(40, "leak deleted", || async {
+        (emu.deletions_of(&leaked).await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in [&other_cluster, &untagged, &elsewhere_vm] {
+        assert_eq!(emu.deletions_of(id).await, 0, "{id} deleted");
+    }
+    op.kill();
+}
