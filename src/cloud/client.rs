@@ -335,13 +335,19 @@ pub fn parse_response<T: DeserializeOwned>(
         if let Some(code) = value.get("errorcode").and_then(Value::as_str) {
             return Err(CloudError::Api {
                 action,
-                code: code.to_string(),
+                code: if code.is_empty() {
+                    "Unknown".into()
+                } else {
+                    code.to_string()
+                },
                 code_n: None,
                 message: value
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("")
-                    .to_string(),
+                    .chars()
+                    .take(512)
+                    .collect(),
                 status,
                 request_id: String::new(),
             });
@@ -510,6 +516,21 @@ mod tests {
         let e = parse(200, r#"{"ResponseMetadata":{"RequestId":"rid","Error":{"Code":"InvalidInstanceStatus","Message":"busy"}}}"#).unwrap_err();
         assert_eq!(e.code(), "InvalidInstanceStatus");
         assert_eq!(e.request_id(), Some("rid"));
+    }
+
+    /// Found by fuzz/parse_response: an empty gateway `errorcode` made an error without a
+    /// code (empty metric label, "failed: : " in conditions).
+    #[test]
+    fn simple_error_shape_without_code_or_with_a_huge_message() {
+        let e = parse(429, r#"{"de": 429, "errorcode": ""}"#).unwrap_err();
+        assert_eq!(e.code(), "Unknown");
+        assert_eq!(e.class(), ErrorClass::Throttled);
+        let long = "m".repeat(5000);
+        let body = format!(r#"{{"errorcode":"Oops","message":"{long}"}}"#);
+        match parse(502, &body).unwrap_err() {
+            CloudError::Api { message, .. } => assert_eq!(message.len(), 512),
+            e => panic!("{e:?}"),
+        }
     }
 
     #[test]
