@@ -59,3 +59,7 @@ cargo test -q -- --test-threads "${E2E_THREADS:-4}"
 
 step "official Python SDK against the emulator"
 ECS_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/ecs-operator" "$VENV/bin/pytest" -q tests/python
+
+step "soak under faults, short form (200 resources, 3 min; restarts the apiserver, so it runs alone)"
+SOAK_RESOURCES="${SOAK_RESOURCES:-200}" SOAK_SECS="${SOAK_SECS:-180}" \
+  cargo test -q --test soak -- --ignored --nocapture

@@ -220,6 +220,10 @@ pub struct EcsInstanceStatus {
     /// Set before RunInstances is first sent: from then on a VM may exist for this uid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_requested: Option<bool>,
+    /// Re-creations after the VM vanished (`--on-missing-instance Recreate`); part of the
+    /// RunInstances ClientToken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_generation: Option<u32>,
     /// Hash of `spec.create` as sent to RunInstances, to detect later edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_hash: Option<String>,

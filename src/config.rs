@@ -26,6 +26,14 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnMissing {
+    #[value(name = "Report")]
+    Report,
+    #[value(name = "Recreate")]
+    Recreate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -167,7 +175,7 @@ pub struct RunArgs {
     #[arg(long, env = "ECS_BATCH_IDLE_MS", default_value_t = 25)]
     pub batch_idle_ms: u64,
     /// ... or once its oldest request waited this long, milliseconds.
-    #[arg(long, env = "ECS_BATCH_MAX_LINGER_MS", default_value_t = 1000)]
+    #[arg(long, env = "ECS_BATCH_MAX_LINGER_MS", default_value_t = 2000)]
     pub batch_max_linger_ms: u64,
     /// Per-resource retry backoff: first delay, seconds.
     #[arg(long, env = "ECS_BACKOFF_BASE_SECS", default_value_t = 2.0)]
@@ -200,6 +208,11 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (defaults to the hostname plus a random suffix).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// What to do when a VM this operator created vanished outside Kubernetes: Report
+    /// (Ready=False InstanceNotFound and a Warning Event; the default) or Recreate (create a
+    /// new VM with a new ClientToken). Adopted VMs are only ever reported.
+    #[arg(long, env = "ECS_ON_MISSING_INSTANCE", value_enum, default_value_t = OnMissing::Report)]
+    pub on_missing_instance: OnMissing,
     /// Leak sweeper: seconds between sweeps (0 = off).
     #[arg(long, env = "ECS_SWEEP_INTERVAL_SECS", default_value_t = 0)]
     pub sweep_interval_secs: u64,

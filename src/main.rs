@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use ecs_operator::api::EcsInstance;
 use ecs_operator::cloud::client::EcsClient;
-use ecs_operator::config::{Cli, Command, RunArgs, SweepArgs};
+use ecs_operator::config::{Cli, Command, OnMissing, RunArgs, SweepArgs};
 use ecs_operator::controller::batch::BatchConfig;
 use ecs_operator::controller::{self, Context, Settings};
 use ecs_operator::leader::{self, LeaderConfig};
@@ -159,6 +159,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .filter(|n| !n.is_empty())
             .cloned()
             .collect(),
+        recreate_missing: args.on_missing_instance == OnMissing::Recreate,
     };
     tracing::info!(endpoint = %args.cloud.endpoint, region = %args.cloud.region, namespaces = ?settings.namespaces, "starting ecs-operator");
     let token = CancellationToken::new();

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use ecs_operator::api::EcsInstance;
@@ -412,4 +413,50 @@ async fn schema_rejects_malformed_specs() {
         text.contains("deletionPolicy") && text.contains("Orphan"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recreate_option_replaces_a_vanished_vm_with_a_new_token() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-recreate").await;
+    let emu = Emulator::start("recreate", &["--create-delay-ms", "0"]);
+    let _op = Operator::start(
+        "recreate",
+        &ns,
+        &emu,
+        &["--resync-secs", "1", "--on-missing-instance", "Recreate"],
+    );
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let o = create(&api, "web", create_spec()).await;
+    let first = ready(&api, "web")
+        .await
+        .status
+        .unwrap()
+        .instance_id
+        .unwrap();
+    emu.send(
+        reqwest::Method::DELETE,
+        &format!("instances/{first}"),
+        json!({}),
+    )
+    .await;
+    let second = wait_for(30, "a new VM", || async {
+        let o = api.get("web").await.ok()?;
+        let id = o.status.as_ref()?.instance_id.clone()?;
+        (id != first && o.condition("Ready")?.status == "True").then_some(id)
+    })
+    .await;
+    assert!(emu.instance(&second).await.is_some());
+    let runs = emu.calls("RunInstances").await;
+    let tokens: HashSet<String> = runs
+        .iter()
+        .map(|c| c["params"]["ClientToken"].as_str().unwrap().to_string())
+        .collect();
+    let uid = o.uid().unwrap();
+    assert_eq!(
+        tokens,
+        HashSet::from([format!("ecsop-run-{uid}"), format!("ecsop-run-{uid}-1")])
+    );
+    let evs = events(&client, &ns, "web").await;
+    assert!(evs.iter().any(|(_, r, _)| r == "Recreating"), "{evs:?}");
 }

@@ -1,6 +1,8 @@
 //! The apply path: adopt or create the VM, observe it, keep deletion protection as the
 //! spec says, and report what we saw.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -18,20 +20,25 @@ pub const TAG_NAMESPACE: &str = "ecs.volcengine.io/namespace";
 pub const TAG_NAME: &str = "ecs.volcengine.io/name";
 pub const TAG_UID: &str = "ecs.volcengine.io/uid";
 
-/// ClientToken of the one RunInstances a resource ever sends: a retry or a restart after a
-/// lost answer re-sends it, and the cloud answers with the same VM instead of a second one.
-pub fn run_token(uid: &str) -> String {
+/// ClientToken of a resource's RunInstances: a retry or a restart after a lost answer re-sends
+/// it, and the cloud answers with the same VM instead of a second one. `generation` counts
+/// re-creations after the VM vanished (`--on-missing-instance Recreate`); 0 for the first.
+pub fn run_token(uid: &str, generation: u32) -> String {
     let uid: String = uid
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(40)
         .collect();
-    format!("ecsop-run-{uid}")
+    if generation == 0 {
+        format!("ecsop-run-{uid}")
+    } else {
+        format!("ecsop-run-{uid}-{generation}")
+    }
 }
 
 const TRANSITIONAL_OK: &[&str] = &["RUNNING", "STOPPED", "ERROR"];
 
-pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
+pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<EcsInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = obj.uid().unwrap_or_default();
@@ -72,7 +79,23 @@ pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
         Err(e) => return cloud_failure(obj, ctx, &api, st, "DescribeInstances", e).await,
     };
     let Some(mut inst) = observed else {
-        let msg = format!("VM {instance_id} does not exist in {region}; it was deleted outside Kubernetes or never existed. Nothing is re-created: delete this resource, or point spec.instanceId at another VM");
+        let created_by_us = obj.spec.create.is_some() && st.create_hash.is_some();
+        if ctx.settings.recreate_missing && created_by_us {
+            // The user chose re-creation: forget the vanished VM and create a new one with a
+            // new token (the old token would replay the old, now deleted, VM).
+            let generation = st.create_generation.unwrap_or(0) + 1;
+            let msg = format!("VM {instance_id} vanished outside Kubernetes; creating a new one (--on-missing-instance Recreate)");
+            st.instance_id = None;
+            st.create_requested = None;
+            st.create_hash = None;
+            st.create_generation = Some(generation);
+            st.instance_status = Some("NotFound".into());
+            set_condition(&mut st.conditions, "Ready", false, "Recreating", &msg, gen);
+            status::patch_replace(&api, obj, &st).await?;
+            status::event(ctx, obj, true, "Recreating", "Observe", msg);
+            return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+        }
+        let msg = format!("VM {instance_id} does not exist in {region}; it was deleted outside Kubernetes or never existed. Nothing is re-created (--on-missing-instance Report): delete this resource, or point spec.instanceId at another VM");
         let was = obj.condition("Ready").map(|c| c.reason.clone());
         st.instance_status = Some("NotFound".into());
         set_condition(
@@ -216,7 +239,7 @@ fn fill_observed(st: &mut EcsInstanceStatus, inst: &Instance, _want_protection: 
 /// A cloud call failed while applying: condition, Warning Event, backoff. Never fatal.
 async fn cloud_failure(
     obj: &EcsInstance,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     api: &Api<EcsInstance>,
     mut st: EcsInstanceStatus,
     what: &str,
@@ -242,7 +265,7 @@ async fn cloud_failure(
 
 /// The VM carrying this resource's uid tag, if any (paged; there is at most one).
 pub async fn find_by_uid(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     region: &str,
     uid: &str,
 ) -> Result<Option<Instance>, CloudError> {
@@ -267,7 +290,7 @@ enum Step {
 /// Adopts the VM an earlier run created for this uid, or creates one.
 async fn create_or_adopt(
     obj: &EcsInstance,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     api: &Api<EcsInstance>,
     st: &mut EcsInstanceStatus,
     region: &str,
@@ -416,7 +439,7 @@ async fn create_or_adopt(
         instance_charge_type: create.instance_charge_type.map(|c| c.as_str().to_string()),
         deletion_protection: obj.spec.deletion_protection,
         tags,
-        client_token: run_token(uid),
+        client_token: run_token(uid, st.create_generation.unwrap_or(0)),
     };
     // Persist the intent first: from here on a VM may exist, so deletion must look for it.
     if st.create_requested != Some(true) {

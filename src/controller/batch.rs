@@ -40,7 +40,7 @@ impl Default for BatchConfig {
         Self {
             max_size: 100,
             idle: Duration::from_millis(25),
-            max_linger: Duration::from_millis(1000),
+            max_linger: Duration::from_millis(2000),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The effectful half of the deletion path: resolve the policy, send the (batched)
 //! DeleteInstances, apply the decision from `cleanup::decide`, write status and Events.
 
+use std::sync::Arc;
+
 use std::time::Duration;
 
 use kube::api::Api;
@@ -16,7 +18,7 @@ use crate::Error;
 /// Ready reason while the operator waits for the VM to disappear (wait-for-termination).
 const DELETION_ACCEPTED: &str = "DeletionAccepted";
 
-pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
+pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<EcsInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = obj.uid().unwrap_or_default();
@@ -276,7 +278,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
 async fn release(
     api: &Api<EcsInstance>,
     obj: &EcsInstance,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     uid: &str,
 ) -> Result<Action, Error> {
     finalizer::remove(api, obj).await?;
@@ -291,7 +293,7 @@ async fn release(
 }
 
 /// spec.deletionPolicy, else the namespace annotation, else the operator default.
-async fn deletion_policy(obj: &EcsInstance, ctx: &Context) -> DeletionPolicy {
+async fn deletion_policy(obj: &EcsInstance, ctx: &Arc<Context>) -> DeletionPolicy {
     if let Some(p) = obj.spec.deletion_policy {
         return p;
     }

@@ -43,6 +43,9 @@ pub struct Settings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub namespaces: Vec<String>,
+    /// `--on-missing-instance Recreate`: re-create a VM (that this operator created) which
+    /// vanished outside Kubernetes, instead of only reporting it.
+    pub recreate_missing: bool,
 }
 
 pub struct Context {
@@ -55,9 +58,13 @@ pub struct Context {
     pub backoff: Backoff,
     pub settings: Settings,
     ns_policy: Mutex<HashMap<String, (Instant, Option<DeletionPolicy>)>>,
+    /// Namespaces seen terminating (an Event create was refused): Events there are skipped
+    /// for a while, since the API server refuses them and they would die with the namespace.
+    pub terminating: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 const NS_POLICY_TTL: Duration = Duration::from_secs(30);
+const TERMINATING_TTL: Duration = Duration::from_secs(60);
 
 impl Context {
     pub fn new(
@@ -104,6 +111,7 @@ impl Context {
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
             settings,
             ns_policy: Mutex::new(HashMap::new()),
+            terminating: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -135,6 +143,22 @@ impl Context {
                 .cloned()),
             Err(e) => Err(e.clone()),
         }
+    }
+
+    pub fn is_terminating(&self, ns: &str) -> bool {
+        let m = match self.terminating.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.get(ns).is_some_and(|t| t.elapsed() < TERMINATING_TTL)
+    }
+
+    pub fn mark_terminating(&self, ns: &str) {
+        let mut m = match self.terminating.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.insert(ns.to_string(), Instant::now());
     }
 
     /// The namespace's deletion-policy annotation, cached briefly so a namespace of 10,000
@@ -199,6 +223,9 @@ pub async fn run(
         let (reader, writer) = reflector::store();
         let stream = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
+            // managedFields are most of an object's size and the operator never reads them:
+            // dropping them before the cache roughly halves memory at 10,000 resources.
+            .modify(|o: &mut EcsInstance| o.managed_fields_mut().clear())
             .reflect(writer)
             .applied_objects()
             .predicate_filter(trigger_hash, PredicateConfig::default());

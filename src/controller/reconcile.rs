@@ -34,7 +34,7 @@ pub async fn reconcile(obj: Arc<EcsInstance>, ctx: Arc<Context>) -> Result<Actio
     res
 }
 
-async fn route(obj: &EcsInstance, ctx: &Context) -> Result<Action, Error> {
+async fn route(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
     let has = finalizer::has_finalizer(obj);
     if obj.metadata.deletion_timestamp.is_some() {
         // Without our finalizer the deletion is not ours to act on (it was released already).

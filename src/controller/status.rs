@@ -4,6 +4,8 @@
 
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
+use std::sync::Arc;
+
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -30,17 +32,44 @@ pub async fn patch(
     }
 }
 
+/// Writes the whole status, clearing fields that are now unset (a merge patch would keep
+/// them): a JSON patch replacing `/status`.
+pub async fn patch_replace(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    status: &EcsInstanceStatus,
+) -> Result<(), Error> {
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "replace", "path": "/status", "value": status}
+    ]))?;
+    match api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Publishes an Event without holding up the reconcile; a failed Event is logged, never
 /// fatal.
 pub fn event(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     obj: &EcsInstance,
     warning: bool,
     reason: &str,
     action: &str,
     note: String,
 ) {
-    let recorder = ctx.recorder.clone();
+    let ns = obj.namespace().unwrap_or_default();
+    if ctx.is_terminating(&ns) {
+        return;
+    }
     let reference = obj.object_ref(&());
     let ev = Event {
         type_: if warning {
@@ -54,10 +83,16 @@ pub fn event(
         secondary: None,
     };
     let name = obj.name_any();
-    let ns = obj.namespace().unwrap_or_default();
+    let ctx = ctx.clone();
     tokio::spawn(async move {
-        if let Err(e) = recorder.publish(&ev, &reference).await {
-            tracing::warn!(namespace = %ns, name = %name, error = %e, "could not publish event");
+        match ctx.recorder.publish(&ev, &reference).await {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("terminat") => {
+                ctx.mark_terminating(&ns);
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, name = %name, error = %e, "could not publish event")
+            }
         }
     });
 }

@@ -26,6 +26,8 @@ pub struct FaultSpec {
     pub fail_next: u32,
     /// Token bucket; calls above it get 429 FlowLimitExceeded.
     pub throttle_rps: Option<f64>,
+    /// Probability (0..1) of a 429 FlowLimitExceeded regardless of rate (for soak tests).
+    pub throttle_rate: f64,
     /// Bucket size; default max(1, ceil(throttle_rps)).
     pub throttle_burst: Option<u32>,
     /// Added before the call is applied (while its ClientToken is in flight).
@@ -179,6 +181,16 @@ impl Faults {
         }
         let spec = &mut f.spec;
         let mut rng = rand::rng();
+        if spec.throttle_rate > 0.0 && rng.random::<f64>() < spec.throttle_rate {
+            return Decision::Reject(
+                ApiError::new(
+                    429,
+                    "FlowLimitExceeded",
+                    "Request rate exceeds the basic call-rate limit.",
+                ),
+                "throttle",
+            );
+        }
         let fail = if spec.fail_next > 0 {
             spec.fail_next -= 1;
             true

@@ -417,8 +417,24 @@ pub async fn count(api: &Api<EcsInstance>) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Events about one object (core/v1 view of events.k8s.io events).
+/// Events about one object (core/v1 view of events.k8s.io events). Events are published
+/// asynchronously, so this waits until the list stops growing (up to a few seconds).
 pub async fn events(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    let mut last: Option<Vec<(String, String, String)>> = None;
+    for _ in 0..20 {
+        let now = list_events(client, ns, name).await;
+        if let Some(prev) = &last {
+            if prev.len() == now.len() && !now.is_empty() {
+                return now;
+            }
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    last.unwrap_or_default()
+}
+
+async fn list_events(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     api.list(&ListParams::default())
         .await
