@@ -326,61 +326,26 @@ async fn create_or_adopt(
     let user_data = match &create.user_data_secret_ref {
         None => None,
         Some(r) => {
-            let secrets: Api<Secret> =
-                Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-            let data = match secrets.get_opt(&r.name).await {
-                Ok(s) => s.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()),
-                Err(kube::Error::Api(e)) if e.code == 403 => {
-                    let msg = format!("the operator may not read Secret {}/{} (user data): bind the ClusterRole ecs-operator-user-data in this namespace (see deploy/rbac)", obj.namespace().unwrap_or_default(), r.name);
-                    set_condition(
-                        &mut st.conditions,
-                        "Ready",
-                        false,
-                        "UserDataForbidden",
-                        &msg,
-                        gen,
-                    );
-                    set_condition(
-                        &mut st.conditions,
-                        "Synced",
-                        false,
-                        "UserDataForbidden",
-                        &msg,
-                        gen,
-                    );
-                    status::patch(api, obj, st).await?;
-                    status::event(ctx, obj, true, "UserDataForbidden", "Create", msg);
-                    return Ok(Step::Wait(Action::requeue(ctx.backoff.next(uid))));
-                }
+            let ns = obj.namespace().unwrap_or_default();
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+            let problem = match secrets.get_opt(&r.name).await {
+                Ok(s) => match s.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()) {
+                    Some(bytes) => Ok(base64::engine::general_purpose::STANDARD.encode(bytes.0)),
+                    None => Err(("UserDataNotFound", format!("user data Secret {ns}/{} key {} not found", r.name, r.key))),
+                },
+                Err(kube::Error::Api(e)) if e.code == 403 => Err(("UserDataForbidden", format!(
+                    "the operator may not read Secret {ns}/{} (user data): bind the ClusterRole ecs-operator-user-data in this namespace (see deploy/rbac)",
+                    r.name
+                ))),
                 Err(e) => return Err(e.into()),
             };
-            match data {
-                Some(bytes) => Some(base64::engine::general_purpose::STANDARD.encode(bytes.0)),
-                None => {
-                    let msg = format!(
-                        "user data Secret {}/{} key {} not found",
-                        obj.namespace().unwrap_or_default(),
-                        r.name,
-                        r.key
-                    );
-                    set_condition(
-                        &mut st.conditions,
-                        "Ready",
-                        false,
-                        "UserDataNotFound",
-                        &msg,
-                        gen,
-                    );
-                    set_condition(
-                        &mut st.conditions,
-                        "Synced",
-                        false,
-                        "UserDataNotFound",
-                        &msg,
-                        gen,
-                    );
+            match problem {
+                Ok(data) => Some(data),
+                Err((reason, msg)) => {
+                    set_condition(&mut st.conditions, "Ready", false, reason, &msg, gen);
+                    set_condition(&mut st.conditions, "Synced", false, reason, &msg, gen);
                     status::patch(api, obj, st).await?;
-                    status::event(ctx, obj, true, "UserDataNotFound", "Create", msg);
+                    status::event(ctx, obj, true, reason, "Create", msg);
                     return Ok(Step::Wait(Action::requeue(ctx.backoff.next(uid))));
                 }
             }

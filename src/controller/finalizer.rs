@@ -45,17 +45,12 @@ pub(super) async fn remove(api: &Api<EcsInstance>, obj: &EcsInstance) -> Result<
         {"op": "test", "path": path, "value": FINALIZER},
         {"op": "remove", "path": path},
     ]))?;
-    match api
-        .patch(
+    super::tolerate_gone(
+        api.patch(
             &obj.name_any(),
             &PatchParams::default(),
             &Patch::<()>::Json(patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Already gone: someone else finished (another replica, or a previous run).
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await,
+    )
 }

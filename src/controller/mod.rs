@@ -188,6 +188,15 @@ impl Context {
     }
 }
 
+/// A write to an object that is already gone is done: its deletion finished meanwhile.
+pub(crate) fn tolerate_gone<T>(r: Result<T, kube::Error>) -> Result<(), crate::Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reconcile on what matters (spec, finalizers, deletion, identity), not on our own status
 /// writes: a status write must not restart the deletion before its backoff has passed.
 fn trigger_hash(obj: &EcsInstance) -> Option<u64> {

@@ -25,11 +25,7 @@ pub async fn patch(
     }
     let pp = PatchParams::apply(FIELD_MANAGER);
     let patch = Patch::Merge(json!({ "status": status }));
-    match api.patch_status(&obj.name_any(), &pp, &patch).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    super::tolerate_gone(api.patch_status(&obj.name_any(), &pp, &patch).await)
 }
 
 /// Writes the whole status, clearing fields that are now unset (a merge patch would keep
@@ -42,18 +38,14 @@ pub async fn patch_replace(
     let patch: json_patch::Patch = serde_json::from_value(json!([
         {"op": "replace", "path": "/status", "value": status}
     ]))?;
-    match api
-        .patch_status(
+    super::tolerate_gone(
+        api.patch_status(
             &obj.name_any(),
             &PatchParams::default(),
             &Patch::<()>::Json(patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+        .await,
+    )
 }
 
 /// Publishes an Event without holding up the reconcile; a failed Event is logged, never

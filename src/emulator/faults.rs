@@ -169,27 +169,13 @@ impl Faults {
         };
         if let Some(rps) = f.spec.throttle_rps {
             if !take_token(f, rps, now) {
-                return Decision::Reject(
-                    ApiError::new(
-                        429,
-                        "FlowLimitExceeded",
-                        "Request rate exceeds the basic call-rate limit.",
-                    ),
-                    "throttle",
-                );
+                return throttled();
             }
         }
         let spec = &mut f.spec;
         let mut rng = rand::rng();
         if spec.throttle_rate > 0.0 && rng.random::<f64>() < spec.throttle_rate {
-            return Decision::Reject(
-                ApiError::new(
-                    429,
-                    "FlowLimitExceeded",
-                    "Request rate exceeds the basic call-rate limit.",
-                ),
-                "throttle",
-            );
+            return throttled();
         }
         let fail = if spec.fail_next > 0 {
             spec.fail_next -= 1;
@@ -248,6 +234,17 @@ fn take_token(f: &mut ActionFaults, rps: f64, now: Instant) -> bool {
     } else {
         false
     }
+}
+
+fn throttled() -> Decision {
+    Decision::Reject(
+        ApiError::new(
+            429,
+            "FlowLimitExceeded",
+            "Request rate exceeds the basic call-rate limit.",
+        ),
+        "throttle",
+    )
 }
 
 #[cfg(test)]
