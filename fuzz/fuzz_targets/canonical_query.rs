@@ -20,7 +20,8 @@ fn check_encoded(e: &str, original: &str) {
             assert!(i + 2 < bytes.len(), "{e:?}: truncated escape");
             let hex = &e[i + 1..i + 3];
             assert!(
-                hex.bytes().all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(&h)),
+                hex.bytes()
+                    .all(|h| h.is_ascii_digit() || (b'A'..=b'F').contains(&h)),
                 "{e:?}"
             );
             // Only what must be escaped is.
@@ -55,7 +56,10 @@ fuzz_target!(|pairs: Vec<(String, String)>| {
             ));
         }
     }
-    assert!(encoded.windows(2).all(|w| w[0] <= w[1]), "not sorted: {q:?}");
+    assert!(
+        encoded.windows(2).all(|w| w[0] <= w[1]),
+        "not sorted: {q:?}"
+    );
     let mut want = pairs.clone();
     want.sort();
     decoded.sort();

@@ -21,7 +21,9 @@ fn check<T: DeserializeOwned>(action: Action, status: u16, body: &[u8]) {
             assert!((200..300).contains(&status), "Ok with status {status}");
             let v: serde_json::Value = serde_json::from_slice(body).expect("Ok from non-JSON");
             assert!(v.get("ResponseMetadata").is_some());
-            assert!(v.pointer("/ResponseMetadata/Error").is_none_or(|e| e.is_null()));
+            assert!(v
+                .pointer("/ResponseMetadata/Error")
+                .is_none_or(|e| e.is_null()));
             let _ = c.request_id;
         }
         Err(e) => {
@@ -29,11 +31,20 @@ fn check<T: DeserializeOwned>(action: Action, status: u16, body: &[u8]) {
             assert_eq!(e.http_status(), Some(status), "{e:?}");
             let shown = e.to_string();
             assert!(shown.contains(e.code()), "{shown:?} lacks {:?}", e.code());
+            // Codes and request ids are identifiers, messages and details are capped: the
+            // whole error stays small whatever the body (it goes to logs, conditions, Events).
+            assert!(e.code().chars().count() <= 128);
+            assert!(e.request_id().unwrap_or("").chars().count() <= 128);
+            assert!(shown.len() <= 4096, "{} byte error", shown.len());
             match &e {
                 CloudError::Api { message, .. } => {
                     // Whatever the cloud (or a gateway) says, what we keep is bounded: it
                     // goes to logs, conditions and Events.
-                    assert!(message.chars().count() <= 512, "{} char message", message.chars().count());
+                    assert!(
+                        message.chars().count() <= 512,
+                        "{} char message",
+                        message.chars().count()
+                    );
                 }
                 CloudError::BadResponse { detail, .. } => {
                     // A snippet of the body, never the whole of a large one.

@@ -52,8 +52,14 @@ fuzz_target!(|i: Input| {
     let sig = sign(&creds, &req);
     assert_eq!(sign(&creds, &req), sig, "deterministic");
     assert_eq!(sig.signature.len(), 64);
-    assert!(sig.signature.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-    assert_eq!(sig.headers.last().map(|(n, _)| n.as_str()), Some("Authorization"));
+    assert!(sig
+        .signature
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert_eq!(
+        sig.headers.last().map(|(n, _)| n.as_str()),
+        Some("Authorization")
+    );
     assert_eq!(format!("{:?}", creds.secret_key), "<redacted>");
 
     // The server's view: the value of every signed header as it arrives on the wire.
@@ -64,7 +70,11 @@ fuzz_target!(|i: Input| {
         let v = if *name == "host" {
             i.host.clone()
         } else {
-            match sig.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            match sig
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
                 Some((_, v)) => v.clone(),
                 None => panic!("signed header {name:?} is not sent: {:?}", sig.headers),
             }

@@ -305,6 +305,30 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Codes and request ids are short identifiers; longer ones are cut to this.
+const MAX_ID_CHARS: usize = 128;
+
+/// The cloud's code, bounded; "Unknown" when it gave none.
+fn code_or_unknown(code: &str) -> String {
+    if code.is_empty() {
+        "Unknown".into()
+    } else {
+        code.chars().take(MAX_ID_CHARS).collect()
+    }
+}
+
+/// A parser's complaint, cut short: serde quotes the offending value whole, and the body may
+/// be megabytes (the error goes to logs, conditions and Events).
+fn short(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string();
+    if s.chars().count() <= 200 {
+        return s;
+    }
+    let mut cut: String = s.chars().take(200).collect();
+    cut.push_str("...");
+    cut
+}
+
 fn snippet(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(&body[..body.len().min(120)]);
     s.chars()
@@ -328,18 +352,18 @@ pub fn parse_response<T: DeserializeOwned>(
     if body.is_empty() {
         return Err(bad("empty body".into(), None));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("not JSON ({e}): {:?}", snippet(body)), None))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        bad(
+            format!("not JSON ({}): {:?}", short(&e), snippet(body)),
+            None,
+        )
+    })?;
     let Some(meta) = value.get("ResponseMetadata") else {
         // The gateway's "simple error" shape: {"HTTPCode":..,"errorcode":..,"message":..}
         if let Some(code) = value.get("errorcode").and_then(Value::as_str) {
             return Err(CloudError::Api {
                 action,
-                code: if code.is_empty() {
-                    "Unknown".into()
-                } else {
-                    code.to_string()
-                },
+                code: code_or_unknown(code),
                 code_n: None,
                 message: value
                     .get("message")
@@ -354,16 +378,14 @@ pub fn parse_response<T: DeserializeOwned>(
         }
         return Err(bad("no ResponseMetadata".into(), None));
     };
-    let meta: ResponseMetadata = serde_json::from_value(meta.clone())
-        .map_err(|e| bad(format!("malformed ResponseMetadata: {e}"), None))?;
+    let mut meta: ResponseMetadata = serde_json::from_value(meta.clone())
+        .map_err(|e| bad(format!("malformed ResponseMetadata: {}", short(&e)), None))?;
+    // Real ones are 34 characters; whatever comes back ends up in every message.
+    meta.request_id = meta.request_id.chars().take(MAX_ID_CHARS).collect();
     if let Some(err) = meta.error {
         return Err(CloudError::Api {
             action,
-            code: if err.code.is_empty() {
-                "Unknown".into()
-            } else {
-                err.code
-            },
+            code: code_or_unknown(&err.code),
             code_n: err.code_n,
             message: err.message.chars().take(512).collect(),
             status,
@@ -382,7 +404,7 @@ pub fn parse_response<T: DeserializeOwned>(
     };
     let value: T = serde_json::from_value(result).map_err(|e| {
         bad(
-            format!("malformed Result: {e}"),
+            format!("malformed Result: {}", short(&e)),
             Some(meta.request_id.clone()),
         )
     })?;
@@ -527,9 +549,37 @@ mod tests {
         assert_eq!(e.class(), ErrorClass::Throttled);
         let long = "m".repeat(5000);
         let body = format!(r#"{{"errorcode":"Oops","message":"{long}"}}"#);
+        let e = parse(
+            400,
+            &format!(
+                r#"{{"ResponseMetadata":{{"RequestId":"{long}","Error":{{"Code":"{long}"}}}}}}"#
+            ),
+        )
+        .unwrap_err();
+        assert_eq!((e.code().len(), e.request_id().unwrap().len()), (128, 128));
         match parse(502, &body).unwrap_err() {
             CloudError::Api { message, .. } => assert_eq!(message.len(), 512),
             e => panic!("{e:?}"),
+        }
+    }
+
+    /// serde quotes an offending string whole: a huge field must not make a huge error.
+    #[test]
+    fn details_stay_short_whatever_the_body() {
+        let huge = "y".repeat(100_000);
+        for body in [
+            format!(
+                r#"{{"ResponseMetadata":{{"RequestId":"r"}},"Result":{{"OperationDetails":"{huge}"}}}}"#
+            ),
+            format!(r#"{{"ResponseMetadata":{{"RequestId":"{huge}","Error":5}}}}"#),
+            format!(
+                r#"{{"ResponseMetadata":{{"RequestId":"r"}},"Result":{{"OperationDetails":[]}},"{huge}"#
+            ),
+            format!(r#"{{"ResponseMetadata":{{"RequestId":"{huge}"}},"Result":5}}"#),
+        ] {
+            let e = parse(200, &body).unwrap_err();
+            assert_eq!(e.code(), "BadResponse");
+            assert!(e.to_string().len() < 600, "{} bytes", e.to_string().len());
         }
     }
 
