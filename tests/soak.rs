@@ -56,14 +56,7 @@ async fn soak_under_faults() {
         "soak",
         &ns,
         &emu,
-        &[
-            "--backoff-max-secs",
-            "3",
-            "--rate-limit",
-            "50",
-            "--rate-burst",
-            "50",
-        ],
+        &["--rate-limit", "50", "--rate-burst", "50"],
     );
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let spec = json!({"create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
@@ -98,6 +91,11 @@ async fn soak_under_faults() {
             }
         }
         if last_kill.elapsed() >= kill_every {
+            assert!(
+                op.is_running(),
+                "the operator died by itself:\n{}",
+                op.log()
+            );
             op.restart();
             kills += 1;
             last_kill = Instant::now();
@@ -148,6 +146,7 @@ async fn soak_under_faults() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Invariants.
+    let deletions_after = emu.get("deletions").await;
     let vms = emu.get("instances").await;
     let leaked: Vec<String> = vms
         .as_array()
@@ -225,6 +224,18 @@ async fn soak_under_faults() {
     println!("IdempotentParameterMismatch answers: {mismatches}");
     println!("VMs created more than once for one resource: {created_twice}");
     println!("distinct ClientTokens per deleted VM (tokens: VMs): {dist:?}");
+    // The soak must have exercised the operator, or the invariants above mean nothing.
+    let vms_created = runs_applied.len();
+    let deleted_vms = deletions_after.as_array().map(Vec::len).unwrap_or(0);
+    println!("VMs created: {vms_created}; accepted deletions: {deleted_vms}");
+    assert!(
+        vms_created >= total / 2,
+        "only {vms_created} VMs created for {total} resources"
+    );
+    assert_eq!(
+        deleted_vms, vms_created,
+        "every created VM deleted exactly once"
+    );
     assert!(leaked.is_empty(), "leaked VMs: {leaked:?}");
     assert!(wrongful.is_empty(), "wrongful deletions: {wrongful:?}");
     assert_eq!(stuck, 0, "resources stuck");
