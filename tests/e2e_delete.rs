@@ -274,7 +274,7 @@ async fn garbage_collection_through_owner_references() {
     cms.delete("owner", &DeleteParams::background())
         .await
         .unwrap();
-    wait_for(60, "children gone", || async {
+    wait_for(180, "children gone", || async {
         (count(&api).await == 1).then_some(())
     })
     .await;
