@@ -51,6 +51,17 @@ pub const AUTH_CODES: &[&str] = &[
     "LackProjectPolicy",
 ];
 
+impl ErrorClass {
+    /// The condition and Event reason for a failed call of this class.
+    pub fn condition_reason(self) -> &'static str {
+        match self {
+            ErrorClass::Auth => "CloudAuthError",
+            ErrorClass::Throttled => "CloudThrottled",
+            ErrorClass::Retryable | ErrorClass::Terminal => "CloudError",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CloudError {
     /// The cloud answered with its error envelope.

@@ -246,11 +246,7 @@ async fn cloud_failure(
     e: CloudError,
 ) -> Result<Action, Error> {
     let gen = obj.metadata.generation;
-    let reason = match e.class() {
-        crate::cloud::ErrorClass::Auth => "CloudAuthError",
-        crate::cloud::ErrorClass::Throttled => "CloudThrottled",
-        _ => "CloudError",
-    };
+    let reason = e.class().condition_reason();
     let msg = format!("{what}: {e}");
     set_condition(&mut st.conditions, "Synced", false, reason, &msg, gen);
     if obj.condition("Ready").is_none() {

@@ -190,7 +190,7 @@ pub fn decide(outcome: &DeleteOutcome, instance_id: &str) -> Decision {
     let Some(first) = ours.first() else {
         return Decision::Retry {
             code: "MissingOperationDetail".into(),
-            message: format!("DeleteInstances answered without an entry for {instance_id}"),
+            message: format!("DeleteInstances answered without an entry for {instance_id} (MissingOperationDetail, RequestId {request_id})"),
             request_id: Some(request_id),
             class: ErrorClass::Terminal,
             new_token: true,
@@ -199,7 +199,7 @@ pub fn decide(outcome: &DeleteOutcome, instance_id: &str) -> Decision {
     if ours.iter().any(|d| d.error != first.error) {
         return Decision::Retry {
             code: "ConflictingOperationDetails".into(),
-            message: format!("DeleteInstances answered with conflicting entries for {instance_id}"),
+            message: format!("DeleteInstances answered with conflicting entries for {instance_id} (ConflictingOperationDetails, RequestId {request_id})"),
             request_id: Some(request_id),
             class: ErrorClass::Terminal,
             new_token: true,
@@ -392,8 +392,13 @@ mod tests {
             assert_eq!(d.releases_finalizer(), release, "row {i}: {d:?}");
             assert_eq!(d.bumps_attempt(), bump, "row {i}: {d:?}");
             assert_eq!(d.code(), code, "row {i}: {d:?}");
-            if let Decision::Retry { class: c, .. } = &d {
+            if let Decision::Retry {
+                class: c, message, ..
+            } = &d
+            {
                 assert_eq!(Some(*c), class, "row {i}");
+                // Conditions and Events show this message alone: it must name the code, once.
+                assert_eq!(message.matches(code).count(), 1, "row {i}: {message}");
             } else {
                 assert!(class.is_none(), "row {i}: {d:?}");
             }

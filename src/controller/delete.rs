@@ -12,7 +12,6 @@ use kube::ResourceExt;
 use super::cleanup::{self, Decision, DeleteItem};
 use super::{finalizer, status, Context};
 use crate::api::{set_condition, DeletionPolicy, EcsInstance};
-use crate::cloud::ErrorClass;
 use crate::Error;
 
 /// Ready reason while the operator waits for the VM to disappear (wait-for-termination).
@@ -243,22 +242,10 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             };
             (delay, true, "DeletionRefused", msg)
         }
-        Decision::Retry {
-            code,
-            message,
-            request_id,
-            class,
-            ..
-        } => {
-            let reason = match class {
-                ErrorClass::Auth => "CloudAuthError",
-                ErrorClass::Throttled => "CloudThrottled",
-                _ => "CloudError",
-            };
-            let rid = request_id.as_deref().unwrap_or("none");
-            let msg = format!(
-                "DeleteInstances for VM {instance_id} failed: {code}: {message} (RequestId {rid})"
-            );
+        Decision::Retry { message, class, .. } => {
+            // The message already names the action, the code and the request id.
+            let reason = class.condition_reason();
+            let msg = format!("VM {instance_id}: {message}");
             set_condition(&mut st.conditions, "Synced", false, reason, &msg, gen);
             (ctx.backoff.next(&uid), true, reason, msg)
         }
