@@ -159,3 +159,92 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
     }
     op.kill();
 }
+
+/// deletionPolicy Orphan hands the VM over: its ownership tags are removed before the
+/// finalizer goes (kept while UntagResources fails), so a sweeper in delete mode leaves it
+/// alone while it still deletes a true leak seeded afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphaned_vm_is_untagged_and_never_swept() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-sweep-orphan").await;
+    let emu = Emulator::start(
+        "sweep-orphan",
+        &["--create-delay-ms", "0", "--delete-delay-ms", "0"],
+    );
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let args = [
+        "--cluster-id",
+        "c-test",
+        "--sweep-interval-secs",
+        "1",
+        "--sweep-grace-secs",
+        "2",
+        "--sweep-mode",
+        "delete",
+    ];
+    let mut op = Operator::start_with_env("sweep-orphan", &ns, &emu, &args, &env);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(&api, "keep", json!({"deletionPolicy": "Orphan", "create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}})).await;
+    let vm = wait_for(30, "created", || async {
+        let o = api.get("keep").await.ok()?;
+        let id = o.status.as_ref()?.instance_id.clone()?;
+        (o.condition("Ready")?.status == "True").then_some(id)
+    })
+    .await;
+    let tags = |v: &serde_json::Value| -> Vec<String> {
+        v["Tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["Key"].as_str().map(str::to_string))
+            .collect()
+    };
+    let before = emu.instance(&vm).await.unwrap();
+    assert!(tags(&before).contains(&"ecs.volcengine.io/cluster".to_string()));
+
+    // UntagResources fails: the finalizer stays and the resource says why.
+    emu.faults(
+        "UntagResources",
+        json!({"error_rate": 1.0, "error_code": "InternalError", "error_status": 500}),
+    )
+    .await;
+    delete(&api, "keep").await;
+    wait_for(30, "untag failure reported", || async {
+        let o = api.get("keep").await.ok()?;
+        let c = o.condition("Synced")?;
+        (c.status == "False" && c.message.contains("UntagResources")).then_some(())
+    })
+    .await;
+    assert_eq!(has_finalizer(&api, "keep").await, Some(true));
+    let evs = events(&client, &ns, "keep").await;
+    assert!(
+        evs.iter()
+            .any(|(t, _, note)| t == "Warning" && note.contains("UntagResources")),
+        "{evs:?}"
+    );
+
+    emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
+    wait_for(30, "resource released", || gone(&api, "keep")).await;
+    let after = emu.instance(&vm).await.expect("orphaned VM still exists");
+    let left = tags(&after);
+    assert!(
+        !left.iter().any(|k| k.starts_with("ecs.volcengine.io/")),
+        "ownership tags left: {left:?}"
+    );
+    assert!(!emu.calls("UntagResources").await.is_empty());
+
+    // A true leak seeded now is deleted by the sweeper; by then the orphan, had it kept
+    // its tags, would have been confirmed as a leak too.
+    let leak = emu.seed(json!({"Tags": [{"Key": "ecs.volcengine.io/cluster", "Value": "c-test"}, {"Key": "ecs.volcengine.io/uid", "Value": "0000-gone"}]})).await;
+    wait_for(40, "true leak swept", || async {
+        (emu.deletions_of(&leak).await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(emu.deletions_of(&vm).await, 0, "orphaned VM was deleted");
+    assert!(emu.instance(&vm).await.is_some());
+    op.kill();
+}

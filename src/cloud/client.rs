@@ -489,6 +489,27 @@ impl Cloud for EcsClient {
             })
         })
     }
+
+    fn untag_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        tag_keys: Vec<String>,
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(async move {
+            let mut p = Params::new();
+            p.list("ResourceIds", &instance_ids)
+                .set("ResourceType", "instance")
+                .list("TagKeys", &tag_keys);
+            let r: Called<EmptyResult> = self
+                .call(region, Action::UntagResources, p.into_vec())
+                .await?;
+            Ok(Called {
+                request_id: r.request_id,
+                value: (),
+            })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -55,4 +55,13 @@ pub trait Cloud: Send + Sync + 'static {
         instance_id: String,
         enabled: bool,
     ) -> CloudFuture<'a, ()>;
+
+    /// UntagResources (ResourceType `instance`): removes these tag keys from the VMs.
+    /// Used to release ownership of an orphaned VM, so no sweeper treats it as ours.
+    fn untag_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        tag_keys: Vec<String>,
+    ) -> CloudFuture<'a, ()>;
 }

@@ -17,10 +17,11 @@ pub enum Action {
     StopInstances,
     StartInstances,
     ModifyInstanceAttribute,
+    UntagResources,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::RunInstances,
         Action::DescribeInstances,
         Action::DeleteInstances,
@@ -28,6 +29,7 @@ impl Action {
         Action::StopInstances,
         Action::StartInstances,
         Action::ModifyInstanceAttribute,
+        Action::UntagResources,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +41,7 @@ impl Action {
             Action::StopInstances => "StopInstances",
             Action::StartInstances => "StartInstances",
             Action::ModifyInstanceAttribute => "ModifyInstanceAttribute",
+            Action::UntagResources => "UntagResources",
         }
     }
 

@@ -19,6 +19,8 @@ pub const TAG_CLUSTER: &str = "ecs.volcengine.io/cluster";
 pub const TAG_NAMESPACE: &str = "ecs.volcengine.io/namespace";
 pub const TAG_NAME: &str = "ecs.volcengine.io/name";
 pub const TAG_UID: &str = "ecs.volcengine.io/uid";
+/// The tags that mark a VM as owned by a resource of this cluster.
+pub const OWNERSHIP_TAGS: [&str; 4] = [TAG_CLUSTER, TAG_NAMESPACE, TAG_NAME, TAG_UID];
 
 /// ClientToken of a resource's RunInstances: a retry or a restart after a lost answer re-sends
 /// it, and the cloud answers with the same VM instead of a second one. `generation` counts

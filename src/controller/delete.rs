@@ -9,6 +9,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
+use super::apply::OWNERSHIP_TAGS;
 use super::cleanup::{self, Decision, DeleteItem};
 use super::{finalizer, status, Context};
 use crate::api::{set_condition, DeletionPolicy, EcsInstance};
@@ -24,12 +25,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
 
     let policy = deletion_policy(obj, ctx).await;
     if policy == DeletionPolicy::Orphan {
-        let note = match obj.owned_instance_id() {
-            Some(id) => format!("deletionPolicy Orphan: VM {id} left in place"),
-            None => "deletionPolicy Orphan: no VM to leave".to_string(),
-        };
-        status::event(ctx, obj, false, "Orphaned", "Delete", note);
-        return release(&api, obj, ctx, &uid).await;
+        return orphan(&api, obj, ctx, &uid).await;
     }
 
     let region = ctx.region_of(obj);
@@ -258,6 +254,61 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     status::patch(&api, obj, &st).await?;
     status::event(ctx, obj, warning, reason, "Delete", msg);
     Ok(Action::requeue(delay))
+}
+
+/// deletionPolicy Orphan: the VM stays, but first loses this cluster's ownership tags, so
+/// that no leak sweeper (ours, in delete mode) ever takes it for a leak and deletes it. The
+/// finalizer stays until the cloud confirms the untagging or says the VM is gone.
+async fn orphan(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    uid: &str,
+) -> Result<Action, Error> {
+    let Some(id) = obj.owned_instance_id() else {
+        status::event(
+            ctx,
+            obj,
+            false,
+            "Orphaned",
+            "Delete",
+            "deletionPolicy Orphan: no VM to leave".to_string(),
+        );
+        return release(api, obj, ctx, uid).await;
+    };
+    let region = ctx.region_of(obj);
+    let keys = OWNERSHIP_TAGS.iter().map(|k| k.to_string()).collect();
+    let note = match ctx
+        .cloud
+        .untag_instances(&region, vec![id.to_string()], keys)
+        .await
+    {
+        Ok(c) => format!(
+            "deletionPolicy Orphan: VM {id} left in place, ownership tags removed (RequestId {})",
+            c.request_id
+        ),
+        Err(e) if e.code() == "InvalidInstance.NotFound" => {
+            format!("deletionPolicy Orphan: VM {id} is already gone")
+        }
+        Err(e) => {
+            let mut st = obj.status.clone().unwrap_or_default();
+            let reason = e.class().condition_reason();
+            let msg = format!("releasing VM {id} (UntagResources): {e}");
+            set_condition(
+                &mut st.conditions,
+                "Synced",
+                false,
+                reason,
+                &msg,
+                obj.metadata.generation,
+            );
+            status::patch(api, obj, &st).await?;
+            status::event(ctx, obj, true, reason, "Delete", msg);
+            return Ok(Action::requeue(ctx.backoff.next(uid)));
+        }
+    };
+    status::event(ctx, obj, false, "Orphaned", "Delete", note);
+    release(api, obj, ctx, uid).await
 }
 
 /// The finalizer goes: the cloud accepted the deletion, said the VM is gone, or there was

@@ -27,6 +27,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 /// A successful call: the `Result` object and, for batch actions, per-instance codes.
+#[derive(Debug)]
 pub(crate) struct Done {
     pub result: Value,
     pub instance_codes: Vec<String>,
@@ -59,6 +60,7 @@ pub(crate) fn dispatch(
         }
         Action::StartInstances => batch(store, ctx, p, action, start_one),
         Action::ModifyInstanceAttribute => modify(store, ctx, p),
+        Action::UntagResources => untag(store, ctx, p),
     }
 }
 
@@ -478,6 +480,40 @@ fn modify(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError
     Ok(done(EmptyResult {}))
 }
 
+/// UntagResources for instances: all IDs must exist (checked before any change, so a
+/// failed call changes nothing); keys a VM does not carry are ignored, as removing an
+/// absent tag is already done.
+fn untag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
+    match p.require("ResourceType")? {
+        "instance" => {}
+        _ => return Err(ApiError::malformed("ResourceType")),
+    }
+    let ids = p.list("ResourceIds");
+    let keys = p.list("TagKeys");
+    if ids.is_empty() {
+        return Err(ApiError::missing("ResourceIds"));
+    }
+    if keys.is_empty() {
+        return Err(ApiError::missing("TagKeys"));
+    }
+    if ids.len() > MAX_IDS {
+        return Err(ApiError::malformed("ResourceIds"));
+    }
+    if keys.len() > 20 {
+        return Err(ApiError::malformed("TagKeys"));
+    }
+    for id in &ids {
+        find(store, ctx, id)?;
+    }
+    let now = ctx.now;
+    for id in &ids {
+        let r = find(store, ctx, id)?;
+        r.inst.tags.retain(|t| !keys.contains(&t.key));
+        r.inst.updated_at = Some(rfc3339(now));
+    }
+    Ok(done(EmptyResult {}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,6 +543,54 @@ mod tests {
         let q = format!("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm{tags}");
         let d = dispatch(store, &ctx(Timestamp::now()), Action::RunInstances, &p(&q)).unwrap();
         d.result["InstanceIds"][0].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn untag_removes_only_named_keys_and_is_all_or_nothing() {
+        let mut s = Store::default();
+        let a = run(
+            &mut s,
+            "&Tags.1.Key=owner&Tags.1.Value=x&Tags.2.Key=env&Tags.2.Value=dev",
+        );
+        let untag = |s: &mut Store, q: &str| {
+            dispatch(s, &ctx(Timestamp::now()), Action::UntagResources, &p(q))
+        };
+        let tags = |s: &mut Store, id: &str| -> Vec<String> {
+            let r = s.get_mut(id, Timestamp::now()).unwrap();
+            r.inst.tags.iter().map(|t| t.key.clone()).collect()
+        };
+        // One unknown ID: nothing changes anywhere.
+        let e = untag(
+            &mut s,
+            &format!(
+                "ResourceType=instance&ResourceIds.1={a}&ResourceIds.2=i-nope&TagKeys.1=owner"
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "InvalidInstance.NotFound");
+        assert_eq!(tags(&mut s, &a), ["owner", "env"]);
+        assert_eq!(
+            untag(
+                &mut s,
+                &format!("ResourceType=disk&ResourceIds.1={a}&TagKeys.1=owner")
+            )
+            .unwrap_err()
+            .code,
+            "InvalidResourceType.Malformed"
+        );
+        assert_eq!(
+            untag(&mut s, &format!("ResourceType=instance&ResourceIds.1={a}"))
+                .unwrap_err()
+                .code,
+            "MissingParameter.TagKeys"
+        );
+        // An absent key is fine; the named one goes, the other stays.
+        untag(
+            &mut s,
+            &format!("ResourceType=instance&ResourceIds.1={a}&TagKeys.1=owner&TagKeys.2=absent"),
+        )
+        .unwrap();
+        assert_eq!(tags(&mut s, &a), ["env"]);
     }
 
     #[test]

@@ -135,6 +135,12 @@ def test_run_describe_stop_delete(emulator):
             key="owner", values=["nobody"])]))
     assert not none.instances
 
+    # UntagResources as the SDK sends it (how the operator releases an orphaned VM).
+    api.untag_resources(volcenginesdkecs.UntagResourcesRequest(
+        resource_ids=[iid], resource_type="instance", tag_keys=["owner", "absent"]))
+    [inst] = describe(api, [iid])
+    assert not inst.tags
+
     stop = api.stop_instances(volcenginesdkecs.StopInstancesRequest(
         instance_ids=[iid], client_token=str(uuid.uuid4())))
     assert [(d.instance_id, d.error) for d in stop.operation_details] == [(iid, None)]
@@ -150,7 +156,8 @@ def test_run_describe_stop_delete(emulator):
     assert len(deletions) == 1
     calls = admin(emulator, "calls")
     assert {c["action"] for c in calls} >= {
-        "RunInstances", "DescribeInstances", "StopInstances", "DeleteInstances"}
+        "RunInstances", "DescribeInstances", "UntagResources", "StopInstances",
+        "DeleteInstances"}
     # The SDK really signed its telemetry headers and sent `+` for spaces; all accepted.
     assert all(c["code"] == "OK" for c in calls)
 
