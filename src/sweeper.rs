@@ -218,14 +218,8 @@ pub async fn run_periodic(
     mode: SweepMode,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "ecs-operator-sweeper".into(),
-            instance: None,
-        },
-    );
+    use crate::controller::events::{EventRecorder, Note};
+    let recorder = EventRecorder::new(client.clone(), "ecs-operator-sweeper", None);
     let ns_ref = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Namespace".into()),
@@ -257,14 +251,14 @@ pub async fn run_periodic(
                 for c in &confirmed {
                     tracing::warn!(instance_id = %c.instance_id, uid = %c.uid, namespace = %c.namespace,
                         name = %c.name, leaked_secs = c.leaked_for.as_secs(), "leaked VM: its EcsInstance no longer exists");
-                    let ev = Event {
-                        type_: EventType::Warning,
-                        reason: "LeakedInstance".into(),
-                        note: Some(format!("VM {} ({}) was created for EcsInstance {}/{} (uid {}), which no longer exists", c.instance_id, c.region, c.namespace, c.name, c.uid)),
-                        action: "Sweep".into(),
-                        secondary: None,
+                    let note = format!("VM {} ({}) was created for EcsInstance {}/{} (uid {}), which no longer exists", c.instance_id, c.region, c.namespace, c.name, c.uid);
+                    let ev = Note {
+                        warning: true,
+                        reason: "LeakedInstance",
+                        action: "Sweep",
+                        note: &note,
                     };
-                    if let Err(e) = recorder.publish(&ev, &ns_ref).await {
+                    if let Err(e) = recorder.publish(&ns_ref, &ev).await {
                         tracing::debug!(error = %e, "sweeper event");
                     }
                 }

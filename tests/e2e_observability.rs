@@ -91,3 +91,46 @@ async fn metrics_health_and_json_logs() {
     }
     assert!(log.contains("DeleteInstances answered"));
 }
+
+/// The operator's Event recorder on a real API server: a repeat becomes a `series` update
+/// of the first Event (count 2), anything else a new Event.
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_events_become_a_series() {
+    use ecs_operator::controller::events::{EventRecorder, Note};
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::ListParams;
+    use kube::Resource;
+
+    let client = client().await;
+    let ns = namespace(&client, "e2e-events").await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let obj = create(&api, "web", json!({"instanceId": "i-eventsonly000000001"})).await;
+    let rec = EventRecorder::new(client.clone(), "ecs-operator-test", None);
+    let r = obj.object_ref(&());
+    let note = |text: &'static str| Note {
+        warning: true,
+        reason: "CloudError",
+        action: "Delete",
+        note: text,
+    };
+    rec.publish(&r, &note("InternalError")).await.unwrap();
+    rec.publish(&r, &note("InternalError")).await.unwrap();
+    rec.publish(&r, &note("ServiceUnavailable")).await.unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let mut list: Vec<(String, Option<i32>)> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.note.unwrap_or_default(), e.series.map(|s| s.count)))
+        .collect();
+    list.sort();
+    assert_eq!(
+        list,
+        [
+            ("InternalError".to_string(), Some(2)),
+            ("ServiceUnavailable".to_string(), None)
+        ]
+    );
+}

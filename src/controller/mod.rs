@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod batch;
 pub mod cleanup;
 pub mod delete;
+pub mod events;
 pub mod finalizer;
 pub mod observe;
 pub mod reconcile;
@@ -17,7 +18,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{controller, reflector, watcher, Controller, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Mutex;
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use self::backoff::Backoff;
 use self::batch::{BatchConfig, Batcher};
 use self::cleanup::{DeleteCall, DeleteItem, DeleteOutcome};
+use self::events::EventRecorder;
 use self::observe::{DescribeCall, DescribeOutcome};
 use crate::api::{DeletionPolicy, EcsInstance, NAMESPACE_POLICY_ANNOTATION};
 use crate::cloud::{Cloud, CloudError, Instance};
@@ -51,7 +52,7 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub cloud: Arc<dyn Cloud>,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     pub metrics: Arc<Metrics>,
     pub deleter: Batcher<DeleteItem, DeleteOutcome>,
     pub describer: Batcher<String, DescribeOutcome>,
@@ -94,12 +95,10 @@ impl Context {
             }),
             None,
         );
-        let recorder = Recorder::new(
+        let recorder = EventRecorder::new(
             client.clone(),
-            Reporter {
-                controller: "ecs-operator".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
+            "ecs-operator",
+            std::env::var("POD_NAME").ok(),
         );
         Self {
             client,

@@ -3,12 +3,12 @@
 //! nothing.
 
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
 use std::sync::Arc;
 
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use super::events::Note;
 use super::Context;
 use crate::api::{EcsInstance, EcsInstanceStatus};
 use crate::Error;
@@ -63,21 +63,17 @@ pub fn event(
         return;
     }
     let reference = obj.object_ref(&());
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.to_string(),
-        secondary: None,
-    };
     let name = obj.name_any();
     let ctx = ctx.clone();
+    let (reason, action) = (reason.to_string(), action.to_string());
     tokio::spawn(async move {
-        match ctx.recorder.publish(&ev, &reference).await {
+        let ev = Note {
+            warning,
+            reason: &reason,
+            action: &action,
+            note: &note,
+        };
+        match ctx.recorder.publish(&reference, &ev).await {
             Ok(()) => {}
             Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("terminat") => {
                 ctx.mark_terminating(&ns);
