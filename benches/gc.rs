@@ -624,6 +624,9 @@ async fn main() {
     let compare = arg("--compare");
     let lat = arg("--latency");
     let floor_n = arg("--floor").or(n.filter(|_| args.iter().any(|a| a == "--floor-too")));
+    // Bring the control plane up first: its script prints to stdout, which would otherwise
+    // land inside the table.
+    control_plane();
     println!("| N | batch | seconds | DeleteInstances | all calls | peak RSS MiB | CPU s | VMs left | resources left | first marked s | last marked s | mark->gone p50 ms | mark->gone p95 ms | mark->gone max ms | tail s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Rows are printed as runs finish (long runs show results early); the prose waits
