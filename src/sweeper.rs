@@ -220,10 +220,15 @@ pub async fn run_periodic(
 ) {
     use crate::controller::events::{EventRecorder, Note};
     let recorder = EventRecorder::new(client.clone(), "ecs-operator-sweeper", None);
+    // The summary object is the operator's namespace. A Namespace is cluster-scoped, and the
+    // API server (1.20) refuses an events.k8s.io Event about an object without a namespace
+    // unless it is filed in kube-system; naming the namespace as its own keeps the Event in
+    // the operator's namespace, where `kubectl get events -n <it>` shows it.
     let ns_ref = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Namespace".into()),
         name: Some(summary_namespace.clone()),
+        namespace: Some(summary_namespace.clone()),
         ..Default::default()
     };
     let mut tracker = Tracker::default();
@@ -259,7 +264,7 @@ pub async fn run_periodic(
                         note: &note,
                     };
                     if let Err(e) = recorder.publish(&ns_ref, &ev).await {
-                        tracing::debug!(error = %e, "sweeper event");
+                        tracing::warn!(error = %e, "could not publish the LeakedInstance event");
                     }
                 }
                 for (id, d) in &actions {

@@ -95,6 +95,45 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         0,
         "report mode deletes nothing"
     );
+    // The gauge and a Warning Event on the summary object say the same.
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("serving /metrics").nth(1)?.split("addr=").nth(1))
+        .map(|a| a.trim().to_string())
+        .expect("metrics address in the log");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("ecs_operator_leaked_instances "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no leaked_instances gauge in {metrics}"));
+    assert_eq!(gauge, 1.0, "only the true leak counts");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let leak_events: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("LeakedInstance"))
+        .filter(|e| e.note.as_deref().is_some_and(|n| n.contains(&leaked)))
+        .collect();
+    assert!(
+        !leak_events.is_empty(),
+        "no LeakedInstance Event for {leaked}"
+    );
+    let e = &leak_events[0];
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert_eq!(e.metadata.namespace.as_deref(), Some(ns.as_str()));
+    assert_eq!(
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some(ns.as_str())
+    );
 
     // The command-line dry run prints the same verdicts.
     let out = std::process::Command::new(BIN)
