@@ -12,6 +12,20 @@ use kube::ResourceExt;
 use serde_json::json;
 use support::*;
 
+/// This cluster is `c-test`; sweeps every second, a VM is confirmed after 2 s.
+fn sweep_args(mode: &'static str) -> [&'static str; 8] {
+    [
+        "--cluster-id",
+        "c-test",
+        "--sweep-interval-secs",
+        "1",
+        "--sweep-grace-secs",
+        "2",
+        "--sweep-mode",
+        mode,
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sweeper_reports_then_deletes_only_true_leaks() {
     let client = client().await;
@@ -21,18 +35,6 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         "sweep",
         &["--create-delay-ms", "0", "--delete-delay-ms", "0"],
     );
-    let sweep_args = |mode: &'static str| -> Vec<&'static str> {
-        vec![
-            "--cluster-id",
-            "c-test",
-            "--sweep-interval-secs",
-            "1",
-            "--sweep-grace-secs",
-            "2",
-            "--sweep-mode",
-            mode,
-        ]
-    };
     let env = [
         ("VOLCENGINE_SECRET_KEY", SK),
         ("POD_NAMESPACE", ns.as_str()),
@@ -214,17 +216,7 @@ async fn orphaned_vm_is_untagged_and_never_swept() {
         ("VOLCENGINE_SECRET_KEY", SK),
         ("POD_NAMESPACE", ns.as_str()),
     ];
-    let args = [
-        "--cluster-id",
-        "c-test",
-        "--sweep-interval-secs",
-        "1",
-        "--sweep-grace-secs",
-        "2",
-        "--sweep-mode",
-        "delete",
-    ];
-    let mut op = Operator::start_with_env("sweep-orphan", &ns, &emu, &args, &env);
+    let mut op = Operator::start_with_env("sweep-orphan", &ns, &emu, &sweep_args("delete"), &env);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     create(&api, "keep", json!({"deletionPolicy": "Orphan", "create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}})).await;
     let vm = wait_for(30, "created", || async {
