@@ -279,3 +279,73 @@ async fn orphaned_vm_is_untagged_and_never_swept() {
     assert!(emu.instance(&vm).await.is_some());
     op.kill();
 }
+
+/// An orphan whose RunInstances answer was lost (status says "create requested", no ID
+/// yet) still loses its tags: the operator finds the VM by its uid tag first, and keeps the
+/// finalizer while it cannot look.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_after_a_lost_run_answer_is_found_and_untagged() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-sweep-orphan-lost").await;
+    let emu = Emulator::start(
+        "sweep-orphan-lost",
+        &["--create-delay-ms", "0", "--delete-delay-ms", "0"],
+    );
+    emu.faults("RunInstances", json!({"lose_response_rate": 1.0}))
+        .await;
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let mut op =
+        Operator::start_with_env("sweep-orphan-lost", &ns, &emu, &sweep_args("report"), &env);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(&api, "lost", json!({"deletionPolicy": "Orphan", "create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}})).await;
+    // The VM exists, its answer was lost; the operator dies before it looks again (its
+    // next look is at least a client retry and a 1 s backoff away).
+    let vm = wait_for(30, "VM created, answer lost", || async {
+        let all = emu.get("instances").await;
+        Some(all.as_array()?.first()?["InstanceId"].as_str()?.to_string())
+    })
+    .await;
+    op.kill();
+    let st = api.get("lost").await.unwrap().status.unwrap();
+    assert_eq!(
+        (st.create_requested, st.instance_id.as_deref()),
+        (Some(true), None)
+    );
+    emu.faults(
+        "DescribeInstances",
+        json!({"error_rate": 1.0, "error_code": "InternalError", "error_status": 500}),
+    )
+    .await;
+    delete(&api, "lost").await;
+    op.restart();
+    wait_for(30, "lookup failure reported", || async {
+        let o = api.get("lost").await.ok()?;
+        let c = o.condition("Synced")?;
+        (c.status == "False" && c.message.contains("looking for this resource's VM")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        has_finalizer(&api, "lost").await,
+        Some(true),
+        "released without knowing whether a VM exists"
+    );
+
+    emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
+    wait_for(30, "resource released", || gone(&api, "lost")).await;
+    let inst = emu.instance(&vm).await.expect("orphaned VM still exists");
+    let tags: Vec<&str> = inst["Tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["Key"].as_str())
+        .collect();
+    assert!(
+        !tags.iter().any(|k| k.starts_with("ecs.volcengine.io/")),
+        "ownership tags left: {tags:?}"
+    );
+    assert_eq!(emu.deletions_of(&vm).await, 0);
+    op.kill();
+}

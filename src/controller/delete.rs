@@ -24,18 +24,15 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     let uid = obj.uid().unwrap_or_default();
 
     let policy = deletion_policy(obj, ctx).await;
-    if policy == DeletionPolicy::Orphan {
-        return orphan(&api, obj, ctx, &uid).await;
-    }
-
     let region = ctx.region_of(obj);
     let instance_id = match obj.owned_instance_id() {
         Some(id) => id.to_string(),
         None if obj.status.as_ref().and_then(|s| s.create_requested) == Some(true) => {
-            // RunInstances may have been applied with its answer lost: look for our VM.
+            // RunInstances may have been applied with its answer lost: look for our VM (an
+            // orphan must lose its ownership tags too, or the sweeper would take it).
             match super::apply::find_by_uid(ctx, &region, &uid).await {
                 Ok(Some(inst)) => inst.instance_id,
-                Ok(None) => return release(&api, obj, ctx, &uid).await,
+                Ok(None) => return nothing_to_do(&api, obj, ctx, &uid, policy).await,
                 Err(e) => {
                     let delay = ctx.backoff.next(&uid);
                     let mut st = obj.status.clone().unwrap_or_default();
@@ -55,8 +52,11 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             }
         }
         // Never created, nothing adopted: nothing to delete in the cloud.
-        None => return release(&api, obj, ctx, &uid).await,
+        None => return nothing_to_do(&api, obj, ctx, &uid, policy).await,
     };
+    if policy == DeletionPolicy::Orphan {
+        return orphan(&api, obj, ctx, &uid, &region, &instance_id).await;
+    }
 
     let mut st = obj.status.clone().unwrap_or_default();
     let gen = obj.metadata.generation;
@@ -264,23 +264,13 @@ async fn orphan(
     obj: &EcsInstance,
     ctx: &Arc<Context>,
     uid: &str,
+    region: &str,
+    id: &str,
 ) -> Result<Action, Error> {
-    let Some(id) = obj.owned_instance_id() else {
-        status::event(
-            ctx,
-            obj,
-            false,
-            "Orphaned",
-            "Delete",
-            "deletionPolicy Orphan: no VM to leave".to_string(),
-        );
-        return release(api, obj, ctx, uid).await;
-    };
-    let region = ctx.region_of(obj);
     let keys = OWNERSHIP_TAGS.iter().map(|k| k.to_string()).collect();
     let note = match ctx
         .cloud
-        .untag_instances(&region, vec![id.to_string()], keys)
+        .untag_instances(region, vec![id.to_string()], keys)
         .await
     {
         Ok(c) => format!(
@@ -308,6 +298,22 @@ async fn orphan(
         }
     };
     status::event(ctx, obj, false, "Orphaned", "Delete", note);
+    release(api, obj, ctx, uid).await
+}
+
+/// There is no VM behind this resource: the finalizer goes without a cloud call.
+async fn nothing_to_do(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    uid: &str,
+    policy: DeletionPolicy,
+) -> Result<Action, Error> {
+    tracing::info!(namespace = ?obj.metadata.namespace, name = %obj.name_any(), "no VM behind this resource; releasing it");
+    if policy == DeletionPolicy::Orphan {
+        let note = "deletionPolicy Orphan: no VM to leave".to_string();
+        status::event(ctx, obj, false, "Orphaned", "Delete", note);
+    }
     release(api, obj, ctx, uid).await
 }
 
