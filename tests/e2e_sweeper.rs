@@ -26,6 +26,24 @@ fn sweep_args(mode: &'static str) -> [&'static str; 8] {
     ]
 }
 
+/// Tag keys of an emulator instance (admin view).
+fn tag_keys(inst: &serde_json::Value) -> Vec<String> {
+    inst["Tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["Key"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn assert_no_ownership_tags(inst: &serde_json::Value) {
+    let keys = tag_keys(inst);
+    assert!(
+        !keys.iter().any(|k| k.starts_with("ecs.volcengine.io/")),
+        "ownership tags left: {keys:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sweeper_reports_then_deletes_only_true_leaks() {
     let client = client().await;
@@ -225,16 +243,8 @@ async fn orphaned_vm_is_untagged_and_never_swept() {
         (o.condition("Ready")?.status == "True").then_some(id)
     })
     .await;
-    let tags = |v: &serde_json::Value| -> Vec<String> {
-        v["Tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["Key"].as_str().map(str::to_string))
-            .collect()
-    };
     let before = emu.instance(&vm).await.unwrap();
-    assert!(tags(&before).contains(&"ecs.volcengine.io/cluster".to_string()));
+    assert!(tag_keys(&before).contains(&"ecs.volcengine.io/cluster".to_string()));
 
     // UntagResources fails: the finalizer stays and the resource says why.
     emu.faults(
@@ -260,11 +270,7 @@ async fn orphaned_vm_is_untagged_and_never_swept() {
     emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
     wait_for(30, "resource released", || gone(&api, "keep")).await;
     let after = emu.instance(&vm).await.expect("orphaned VM still exists");
-    let left = tags(&after);
-    assert!(
-        !left.iter().any(|k| k.starts_with("ecs.volcengine.io/")),
-        "ownership tags left: {left:?}"
-    );
+    assert_no_ownership_tags(&after);
     assert!(!emu.calls("UntagResources").await.is_empty());
 
     // A true leak seeded now is deleted by the sweeper; by then the orphan, had it kept
@@ -324,7 +330,12 @@ async fn orphan_after_a_lost_run_answer_is_found_and_untagged() {
     wait_for(30, "lookup failure reported", || async {
         let o = api.get("lost").await.ok()?;
         let c = o.condition("Synced")?;
-        (c.status == "False" && c.message.contains("looking for this resource's VM")).then_some(())
+        (c.status == "False"
+            && c.reason == "CloudError"
+            && c.message.contains("looking for this resource's VM")
+            && c.message.contains("InternalError")
+            && c.message.contains("RequestId"))
+        .then_some(())
     })
     .await;
     assert_eq!(
@@ -332,20 +343,18 @@ async fn orphan_after_a_lost_run_answer_is_found_and_untagged() {
         Some(true),
         "released without knowing whether a VM exists"
     );
+    let evs = events(&client, &ns, "lost").await;
+    assert!(
+        evs.iter().any(|(t, r, note)| t == "Warning"
+            && r == "CloudError"
+            && note.contains("InternalError")),
+        "{evs:?}"
+    );
 
     emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
     wait_for(30, "resource released", || gone(&api, "lost")).await;
     let inst = emu.instance(&vm).await.expect("orphaned VM still exists");
-    let tags: Vec<&str> = inst["Tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["Key"].as_str())
-        .collect();
-    assert!(
-        !tags.iter().any(|k| k.starts_with("ecs.volcengine.io/")),
-        "ownership tags left: {tags:?}"
-    );
+    assert_no_ownership_tags(&inst);
     assert_eq!(emu.deletions_of(&vm).await, 0);
     op.kill();
 }

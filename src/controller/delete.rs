@@ -13,6 +13,7 @@ use super::apply::OWNERSHIP_TAGS;
 use super::cleanup::{self, Decision, DeleteItem};
 use super::{finalizer, status, Context};
 use crate::api::{set_condition, DeletionPolicy, EcsInstance};
+use crate::cloud::CloudError;
 use crate::Error;
 
 /// Ready reason while the operator waits for the VM to disappear (wait-for-termination).
@@ -34,20 +35,8 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
                 Ok(Some(inst)) => inst.instance_id,
                 Ok(None) => return nothing_to_do(&api, obj, ctx, &uid, policy).await,
                 Err(e) => {
-                    let delay = ctx.backoff.next(&uid);
-                    let mut st = obj.status.clone().unwrap_or_default();
-                    let msg = format!("looking for this resource's VM before releasing it: {e}");
-                    set_condition(
-                        &mut st.conditions,
-                        "Synced",
-                        false,
-                        "CloudError",
-                        &msg,
-                        obj.metadata.generation,
-                    );
-                    status::patch(&api, obj, &st).await?;
-                    status::event(ctx, obj, true, "CloudError", "Delete", msg);
-                    return Ok(Action::requeue(delay));
+                    let what = "looking for this resource's VM before releasing it";
+                    return keep_and_retry(&api, obj, ctx, &uid, what, &e).await;
                 }
             }
         }
@@ -281,24 +270,38 @@ async fn orphan(
             format!("deletionPolicy Orphan: VM {id} is already gone")
         }
         Err(e) => {
-            let mut st = obj.status.clone().unwrap_or_default();
-            let reason = e.class().condition_reason();
-            let msg = format!("releasing VM {id} (UntagResources): {e}");
-            set_condition(
-                &mut st.conditions,
-                "Synced",
-                false,
-                reason,
-                &msg,
-                obj.metadata.generation,
-            );
-            status::patch(api, obj, &st).await?;
-            status::event(ctx, obj, true, reason, "Delete", msg);
-            return Ok(Action::requeue(ctx.backoff.next(uid)));
+            let what = format!("releasing VM {id} (UntagResources)");
+            return keep_and_retry(api, obj, ctx, uid, &what, &e).await;
         }
     };
     status::event(ctx, obj, false, "Orphaned", "Delete", note);
     release(api, obj, ctx, uid).await
+}
+
+/// A cloud call the release depends on failed: the finalizer stays, `Synced=False` and a
+/// Warning Event carry the cloud's code and RequestId, and the resource backs off.
+async fn keep_and_retry(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    uid: &str,
+    what: &str,
+    e: &CloudError,
+) -> Result<Action, Error> {
+    let mut st = obj.status.clone().unwrap_or_default();
+    let reason = e.class().condition_reason();
+    let msg = format!("{what}: {e}");
+    set_condition(
+        &mut st.conditions,
+        "Synced",
+        false,
+        reason,
+        &msg,
+        obj.metadata.generation,
+    );
+    status::patch(api, obj, &st).await?;
+    status::event(ctx, obj, true, reason, "Delete", msg);
+    Ok(Action::requeue(ctx.backoff.next(uid)))
 }
 
 /// There is no VM behind this resource: the finalizer goes without a cloud call.
