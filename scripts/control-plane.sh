@@ -1,229 +1,80 @@
 #!/usr/bin/env bash
-# A real local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager 1.20.2)
-# on loopback, built from Debian packages. See shared/kube/LOCAL-CONTROL-PLANE.md.
+# Runs a real local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager)
+# on loopback. The binaries come from scripts/provision-k8s.sh (built from Kubernetes' Go
+# modules, cached outside the repository); this script only starts and stops them.
 #
 # Usage:
-#   scripts/control-plane.sh provision              install packages, build + cache the binaries
 #   scripts/control-plane.sh up [STATE_DIR]         provision if needed, start, wait until ready
 #   scripts/control-plane.sh down [STATE_DIR]       stop everything (SIGTERM, then SIGKILL)
 #   scripts/control-plane.sh restart-apiserver [STATE_DIR]
 #   scripts/control-plane.sh status [STATE_DIR]
 #   scripts/control-plane.sh env [STATE_DIR]        prints: export KUBECONFIG=STATE_DIR/kubeconfig
 #
+# STATE_DIR/kubeconfig is the admin kubeconfig; STATE_DIR/ports holds the ports in use and
+# STATE_DIR/version the Kubernetes version running.
+#
 # Environment:
+#   K8S_VERSION              Kubernetes release (default: scripts/provision-k8s.sh's, the newest)
 #   ECS_CACHE_DIR            cache root (default ~/.cache/ecs-operator)
 #   ECS_CP_DIR               default state dir (default /tmp/ecs-cp)
-#   CP_ETCD_CLIENT_PORT      default 23790
-#   CP_ETCD_PEER_PORT        default 23800
-#   CP_APISERVER_PORT        default 16443
+#   CP_ETCD_CLIENT_PORT, CP_ETCD_PEER_PORT, CP_APISERVER_PORT
+#                            fixed ports; unset: free ports are picked at the first `up` and
+#                            kept in STATE_DIR/ports for restarts
 #   CP_READY_TIMEOUT         seconds to wait for /readyz (default 90)
 #   CP_DELETE_COLLECTION_WORKERS  kube-apiserver --delete-collection-workers (default: unset = 1)
 #   CP_APISERVER_EXTRA_ARGS  extra kube-apiserver flags (split on whitespace)
 #   CP_CM_EXTRA_ARGS         extra kube-controller-manager flags (e.g. "--kube-api-qps=100")
-#   DEBIAN_MIRROR            default http://deb.debian.org/debian
 set -euo pipefail
 
-K8S_VERSION="1.20.2"
-K8S_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
-GO_PKG_VERSION_PREFIX="1.15"
-
-CACHE_ROOT="${ECS_CACHE_DIR:-${HOME:-/root}/.cache/ecs-operator}"
-K8S_CACHE="$CACHE_ROOT/k8s-$K8S_VERSION"
-BIN_DIR="$K8S_CACHE/bin"
-APT_DIR="$CACHE_ROOT/apt"
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-KEYRING="/usr/share/keyrings/debian-archive-keyring.gpg"
-
-ETCD_CLIENT_PORT="${CP_ETCD_CLIENT_PORT:-23790}"
-ETCD_PEER_PORT="${CP_ETCD_PEER_PORT:-23800}"
-APISERVER_PORT="${CP_APISERVER_PORT:-16443}"
+SCRIPTS="$(cd "$(dirname "$0")" && pwd)"
 READY_TIMEOUT="${CP_READY_TIMEOUT:-90}"
+BIN_DIR=""
+ETCD_CLIENT_PORT="" ETCD_PEER_PORT="" APISERVER_PORT=""
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
 die() { printf '[control-plane] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# ---------------------------------------------------------------------------------------------
-# provision
-# ---------------------------------------------------------------------------------------------
-
-APT_UPDATED=0
-apt_update_once() {
-  if [[ $APT_UPDATED -eq 0 ]]; then
-    log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    APT_UPDATED=1
-  fi
-}
-
-apt_install() {
-  [[ $# -gt 0 ]] || return 0
-  log "apt-get install $*"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; then
-    apt_update_once
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-  fi
-}
-
-as_root_check() {
-  if [[ $(id -u) -ne 0 ]]; then
-    die "missing packages ($*) and not root: install them first (apt-get install $*)"
-  fi
-}
-
 install_system_packages() {
-  local missing=() cmd pkg
-  # command:package
-  local pairs=(etcd:etcd-server rsync:rsync jq:jq make:make curl:curl openssl:openssl
-               tar:tar gzip:gzip xz:xz-utils flock:util-linux setsid:util-linux)
-  for pair in "${pairs[@]}"; do
-    cmd="${pair%%:*}"; pkg="${pair#*:}"
-    if ! command -v "$cmd" >/dev/null 2>&1; then
-      missing+=("$pkg")
-    fi
+  local missing=() pair
+  for pair in openssl:openssl curl:curl flock:util-linux setsid:util-linux python3:python3; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
   done
-  if [[ ! -r $KEYRING ]]; then
-    missing+=(debian-archive-keyring)
-  fi
-  if ! command -v kubectl >/dev/null 2>&1; then
-    missing+=(kubernetes-client)
-  fi
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    # de-duplicate
-    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-    as_root_check "${missing[@]}"
-    apt_install "${missing[@]}"
-  fi
+  command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
 }
 
-# apt-get with a private sources list / lists / cache (the machine's apt config stays untouched).
-private_apt() {
-  apt-get -q \
-    -o Dir::Etc::SourceList="$APT_DIR/sources.list" \
-    -o Dir::Etc::SourceParts=- \
-    -o Dir::State::Lists="$APT_DIR/lists" \
-    -o Dir::Cache="$APT_DIR/cache" \
-    "$@"
-}
-
-private_apt_setup() {
-  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
-  cat >"$APT_DIR/sources.list" <<EOF
-deb [signed-by=$KEYRING] $DEBIAN_MIRROR bullseye main
-deb-src [signed-by=$KEYRING] $DEBIAN_MIRROR bookworm main
-deb-src [signed-by=$KEYRING] $DEBIAN_MIRROR bookworm-updates main
-EOF
-  log "private apt-get update (bullseye main, deb-src bookworm main) in $APT_DIR"
-  private_apt update >"$APT_DIR/update.log" 2>&1 || {
-    tail -n 20 "$APT_DIR/update.log" >&2
-    die "private apt-get update failed"
-  }
-}
-
-build_k8s() {
-  local work="$K8S_CACHE/build" t0 t1 t2
-  t0=$(date +%s)
-  rm -rf "$work"
-  mkdir -p "$work/dl" "$work/go"
-  private_apt_setup
-
-  log "downloading Go 1.15 (bullseye golang-1.15-go, golang-1.15-src)"
-  (cd "$work/dl" && private_apt download golang-1.15-go golang-1.15-src >"$work/dl/go-download.log" 2>&1) || {
-    tail -n 20 "$work/dl/go-download.log" >&2
-    die "apt-get download golang-1.15-go golang-1.15-src failed"
-  }
-  log "downloading kubernetes source $K8S_SRC_VERSION (bookworm deb-src)"
-  (cd "$work/dl" && private_apt source --download-only "kubernetes=$K8S_SRC_VERSION" >"$work/dl/src-download.log" 2>&1) || {
-    tail -n 20 "$work/dl/src-download.log" >&2
-    die "apt-get source --download-only kubernetes=$K8S_SRC_VERSION failed"
-  }
-  t1=$(date +%s)
-  log "downloads done in $((t1 - t0)) s"
-
-  local deb
-  for deb in "$work"/dl/golang-1.15-*.deb; do
-    dpkg -x "$deb" "$work/go"
-  done
-  local goroot="$work/go/usr/lib/go-$GO_PKG_VERSION_PREFIX"
-  [[ -x $goroot/bin/go ]] || die "Go not found at $goroot after dpkg -x"
-
-  local orig
-  orig=$(find "$work/dl" -maxdepth 1 -name 'kubernetes_*.orig.tar.*' | head -n 1)
-  [[ -n $orig ]] || die "kubernetes .orig tarball not found in $work/dl"
-  log "unpacking $(basename "$orig")"
-  mkdir -p "$work/src"
-  tar -xf "$orig" -C "$work/src" --strip-components=1
-  [[ -d $work/src/vendor ]] || die "unpacked tree has no vendor/"
-
-  mkdir -p "$work/gopath/src/k8s.io" "$work/gocache" "$work/gotmp"
-  ln -sfn "$work/src" "$work/gopath/src/k8s.io/kubernetes"
-  cat >"$work/version.env" <<EOF
-KUBE_GIT_COMMIT=''
-KUBE_GIT_TREE_STATE='clean'
-KUBE_GIT_VERSION='v$K8S_VERSION'
-KUBE_GIT_MAJOR='1'
-KUBE_GIT_MINOR='20'
-EOF
-
-  log "building kube-apiserver + kube-controller-manager with $("$goroot/bin/go" version) (takes minutes; log: $work/build.log)"
-  (
-    cd "$work/gopath/src/k8s.io/kubernetes"
-    export GOROOT="$goroot"
-    export PATH="$goroot/bin:$PATH"
-    export GOPATH="$work/gopath"
-    export GOCACHE="$work/gocache"
-    export GOTMPDIR="$work/gotmp"
-    export CGO_ENABLED=0
-    export KUBE_GIT_VERSION_FILE="$work/version.env"
-    unset GOBIN
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
-  ) >"$work/build.log" 2>&1 || {
-    tail -n 40 "$work/build.log" >&2
-    die "build failed (full log: $work/build.log)"
-  }
-  t2=$(date +%s)
-  log "build done in $((t2 - t1)) s"
-
-  local out="$work/src/_output/bin"
-  [[ -x $out/kube-apiserver && -x $out/kube-controller-manager ]] || die "binaries missing in $out"
-  mkdir -p "$BIN_DIR.tmp"
-  cp "$out/kube-apiserver" "$out/kube-controller-manager" "$BIN_DIR.tmp/"
-  echo "$K8S_SRC_VERSION" >"$BIN_DIR.tmp/SOURCE_VERSION"
-  rm -rf "$BIN_DIR"
-  mv "$BIN_DIR.tmp" "$BIN_DIR"
-  {
-    echo "download_seconds=$((t1 - t0))"
-    echo "build_seconds=$((t2 - t1))"
-    echo "built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  } >"$K8S_CACHE/provision-times"
-  log "cached binaries in $BIN_DIR; removing build tree"
-  chmod -R u+w "$work" 2>/dev/null || true
-  rm -rf "$work"
-}
-
-binaries_cached() {
-  [[ -x $BIN_DIR/kube-apiserver && -x $BIN_DIR/kube-controller-manager && -f $BIN_DIR/SOURCE_VERSION ]] &&
-    [[ $(cat "$BIN_DIR/SOURCE_VERSION") == "$K8S_SRC_VERSION" ]]
-}
-
-cmd_provision() {
+# The version running in STATE_DIR wins over K8S_VERSION, so `down`/`restart-apiserver` act on
+# what `up` started.
+resolve_binaries() {
+  local v="${K8S_VERSION:-}"
+  if [[ -z $v && -s $STATE_DIR/version ]]; then v="$(cat "$STATE_DIR/version")"; fi
   install_system_packages
-  if binaries_cached; then
-    log "kube-apiserver/kube-controller-manager $K8S_VERSION cached in $BIN_DIR"
-    return 0
+  BIN_DIR="$(bash "$SCRIPTS/provision-k8s.sh" ${v:+"$v"})"
+  [[ -x $BIN_DIR/kube-apiserver && -x $BIN_DIR/etcd ]] || die "provisioning gave no binaries in $BIN_DIR"
+  "$BIN_DIR/kube-apiserver" --version | awk '{print $2}' | sed 's/^v//' >"$STATE_DIR/version.new"
+  mv -f "$STATE_DIR/version.new" "$STATE_DIR/version"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Ports: the environment, else what this state dir used before, else free ones.
+resolve_ports() {
+  if [[ -s $STATE_DIR/ports ]]; then
+    # shellcheck disable=SC1091
+    source "$STATE_DIR/ports"
   fi
-  mkdir -p "$K8S_CACHE"
-  # One build at a time.
-  exec 9>"$K8S_CACHE/.lock"
-  log "waiting for build lock $K8S_CACHE/.lock"
-  flock 9
-  if binaries_cached; then
-    log "binaries were built by another process: $BIN_DIR"
-  else
-    [[ $(id -u) -eq 0 ]] || log "warning: not root; apt-get download/source may still work"
-    build_k8s
-  fi
-  flock -u 9
-  exec 9>&-
+  ETCD_CLIENT_PORT="${CP_ETCD_CLIENT_PORT:-${ETCD_CLIENT_PORT:-$(free_port)}}"
+  ETCD_PEER_PORT="${CP_ETCD_PEER_PORT:-${ETCD_PEER_PORT:-$(free_port)}}"
+  APISERVER_PORT="${CP_APISERVER_PORT:-${APISERVER_PORT:-$(free_port)}}"
+  printf 'ETCD_CLIENT_PORT=%s\nETCD_PEER_PORT=%s\nAPISERVER_PORT=%s\n' \
+    "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" >"$STATE_DIR/ports"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +86,10 @@ set_state_dir() {
   STATE_DIR="${1:-${ECS_CP_DIR:-/tmp/ecs-cp}}"
   mkdir -p "$STATE_DIR"
   STATE_DIR="$(cd "$STATE_DIR" && pwd)"
+  if [[ -s $STATE_DIR/ports ]]; then
+    # shellcheck disable=SC1091
+    source "$STATE_DIR/ports"
+  fi
 }
 
 pidfile() { echo "$STATE_DIR/pids/$1.pid"; }
@@ -383,7 +238,7 @@ start_etcd() {
   require_free_port "$ETCD_CLIENT_PORT" "etcd client" CP_ETCD_CLIENT_PORT
   require_free_port "$ETCD_PEER_PORT" "etcd peer" CP_ETCD_PEER_PORT
   log "starting etcd on 127.0.0.1:$ETCD_CLIENT_PORT (peer $ETCD_PEER_PORT)"
-  start_bg etcd "$(command -v etcd)" \
+  start_bg etcd "$BIN_DIR/etcd" \
     --name=ecs-cp \
     --data-dir="$STATE_DIR/etcd" \
     --listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
@@ -422,7 +277,6 @@ start_apiserver() {
     --bind-address=127.0.0.1 \
     --secure-port="$APISERVER_PORT" \
     --advertise-address=127.0.0.1 \
-    --insecure-port=0 \
     --cert-dir="$STATE_DIR/certs" \
     --token-auth-file="$STATE_DIR/tokens.csv" \
     --authorization-mode=RBAC \
@@ -466,7 +320,6 @@ start_controller_manager() {
     --root-ca-file="$STATE_DIR/certs/apiserver.crt" \
     --bind-address=127.0.0.1 \
     --secure-port=0 \
-    --port=0 \
     --use-service-account-credentials=false \
     --leader-elect=false \
     "${extra[@]}"
@@ -492,14 +345,18 @@ all_running() {
 cmd_up() {
   set_state_dir "${1:-}"
   if all_running; then
+    local running
+    running="$(cat "$STATE_DIR/version" 2>/dev/null || echo unknown)"
+    if [[ -n ${K8S_VERSION:-} && ${K8S_VERSION#v} != "$running" ]]; then
+      die "Kubernetes $running is running in $STATE_DIR, not $K8S_VERSION: use another STATE_DIR or 'down' first"
+    fi
     log "already running (state $STATE_DIR, https://127.0.0.1:$APISERVER_PORT)"
     echo "export KUBECONFIG=$STATE_DIR/kubeconfig"
     return 0
   fi
-  if ! binaries_cached || ! command -v etcd >/dev/null 2>&1 || ! command -v kubectl >/dev/null 2>&1; then
-    cmd_provision
-  fi
+  resolve_binaries
   ensure_secrets
+  resolve_ports
   # Check every port before starting anything.
   if ! component_pid etcd etcd >/dev/null; then
     require_free_port "$ETCD_CLIENT_PORT" "etcd client" CP_ETCD_CLIENT_PORT
@@ -536,7 +393,8 @@ cmd_down() {
 
 cmd_restart_apiserver() {
   set_state_dir "${1:-}"
-  binaries_cached || die "binaries not provisioned; run: $0 up"
+  resolve_binaries
+  resolve_ports
   component_pid etcd etcd >/dev/null || die "etcd is not running; run: $0 up $STATE_DIR"
   stop_component kube-apiserver kube-apiserver
   trap cleanup_on_failure EXIT
@@ -570,7 +428,7 @@ cmd_env() {
 }
 
 usage() {
-  sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -578,7 +436,6 @@ main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
   case "$cmd" in
-    provision) cmd_provision ;;
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
     restart-apiserver) cmd_restart_apiserver "$@" ;;
