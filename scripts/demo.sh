@@ -21,7 +21,7 @@ say "building ecs-operator"
 cargo build -q --bins
 BIN="$CARGO_TARGET_DIR/debug/ecs-operator"
 
-say "starting the local control plane (first run builds Kubernetes 1.20 from Debian sources, ~5-10 min)"
+say "starting the local control plane (first run builds Kubernetes from its Go modules, ~12 min)"
 bash scripts/control-plane.sh up "$ECS_CP_DIR"
 export KUBECONFIG="$ECS_CP_DIR/kubeconfig"
 k() { kubectl "$@" 2>/dev/null; }

@@ -85,7 +85,7 @@ EOF
   (cd "$mod" && go build -trimpath -ldflags "$ld" -o "$K8S_DIR/bin.tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager) \
     >"$K8S_DIR/build.log" 2>&1 || { tail -n 40 "$K8S_DIR/build.log" >&2; die "build failed"; }
-  rm -rf "$K8S_DIR/bin" && mv "$K8S_DIR/bin.tmp" "$K8S_DIR/bin"
+  rm -rf "${K8S_DIR:?}/bin" && mv "$K8S_DIR/bin.tmp" "$K8S_DIR/bin"
   echo "build_seconds=$((SECONDS - t0))" >"$K8S_DIR/provision-times"
   log "Kubernetes $K8S_VERSION built in $((SECONDS - t0)) s"
 }

@@ -1,65 +1,158 @@
 #!/usr/bin/env bash
-# Runs every test: formatting and lints, unit tests, client-against-emulator tests, end-to-end
-# tests on a real local control plane, and the official Python SDK against the emulator.
+# Runs every test, in tiers, and prints one summary line per tier (checks run, seconds):
+#   0 lint          fmt, clippy, cargo-deny, shellcheck, kustomize, Argo CD health check (Lua)
+#   1 unit          unit tests, CRD drift, signer vectors (no network, no processes)
+#   2 wire          the client and the official Python SDK against the emulator over HTTP
+#   3 e2e-newest    every end-to-end test on the newest supported Kubernetes
+#   4 e2e-oldest    deletion, lifecycle, admission and RBAC suites on the oldest supported one
+#   5 soak          churn under faults with operator kills and an apiserver restart
 # Installs and starts what it needs (idempotent), so it works on a fresh machine.
+#
+# Environment: K8S_NEWEST / K8S_OLDEST (versions), E2E_THREADS (parallel e2e tests, default
+# the number of cores), SKIP_OLDEST=1, SKIP_SOAK=1 (local iterations only; CI runs all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecs-operator/target}"
 export ECS_CP_DIR="${ECS_CP_DIR:-/tmp/ecs-cp}"
+K8S_NEWEST="${K8S_NEWEST:-1.37.2}"
+K8S_OLDEST="${K8S_OLDEST:-1.33.13}"
+OLDEST_CP_DIR="${ECS_CP_DIR}-oldest"
+E2E_THREADS="${E2E_THREADS:-$(nproc)}"
+SUMMARY=()
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "control plane (etcd, kube-apiserver, kube-controller-manager 1.20.2)"
-bash scripts/control-plane.sh up "$ECS_CP_DIR"
+# tier NAME COMMAND...: runs the tier, counts its checks (cargo's "test result" lines, pytest's
+# and Lua's "N passed" lines, and "CHECKS N" lines the lint steps print), records one summary line.
+tier() {
+  local name="$1" t0=$SECONDS log
+  shift
+  log="$(mktemp)"
+  printf '\n######## tier %s\n' "$name"
+  # errexit inside the tier (a failing step ends it), not around it (the summary is printed).
+  set +e
+  (set -e; "$@") 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  set -e
+  local passed
+  passed=$(grep -Eo 'test result: [a-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+  passed=$((passed + $(grep -Eo '^[0-9]+(/[0-9]+)? passed' "$log" | sed 's|/[0-9]*||' | awk '{s+=$1} END {print s+0}')))
+  passed=$((passed + $(grep -Eo '^CHECKS [0-9]+' "$log" | awk '{s+=$2} END {print s+0}')))
+  rm -f "$log"
+  TOTAL_PASSED=$((TOTAL_PASSED + passed))
+  SUMMARY+=("$(printf 'tier %-11s %-4s %5d checks %5d s' "$name" "$([[ $rc -eq 0 ]] && echo ok || echo FAIL)" "$passed" $((SECONDS - t0)))")
+  if [[ $rc -ne 0 ]]; then
+    print_summary
+    exit "$rc"
+  fi
+}
 
-step "python: official Volcengine SDK for the wire-compatibility test"
-VENV="${ECS_CACHE_DIR:-$HOME/.cache/ecs-operator}/venv"
-if [[ ! -x "$VENV/bin/pytest" ]] || ! "$VENV/bin/python" -c 'import volcenginesdkecs' 2>/dev/null; then
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check volcenginesdk-ecs pytest
-fi
+print_summary() {
+  printf '\n######## summary\n'
+  printf '%s\n' "${SUMMARY[@]}"
+}
+TOTAL_PASSED=0
 
-step "lua5.1 for the Argo CD health check (deploy/argocd/health.lua; Argo CD runs Lua 5.1)"
-if ! command -v lua5.1 >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null ||
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null ||
     { DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1 >/dev/null; }
-fi
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+}
 
-step "Argo CD health check verdicts (tests/argocd)"
-lua5.1 tests/argocd/health_test.lua
-
-step "kustomize build of deploy/"
-kubectl kustomize deploy/ >/dev/null
-
-step "cargo fmt --check"
-cargo fmt --all -- --check
-
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -q -- -D warnings
-
-step "cargo deny check licenses bans sources (deny.toml; offline parts only)"
-# Runs where cargo-deny is installed (`cargo install cargo-deny --locked`, ~5 min once; the
-# binary then stays in ~/.cargo/bin). A fresh machine skips it rather than spend those
-# minutes of CI; ECS_INSTALL_CARGO_DENY=1 installs it first.
-if ! cargo deny --version >/dev/null 2>&1 && [[ "${ECS_INSTALL_CARGO_DENY:-0}" == 1 ]]; then
-  cargo install -q --locked cargo-deny
-fi
-if cargo deny --version >/dev/null 2>&1; then
+lint() {
+  command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
+  command -v lua5.1 >/dev/null 2>&1 || apt_install lua5.1
+  if ! cargo deny --version >/dev/null 2>&1; then
+    step "installing cargo-deny (once; ~5 min)"
+    cargo install -q --locked cargo-deny
+  fi
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  echo "CHECKS 1"
+  step "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --all-targets -q -- -D warnings
+  echo "CHECKS 1"
+  step "cargo deny check licenses bans sources"
   cargo deny --offline --log-level error check licenses bans sources
-else
-  echo "cargo-deny not installed: skipped"
-fi
+  echo "CHECKS 1"
+  step "shellcheck scripts/*.sh .ci/run"
+  shellcheck -S warning scripts/*.sh .ci/run
+  echo "CHECKS 1"
+  step "kustomize build of deploy/ and deploy/crd/"
+  kubectl kustomize deploy/ >/dev/null
+  echo "CHECKS 1"
+  if [[ -f deploy/crd/kustomization.yaml ]]; then
+    kubectl kustomize deploy/crd/ >/dev/null
+    echo "CHECKS 1"
+  fi
+  step "Argo CD health check verdicts (Lua 5.1, as Argo CD runs it)"
+  lua5.1 tests/argocd/health_test.lua
+}
 
+# Test binaries by what they need: none (unit), the emulator (wire), a control plane (e2e).
+unit_targets() { echo --lib --bins --test crd_drift --test signer_vectors; }
+wire_targets() { echo --test emulator_api --test emulator_client; }
+e2e_targets() {
+  local f
+  for f in tests/e2e_*.rs; do printf -- '--test %s ' "$(basename "$f" .rs)"; done
+}
+
+unit() {
+  # shellcheck disable=SC2046
+  cargo test -q $(unit_targets)
+}
+
+wire() {
+  local venv="${ECS_CACHE_DIR:-$HOME/.cache/ecs-operator}/venv"
+  if [[ ! -x $venv/bin/pytest ]] || ! "$venv/bin/python" -c 'import volcenginesdkecs' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check volcenginesdk-ecs pytest
+  fi
+  # shellcheck disable=SC2046
+  cargo test -q $(wire_targets)
+  step "official Python SDK against the emulator"
+  ECS_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/ecs-operator" "$venv/bin/pytest" -q tests/python
+}
+
+e2e_newest() {
+  K8S_VERSION="$K8S_NEWEST" bash scripts/control-plane.sh up "$ECS_CP_DIR"
+  # shellcheck disable=SC2046
+  cargo test -q $(e2e_targets) -- --test-threads "$E2E_THREADS"
+}
+
+# The oldest supported release runs the suites whose behaviour depends on the API server:
+# deletion, lifecycle, admission and RBAC.
+e2e_oldest() {
+  K8S_VERSION="$K8S_OLDEST" bash scripts/control-plane.sh up "$OLDEST_CP_DIR"
+  local t targets=()
+  for t in e2e_delete e2e_lifecycle e2e_admission e2e_rbac; do
+    [[ -f tests/$t.rs ]] && targets+=(--test "$t")
+  done
+  local rc=0
+  ECS_CP_DIR="$OLDEST_CP_DIR" cargo test -q "${targets[@]}" -- --test-threads "$E2E_THREADS" || rc=$?
+  bash scripts/control-plane.sh down "$OLDEST_CP_DIR" >/dev/null 2>&1 || true
+  return "$rc"
+}
+
+soak() {
+  K8S_VERSION="$K8S_NEWEST" bash scripts/control-plane.sh up "$ECS_CP_DIR"
+  SOAK_RESOURCES="${SOAK_RESOURCES:-200}" SOAK_SECS="${SOAK_SECS:-180}" \
+    cargo test -q --test soak -- --ignored --nocapture
+}
+
+step "provisioning Kubernetes $K8S_NEWEST and $K8S_OLDEST (cached after the first build)"
+t0=$SECONDS
+bash scripts/provision-k8s.sh "$K8S_NEWEST" >/dev/null
+[[ ${SKIP_OLDEST:-0} == 1 ]] || bash scripts/provision-k8s.sh "$K8S_OLDEST" >/dev/null
+SUMMARY+=("$(printf 'provision            %5s        %5d s' ok $((SECONDS - t0)))")
+
+tier lint lint
 step "cargo build"
-cargo build -q --bins
-
-step "cargo test (unit, emulator, CRD drift, end-to-end)"
-cargo test -q -- --test-threads "${E2E_THREADS:-4}"
-
-step "official Python SDK against the emulator"
-ECS_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/ecs-operator" "$VENV/bin/pytest" -q tests/python
-
-step "soak under faults, short form (200 resources, 3 min; restarts the apiserver, so it runs alone)"
-SOAK_RESOURCES="${SOAK_RESOURCES:-200}" SOAK_SECS="${SOAK_SECS:-180}" \
-  cargo test -q --test soak -- --ignored --nocapture
+cargo build -q --bins --tests
+tier unit unit
+tier wire wire
+tier e2e-newest e2e_newest
+[[ ${SKIP_OLDEST:-0} == 1 ]] || tier e2e-oldest e2e_oldest
+[[ ${SKIP_SOAK:-0} == 1 ]] || tier soak soak
+print_summary
+echo "tiers: $TOTAL_PASSED passed, 0 failed"

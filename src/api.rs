@@ -60,9 +60,10 @@ pub struct EcsInstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_protection: Option<bool>,
 
-    /// Creation parameters, used only when `instanceId` is empty. Immutable after creation.
-    /// (Kubernetes 1.20 has no CEL rules for CRDs, so an edit is accepted by the API server;
-    /// the operator reports it as `ImmutableFieldChanged` and does not act on it.)
+    /// Creation parameters, used only when `instanceId` is empty. The API server refuses
+    /// edits of the fields a VM cannot change (zone, image, subnet, security groups, disks,
+    /// key pair, charge type); the operator reports an edit of the others as
+    /// `ImmutableFieldChanged` and does not act on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create: Option<CreateSpec>,
 }

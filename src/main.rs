@@ -4,10 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use kube::CustomResourceExt;
 use tokio_util::sync::CancellationToken;
 
-use ecs_operator::api::EcsInstance;
 use ecs_operator::cloud::client::EcsClient;
 use ecs_operator::config::{Cli, Command, OnMissing, RunArgs, SweepArgs};
 use ecs_operator::controller::batch::BatchConfig;
@@ -52,7 +50,9 @@ async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Crd => match serde_yaml::to_string(&EcsInstance::crd()) {
+        Command::Crd => match ecs_operator::admission::crd()
+            .and_then(|c| serde_yaml::to_string(&c).map_err(|e| e.to_string()))
+        {
             Ok(y) => {
                 print!("{y}");
                 ExitCode::SUCCESS

@@ -393,7 +393,7 @@ async fn schema_rejects_malformed_specs() {
         ),
         (
             "no-sg",
-            json!({"create": {"zoneId": "z", "imageId": "i", "instanceTypeId": "t", "subnetId": "s", "securityGroupIds": []}}),
+            json!({"create": {"zoneId": "z", "imageId": "i", "instanceTypeId": "t", "subnetId": "s", "securityGroupIds": [], "systemVolume": {"size": 40}}}),
         ),
     ] {
         let obj: DynamicObject = serde_json::from_value(json!({

@@ -218,7 +218,7 @@ fn argocd_health(obj: &Value) -> (String, String) {
 fn create_spec(with_user_data: bool) -> Value {
     let mut c = json!({
         "zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
-        "subnetId": "subnet-1", "securityGroupIds": ["sg-1"],
+        "subnetId": "subnet-1", "securityGroupIds": ["sg-1"], "systemVolume": {"size": 40},
     });
     if with_user_data {
         c["userDataSecretRef"] = json!({"name": "init", "key": "cloud-init"});
@@ -302,7 +302,7 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         .await
         .expect("TokenRequest")
         .status
-        .and_then(|s| s.token)
+        .map(|s| s.token)
         .expect("a token in the TokenRequest status");
     let sa_kubeconfig = token_kubeconfig(dir.path(), &token);
     let sa = client_from(&sa_kubeconfig).await;

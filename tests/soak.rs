@@ -60,7 +60,7 @@ async fn soak_under_faults() {
     );
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let spec = json!({"create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
-        "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}});
+        "subnetId": "subnet-1", "securityGroupIds": ["sg-1"], "systemVolume": {"size": 40}}});
 
     let start = Instant::now();
     let mut last_kill = Instant::now();

@@ -451,3 +451,10 @@ async fn list_events(client: &Client, ns: &str, name: &str) -> Vec<(String, Stri
         })
         .collect()
 }
+
+/// Deletes a test namespace without waiting (its objects must not hold finalizers nobody
+/// will remove, or it stays Terminating; the control plane is per test run anyway).
+pub async fn delete_namespace(client: &Client, ns: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let _ = api.delete(ns, &DeleteParams::default()).await;
+}
