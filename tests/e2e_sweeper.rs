@@ -429,8 +429,9 @@ async fn delete_mode_refuses_an_identity_not_unique_by_construction() {
         let mut args = vec!["--cluster-id", id];
         args.extend(sweep_args("delete"));
         let mut op = Operator::start_with_env("sweep-identity", &ns, &emu, &args, &env);
-        wait_for(30, "operator exits", || async {
-            (!op.is_running()).then_some(())
+        wait_for(30, "operator exits", || {
+            let exited = !op.is_running();
+            async move { exited.then_some(()) }
         })
         .await;
         let log = op.log();
@@ -489,8 +490,9 @@ async fn delete_mode_refuses_an_identity_not_unique_by_construction() {
         ("KUBECONFIG", kc_path.to_str().unwrap()),
     ];
     let mut op = Operator::start_with_env("sweep-identity-nobody", &ns, &emu, &[], &env);
-    wait_for(30, "operator exits", || async {
-        (!op.is_running()).then_some(())
+    wait_for(30, "operator exits", || {
+        let exited = !op.is_running();
+        async move { exited.then_some(()) }
     })
     .await;
     let log = op.log();
