@@ -154,16 +154,19 @@ mod tests {
 
     const UID: &str = "6f1c2a4e-0d7b-4f57-9a53-2b0f8f5e9c11";
 
+    /// (flag, kube-system uid, expected (id, source) or NoUid, delete mode allowed)
+    type Case = (
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<(&'static str, IdentitySource)>,
+        bool,
+    );
+
     #[test]
     fn effective_identity_and_delete_mode() {
         use IdentitySource::*;
         // (flag, kube-system uid) -> (id, source) or error; delete mode allowed?
-        let cases: &[(
-            Option<&str>,
-            Option<&str>,
-            Option<(&str, IdentitySource)>,
-            bool,
-        )] = &[
+        let cases: &[Case] = &[
             (None, Some(UID), Some((UID, KubeSystemUid)), true),
             (Some(""), Some(UID), Some((UID, KubeSystemUid)), true),
             (Some("  "), Some(UID), Some((UID, KubeSystemUid)), true),
