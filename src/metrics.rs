@@ -43,6 +43,7 @@ pub struct Metrics {
     pub throttle_wait_seconds: Family<ActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub leaked_instances: Gauge,
     pub cluster_info: Family<ClusterLabels, Gauge>,
+    pub sweeps: Family<ResultLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +118,12 @@ impl Default for Metrics {
             "The cluster identity written as the ecs.volcengine.io/cluster tag (value 1), and where it came from (kube_system_uid or flag)",
             cluster_info.clone(),
         );
+        let sweeps = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sweeps",
+            "Leak sweeps by result: ok, or skipped_* when a listing failed or may be incomplete (nothing is concluded then)",
+            sweeps.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -129,6 +136,7 @@ impl Default for Metrics {
             throttle_wait_seconds,
             leaked_instances,
             cluster_info,
+            sweeps,
         }
     }
 }
@@ -167,6 +175,14 @@ impl Metrics {
                 source: source.to_string(),
             })
             .set(1);
+    }
+
+    pub fn sweep(&self, result: &'static str) {
+        self.sweeps
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     pub fn throttle_wait(&self, action: &str, seconds: f64) {

@@ -51,6 +51,17 @@ pub enum SweepError {
     Incomplete { region: String, why: &'static str },
 }
 
+impl SweepError {
+    /// Bounded metric label (never the message).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SweepError::Kube(_) => "skipped_kube_error",
+            SweepError::Cloud(_) => "skipped_cloud_error",
+            SweepError::Incomplete { .. } => "skipped_incomplete_listing",
+        }
+    }
+}
+
 /// A VM that looks leaked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -240,19 +251,20 @@ impl Tracker {
     }
 }
 
-/// Whether a tag-filtered listing of `n` instances may have been cut at the documented
-/// limit. Pure.
-pub fn tag_listing_may_be_truncated(n: usize) -> bool {
-    n >= TAG_FILTER_LIMIT
+/// Whether a tag-filtered listing of `n` instances, whose last page reported `total`, may
+/// have been cut at the documented limit: it reached the limit, or the cloud counts more
+/// than it returned. Pure.
+pub fn tag_listing_may_be_truncated(n: usize, total: Option<usize>) -> bool {
+    n >= TAG_FILTER_LIMIT || total.is_some_and(|t| t > n)
 }
 
-/// Every page of one DescribeInstances listing, or an error; never a listing that may be
-/// incomplete (a repeated NextToken, fewer instances than TotalCount, too many pages).
+/// Every page of one DescribeInstances listing and the TotalCount of its last page, or an
+/// error; never a listing that stopped early (a repeated NextToken, too many pages).
 async fn list_pages(
     cloud: &dyn Cloud,
     region: &str,
     tag_filters: Vec<(String, Vec<String>)>,
-) -> Result<Vec<Instance>, SweepError> {
+) -> Result<(Vec<Instance>, Option<usize>), SweepError> {
     let incomplete = |why| SweepError::Incomplete {
         region: region.to_string(),
         why,
@@ -273,10 +285,7 @@ async fn list_pages(
             Some(t) => next = Some(t),
             None => {
                 let total = page.total_count.and_then(|t| usize::try_from(t).ok());
-                if total.is_some_and(|t| all.len() < t) {
-                    return Err(incomplete("fewer instances than TotalCount"));
-                }
-                return Ok(all);
+                return Ok((all, total));
             }
         }
     }
@@ -284,24 +293,27 @@ async fn list_pages(
 }
 
 /// Every VM carrying this cluster's identity tag in one region, complete or an error. A
-/// tag-filtered listing that reaches the TagFilters limit may be cut short without saying
-/// so, so the region is then listed without TagFilters and filtered here.
+/// tag-filtered listing that may have hit the TagFilters limit can be cut short without
+/// saying so, so the region is then listed without TagFilters and filtered here; if that
+/// listing is short of its own TotalCount the sweep is skipped.
 pub async fn list_cluster_vms(
     cloud: &dyn Cloud,
     region: &str,
     cluster_id: &str,
 ) -> Result<Vec<Instance>, SweepError> {
     let filter = vec![(TAG_CLUSTER.to_string(), vec![cluster_id.to_string()])];
-    let tagged = list_pages(cloud, region, filter).await?;
-    if !tag_listing_may_be_truncated(tagged.len()) {
+    let (tagged, total) = list_pages(cloud, region, filter).await?;
+    if !tag_listing_may_be_truncated(tagged.len(), total) {
         return Ok(tagged);
     }
-    tracing::info!(
-        region,
-        tagged = tagged.len(),
-        "tag-filtered listing may be truncated; listing the whole region"
-    );
-    let all = list_pages(cloud, region, Vec::new()).await?;
+    tracing::info!(region, tagged = tagged.len(), total = ?total, "tag-filtered listing may be truncated; listing the whole region");
+    let (all, total) = list_pages(cloud, region, Vec::new()).await?;
+    if total.is_some_and(|t| all.len() < t) {
+        return Err(SweepError::Incomplete {
+            region: region.to_string(),
+            why: "fewer instances than TotalCount",
+        });
+    }
     Ok(all
         .into_iter()
         .filter(|vm| vm.tag(TAG_CLUSTER) == Some(cluster_id))
@@ -425,8 +437,12 @@ pub async fn run_periodic(
         )
         .await
         {
-            Err(e) => tracing::warn!(error = %e, "leak sweep skipped"),
+            Err(e) => {
+                metrics.sweep(e.metric_label());
+                tracing::warn!(error = %e, "leak sweep skipped")
+            }
             Ok((candidates, actions)) => {
+                metrics.sweep("ok");
                 let confirmed: Vec<&Candidate> =
                     candidates.iter().filter(|c| c.confirmed).collect();
                 metrics.leaked_instances.set(confirmed.len() as i64);
@@ -640,9 +656,25 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_listing_at_the_limit_is_not_trusted() {
-        for (n, want) in [(0, false), (999, false), (1000, true), (1001, true)] {
-            assert_eq!(tag_listing_may_be_truncated(n), want, "{n}");
+    fn a_tag_listing_at_the_limit_or_short_of_its_total_is_not_trusted() {
+        let cases = [
+            (0, None, false),
+            (0, Some(0), false),
+            (999, Some(999), false),
+            // VMs deleted while paging: fewer counted than returned is harmless.
+            (999, Some(990), false),
+            (1000, Some(1000), true),
+            (1001, None, true),
+            // The cloud counts more than it resolved.
+            (500, Some(501), true),
+            (1000, Some(5000), true),
+        ];
+        for (n, total, want) in cases {
+            assert_eq!(
+                tag_listing_may_be_truncated(n, total),
+                want,
+                "{n} {total:?}"
+            );
         }
     }
 }

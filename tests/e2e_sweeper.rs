@@ -254,6 +254,12 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         op.log().contains("leak sweep skipped").then_some(())
     })
     .await;
+    let skipped = "ecs_operator_sweeps_total{result=\"skipped_cloud_error\"}";
+    let m = scrape(&op).await;
+    assert!(
+        m.lines().any(|l| l.starts_with(skipped)),
+        "{skipped} not in {m}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(emu.deletions_of(&leaked).await, 0);
     emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
