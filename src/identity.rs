@@ -103,9 +103,13 @@ fn transient(e: &kube::Error) -> bool {
     }
 }
 
-/// Reads the kube-system uid, retrying transient failures a few times (about 15 s), then
-/// gives up: the operator must not start with a guessed identity.
-pub async fn read_kube_system_uid(client: &Client) -> Result<String, IdentityError> {
+/// Reads the kube-system uid. Transient failures (connection, 5xx, throttling) are retried
+/// with backoff up to `max_attempts` (an API server that is briefly away must not crash-loop
+/// the operator); RBAC refusals and a missing namespace fail at once. Never a guessed id.
+pub async fn read_kube_system_uid(
+    client: &Client,
+    max_attempts: u32,
+) -> Result<String, IdentityError> {
     let api: Api<Namespace> = Api::all(client.clone());
     let mut delay = Duration::from_millis(500);
     let mut attempts = 0;
@@ -118,10 +122,10 @@ pub async fn read_kube_system_uid(client: &Client) -> Result<String, IdentityErr
                     .filter(|u| !u.is_empty())
                     .ok_or(IdentityError::NoUid)
             }
-            Err(e) if attempts < 5 && transient(&e) => {
-                tracing::warn!(error = %e, attempt = attempts, "reading the cluster identity failed; retrying");
+            Err(e) if attempts < max_attempts && transient(&e) => {
+                tracing::warn!(error = %e, attempt = attempts, "reading the cluster identity (uid of Namespace kube-system) failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(30));
             }
             Err(source) => return Err(IdentityError::Read { attempts, source }),
         }
@@ -134,12 +138,13 @@ pub async fn resolve(
     client: &Client,
     explicit: Option<&str>,
     delete_mode: bool,
+    max_attempts: u32,
 ) -> Result<ClusterIdentity, IdentityError> {
     let has_explicit = explicit.is_some_and(|e| !e.trim().is_empty());
     let uid = if has_explicit && !delete_mode {
         None
     } else {
-        Some(read_kube_system_uid(client).await?)
+        Some(read_kube_system_uid(client, max_attempts).await?)
     };
     let id = effective(explicit, uid.as_deref())?;
     if delete_mode {

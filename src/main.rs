@@ -121,6 +121,7 @@ async fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
         &client,
         args.cluster_id.as_deref(),
         mode == SweepMode::Delete,
+        5,
     )
     .await?;
     log_identity(&identity);
@@ -183,7 +184,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await?;
     // Never start with a guessed identity: it decides which VMs the sweeper may delete.
     let sweep_deletes = args.sweep_interval_secs > 0 && args.sweep_mode == SweepMode::Delete;
-    let identity = identity::resolve(&client, args.cluster_id.as_deref(), sweep_deletes).await?;
+    let identity =
+        identity::resolve(&client, args.cluster_id.as_deref(), sweep_deletes, u32::MAX).await?;
     log_identity(&identity);
     metrics.set_cluster_identity(&identity.id, identity.source.label());
     let (backoff_base, backoff_max) = args.backoff();
