@@ -56,8 +56,9 @@ pub struct SweepArgs {
     #[command(flatten)]
     pub cloud: CloudArgs,
     /// Identity of this cluster (the ecs.volcengine.io/cluster tag on the VMs it created).
-    #[arg(long, env = "ECS_CLUSTER_ID", default_value = "default")]
-    pub cluster_id: String,
+    /// Default: the uid of the kube-system Namespace. --mode delete accepts only that one.
+    #[arg(long, env = "ECS_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
     /// Only print the candidates, never delete.
     #[arg(long)]
     pub dry_run: bool,
@@ -187,9 +188,11 @@ pub struct RunArgs {
     /// ecs.volcengine.io/deletion-policy wins over this, spec.deletionPolicy over both).
     #[arg(long, env = "ECS_DEFAULT_DELETION_POLICY", default_value = "Delete")]
     pub default_deletion_policy: DeletionPolicy,
-    /// Identity of this cluster, written as a tag on every VM it creates.
-    #[arg(long, env = "ECS_CLUSTER_ID", default_value = "default")]
-    pub cluster_id: String,
+    /// Identity of this cluster, written as the ecs.volcengine.io/cluster tag on every VM it
+    /// creates. Default: the uid of the kube-system Namespace (unique per cluster; read at
+    /// startup, which fails if it cannot be read). --sweep-mode delete accepts only that one.
+    #[arg(long, env = "ECS_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "ECS_METRICS_ADDR", default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,
@@ -222,6 +225,11 @@ pub struct RunArgs {
     /// Leak sweeper: how long a VM must look leaked (across two or more sweeps) to be confirmed.
     #[arg(long, env = "ECS_SWEEP_GRACE_SECS", default_value_t = 1800)]
     pub sweep_grace_secs: u64,
+    /// Leak sweeper: regions to sweep besides the default region and every region named by an
+    /// EcsInstance seen since startup (comma-separated). Name regions whose resources are all
+    /// gone here, or their leaks are never found.
+    #[arg(long, env = "ECS_SWEEP_REGIONS", value_delimiter = ',')]
+    pub sweep_regions: Vec<String>,
 }
 
 impl RunArgs {

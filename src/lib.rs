@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod config;
 pub mod controller;
 pub mod emulator;
+pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod server;

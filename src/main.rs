@@ -10,6 +10,7 @@ use ecs_operator::cloud::client::EcsClient;
 use ecs_operator::config::{Cli, Command, OnMissing, RunArgs, SweepArgs};
 use ecs_operator::controller::batch::BatchConfig;
 use ecs_operator::controller::{self, Context, Settings};
+use ecs_operator::identity::{self, ClusterIdentity};
 use ecs_operator::leader::{self, LeaderConfig};
 use ecs_operator::metrics::Metrics;
 use ecs_operator::sweeper::{self, SweepMode, Tracker};
@@ -116,6 +117,14 @@ async fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         args.mode
     };
+    let identity = identity::resolve(
+        &client,
+        args.cluster_id.as_deref(),
+        mode == SweepMode::Delete,
+        5,
+    )
+    .await?;
+    log_identity(&identity);
     let mut tracker = Tracker::default();
     let mut last = Vec::new();
     for i in 0..args.sweeps.max(1) {
@@ -126,7 +135,7 @@ async fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
             &client,
             &cloud,
             &mut tracker,
-            &args.cluster_id,
+            &identity.id,
             &args.regions,
             Duration::from_secs(args.grace_secs),
             mode,
@@ -162,6 +171,10 @@ async fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+fn log_identity(id: &ClusterIdentity) {
+    tracing::info!(cluster_id = %id.id, source = id.source.label(), "cluster identity (tag ecs.volcengine.io/cluster)");
+}
+
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Arc::new(Metrics::default());
     let cloud = Arc::new(EcsClient::new(
@@ -169,12 +182,18 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         Some(metrics.clone()),
     )?);
     let client = kube::Client::try_default().await?;
+    // Never start with a guessed identity: it decides which VMs the sweeper may delete.
+    let sweep_deletes = args.sweep_interval_secs > 0 && args.sweep_mode == SweepMode::Delete;
+    let identity =
+        identity::resolve(&client, args.cluster_id.as_deref(), sweep_deletes, u32::MAX).await?;
+    log_identity(&identity);
+    metrics.set_cluster_identity(&identity.id, identity.source.label());
     let (backoff_base, backoff_max) = args.backoff();
     let settings = Settings {
         resync: Duration::from_secs(args.resync_secs.max(1)),
         transition_poll: Duration::from_secs_f64(args.transition_poll_secs.max(0.1)),
         default_policy: args.default_deletion_policy,
-        cluster_id: args.cluster_id.clone(),
+        cluster_id: identity.id.clone(),
         concurrency: args.concurrency,
         batch: BatchConfig {
             max_size: usize::from(args.batch_size),
@@ -206,16 +225,16 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let sweeper = (args.sweep_interval_secs > 0).then(|| {
         let (client, cloud, metrics) = (client.clone(), cloud.clone(), metrics.clone());
-        let (cluster, ns) = (args.cluster_id.clone(), args.lease_namespace.clone());
-        let (interval, grace, mode) = (
-            Duration::from_secs(args.sweep_interval_secs),
-            Duration::from_secs(args.sweep_grace_secs),
-            args.sweep_mode,
-        );
+        let cfg = sweeper::PeriodicConfig {
+            cluster_id: identity.id.clone(),
+            summary_namespace: args.lease_namespace.clone(),
+            interval: Duration::from_secs(args.sweep_interval_secs),
+            grace: Duration::from_secs(args.sweep_grace_secs),
+            mode: args.sweep_mode,
+            regions: args.sweep_regions.clone(),
+        };
         move |stop: CancellationToken| {
-            tokio::spawn(sweeper::run_periodic(
-                client, cloud, metrics, cluster, ns, interval, grace, mode, stop,
-            ))
+            tokio::spawn(sweeper::run_periodic(client, cloud, metrics, cfg, stop))
         }
     });
     let ctx = Arc::new(Context::new(client.clone(), cloud, metrics, settings));

@@ -19,6 +19,13 @@ pub struct CallLabels {
     pub code: String,
 }
 
+/// The cluster identity (one series: its value is fixed at startup).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster_id: String,
+    pub source: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
@@ -35,6 +42,8 @@ pub struct Metrics {
     pub batch_queue_depth: Gauge,
     pub throttle_wait_seconds: Family<ActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub leaked_instances: Gauge,
+    pub cluster_info: Family<ClusterLabels, Gauge>,
+    pub sweeps: Family<ResultLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +112,18 @@ impl Default for Metrics {
             "VMs with this cluster's identity tag whose EcsInstance no longer exists",
             leaked_instances.clone(),
         );
+        let cluster_info = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_info",
+            "The cluster identity written as the ecs.volcengine.io/cluster tag (value 1), and where it came from (kube_system_uid or flag)",
+            cluster_info.clone(),
+        );
+        let sweeps = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "sweeps",
+            "Leak sweeps by result: ok, or skipped_* when a listing failed or may be incomplete (nothing is concluded then)",
+            sweeps.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -114,6 +135,8 @@ impl Default for Metrics {
             batch_queue_depth,
             throttle_wait_seconds,
             leaked_instances,
+            cluster_info,
+            sweeps,
         }
     }
 }
@@ -142,6 +165,24 @@ impl Metrics {
                 action: action.to_string(),
             })
             .observe(seconds);
+    }
+
+    pub fn set_cluster_identity(&self, cluster_id: &str, source: &'static str) {
+        self.cluster_info.clear();
+        self.cluster_info
+            .get_or_create(&ClusterLabels {
+                cluster_id: cluster_id.chars().take(128).collect(),
+                source: source.to_string(),
+            })
+            .set(1);
+    }
+
+    pub fn sweep(&self, result: &'static str) {
+        self.sweeps
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     pub fn throttle_wait(&self, action: &str, seconds: f64) {

@@ -1,6 +1,9 @@
 //! The leak sweeper end to end: a force-removed finalizer leaves a VM that is reported and
 //! then deleted; other clusters' VMs, untagged VMs and VMs whose resource lives in another
-//! namespace are never touched; a cloud fault during the sweep skips it.
+//! namespace are never touched; a cloud fault during the sweep skips it. The cluster
+//! identity is the kube-system uid; delete mode refuses any other; a VM a live resource
+//! names by ID is safe whatever uid it carries; refusals are retried under new tokens;
+//! flagged regions are swept; the TagFilters limit is survived.
 
 mod support;
 
@@ -12,11 +15,9 @@ use kube::ResourceExt;
 use serde_json::json;
 use support::*;
 
-/// This cluster is `c-test`; sweeps every second, a VM is confirmed after 2 s.
-fn sweep_args(mode: &'static str) -> [&'static str; 8] {
+/// This cluster's derived identity; sweeps every second, a VM is confirmed after 2 s.
+fn sweep_args(mode: &'static str) -> [&'static str; 6] {
     [
-        "--cluster-id",
-        "c-test",
         "--sweep-interval-secs",
         "1",
         "--sweep-grace-secs",
@@ -24,6 +25,42 @@ fn sweep_args(mode: &'static str) -> [&'static str; 8] {
         "--sweep-mode",
         mode,
     ]
+}
+
+/// The cluster identity the operator derives: the kube-system Namespace's uid.
+async fn cluster_id(client: &kube::Client) -> String {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    api.get("kube-system").await.unwrap().uid().unwrap()
+}
+
+/// Ownership tags of a VM created for resource `uid` by cluster `cid`.
+fn owned(cid: &str, uid: &str) -> serde_json::Value {
+    json!([{"Key": "ecs.volcengine.io/cluster", "Value": cid}, {"Key": "ecs.volcengine.io/uid", "Value": uid}])
+}
+
+/// Tag value of an emulator instance (admin view).
+fn tag_value(inst: &serde_json::Value, key: &str) -> Option<String> {
+    inst["Tags"]
+        .as_array()?
+        .iter()
+        .find(|t| t["Key"] == key)
+        .and_then(|t| t["Value"].as_str().map(str::to_string))
+}
+
+/// The operator's /metrics text (its address is in its log).
+async fn scrape(op: &Operator) -> String {
+    let log = op.log();
+    let addr = log
+        .lines()
+        .find_map(|l| l.split("serving /metrics").nth(1)?.split("addr=").nth(1))
+        .map(|a| a.trim().to_string())
+        .expect("metrics address in the log");
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Tag keys of an emulator instance (admin view).
@@ -47,6 +84,7 @@ fn assert_no_ownership_tags(inst: &serde_json::Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sweeper_reports_then_deletes_only_true_leaks() {
     let client = client().await;
+    let cid = cluster_id(&client).await;
     let ns = namespace(&client, "e2e-sweep").await;
     let other_ns = namespace(&client, "e2e-sweep-other").await;
     let emu = Emulator::start(
@@ -67,6 +105,22 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
     })
     .await;
     let leaked = o.status.unwrap().instance_id.unwrap();
+    // No --cluster-id: the VM carries the derived identity, which the operator announces.
+    let inst = emu.instance(&leaked).await.unwrap();
+    assert_eq!(
+        tag_value(&inst, "ecs.volcengine.io/cluster").as_deref(),
+        Some(cid.as_str())
+    );
+    assert!(
+        op.log().lines().any(|l| l.contains("cluster identity")
+            && l.contains(&cid)
+            && l.contains("kube_system_uid")),
+        "no identity log line"
+    );
+    let info =
+        format!("ecs_operator_cluster_info{{cluster_id=\"{cid}\",source=\"kube_system_uid\"}} 1");
+    let m = scrape(&op).await;
+    assert!(m.lines().any(|l| l == info), "{info} not in {m}");
     // The operator is down; an administrator deletes the resource and force-removes the
     // finalizer: the resource goes, the VM stays.
     op.kill();
@@ -83,7 +137,12 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
     op.restart();
 
     // VMs that must never be touched.
-    let other_cluster = emu.seed(json!({"Tags": [{"Key": "ecs.volcengine.io/cluster", "Value": "c-other"}, {"Key": "ecs.volcengine.io/uid", "Value": "0000-gone"}]})).await;
+    let other_cluster = emu
+        .seed(json!({"Tags": owned("c-other", "0000-gone")}))
+        .await;
+    let old_default = emu
+        .seed(json!({"Tags": owned("default", "0000-gone")}))
+        .await;
     let untagged = emu.seed(json!({})).await;
     let other_api: Api<EcsInstance> = Api::namespaced(client.clone(), &other_ns);
     let elsewhere = create(
@@ -92,7 +151,9 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         json!({"instanceId": "i-placeholder1"}),
     )
     .await;
-    let elsewhere_vm = emu.seed(json!({"Tags": [{"Key": "ecs.volcengine.io/cluster", "Value": "c-test"}, {"Key": "ecs.volcengine.io/uid", "Value": elsewhere.uid().unwrap()}]})).await;
+    let elsewhere_vm = emu
+        .seed(json!({"Tags": owned(&cid, &elsewhere.uid().unwrap())}))
+        .await;
 
     // Report mode: a log line naming the VM, no deletion.
     wait_for(30, "leak reported", || async {
@@ -103,7 +164,7 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
     })
     .await;
     let log = op.log();
-    for id in [&other_cluster, &untagged, &elsewhere_vm] {
+    for id in [&other_cluster, &old_default, &untagged, &elsewhere_vm] {
         assert!(
             !log.lines()
                 .any(|l| l.contains("leaked VM") && l.contains(id.as_str())),
@@ -116,17 +177,7 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         "report mode deletes nothing"
     );
     // The gauge and a Warning Event on the summary object say the same.
-    let addr = log
-        .lines()
-        .find_map(|l| l.split("serving /metrics").nth(1)?.split("addr=").nth(1))
-        .map(|a| a.trim().to_string())
-        .expect("metrics address in the log");
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&op).await;
     let gauge: f64 = metrics
         .lines()
         .find(|l| l.starts_with("ecs_operator_leaked_instances "))
@@ -160,8 +211,6 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         .args([
             "sweep",
             "--dry-run",
-            "--cluster-id",
-            "c-test",
             "--grace-secs",
             "0",
             "--sweeps",
@@ -189,7 +238,7 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         row.contains("true") && row.contains(&format!("{ns}/web")),
         "{row}"
     );
-    for id in [&other_cluster, &untagged, &elsewhere_vm] {
+    for id in [&other_cluster, &old_default, &untagged, &elsewhere_vm] {
         assert!(!table.contains(id.as_str()), "{id} listed: {table}");
     }
 
@@ -205,6 +254,12 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         op.log().contains("leak sweep skipped").then_some(())
     })
     .await;
+    let skipped = "ecs_operator_sweeps_total{result=\"skipped_cloud_error\"}";
+    let m = scrape(&op).await;
+    assert!(
+        m.lines().any(|l| l.starts_with(skipped)),
+        "{skipped} not in {m}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(emu.deletions_of(&leaked).await, 0);
     emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
@@ -213,7 +268,7 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for id in [&other_cluster, &untagged, &elsewhere_vm] {
+    for id in [&other_cluster, &old_default, &untagged, &elsewhere_vm] {
         assert_eq!(emu.deletions_of(id).await, 0, "{id} deleted");
     }
     op.kill();
@@ -225,6 +280,7 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
 #[tokio::test(flavor = "multi_thread")]
 async fn orphaned_vm_is_untagged_and_never_swept() {
     let client = client().await;
+    let cid = cluster_id(&client).await;
     let ns = namespace(&client, "e2e-sweep-orphan").await;
     let emu = Emulator::start(
         "sweep-orphan",
@@ -275,7 +331,7 @@ async fn orphaned_vm_is_untagged_and_never_swept() {
 
     // A true leak seeded now is deleted by the sweeper; by then the orphan, had it kept
     // its tags, would have been confirmed as a leak too.
-    let leak = emu.seed(json!({"Tags": [{"Key": "ecs.volcengine.io/cluster", "Value": "c-test"}, {"Key": "ecs.volcengine.io/uid", "Value": "0000-gone"}]})).await;
+    let leak = emu.seed(json!({"Tags": owned(&cid, "0000-gone")})).await;
     wait_for(40, "true leak swept", || async {
         (emu.deletions_of(&leak).await == 1).then_some(())
     })
@@ -357,4 +413,266 @@ async fn orphan_after_a_lost_run_answer_is_found_and_untagged() {
     assert_no_ownership_tags(&inst);
     assert_eq!(emu.deletions_of(&vm).await, 0);
     op.kill();
+}
+
+/// Delete mode acts only on the derived identity: `--cluster-id default` (every earlier
+/// installation's value) or any other configured id makes the operator and the sweep
+/// command refuse to start; an unreadable kube-system Namespace stops the operator instead of
+/// letting it guess.
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_mode_refuses_an_identity_not_unique_by_construction() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-sweep-identity").await;
+    let emu = Emulator::start("sweep-identity", &[]);
+    let leak = emu
+        .seed(json!({"Tags": owned("default", "0000-gone")}))
+        .await;
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    for id in ["default", "prod-east"] {
+        let mut args = vec!["--cluster-id", id];
+        args.extend(sweep_args("delete"));
+        let mut op = Operator::start_with_env("sweep-identity", &ns, &emu, &args, &env);
+        wait_for(30, "operator exits", || {
+            let exited = !op.is_running();
+            async move { exited.then_some(()) }
+        })
+        .await;
+        let log = op.log();
+        assert!(
+            log.contains("refuses the cluster identity") && log.contains(id),
+            "{log}"
+        );
+    }
+    // Report mode with the old shared value still runs (it only reports).
+    let mut args = vec!["--cluster-id", "default"];
+    args.extend(sweep_args("report"));
+    let op = Operator::start_with_env("sweep-identity-report", &ns, &emu, &args, &env);
+    wait_for(30, "reported", || async {
+        op.log()
+            .lines()
+            .any(|l| l.contains("leaked VM") && l.contains(&leak))
+            .then_some(())
+    })
+    .await;
+    drop(op);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "sweep",
+            "--mode",
+            "delete",
+            "--cluster-id",
+            "default",
+            "--grace-secs",
+            "0",
+        ])
+        .env("KUBECONFIG", control_plane())
+        .env("VOLCENGINE_ACCESS_KEY", AK)
+        .env("VOLCENGINE_SECRET_KEY", SK)
+        .env("VOLCENGINE_ENDPOINT", &emu.url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("refuses the cluster identity"),
+        "{err}"
+    );
+    assert_eq!(emu.deletions_of(&leak).await, 0);
+
+    // A user that may not read kube-system: no identity, no operator.
+    let dir = tempfile::tempdir().unwrap();
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(control_plane()).unwrap()).unwrap();
+    for u in kc["users"].as_sequence_mut().unwrap() {
+        u["user"]["as"] = "e2e-nobody".into();
+    }
+    let kc_path = dir.path().join("kubeconfig");
+    std::fs::write(&kc_path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+        ("KUBECONFIG", kc_path.to_str().unwrap()),
+    ];
+    let mut op = Operator::start_with_env("sweep-identity-nobody", &ns, &emu, &[], &env);
+    wait_for(30, "operator exits", || {
+        let exited = !op.is_running();
+        async move { exited.then_some(()) }
+    })
+    .await;
+    let log = op.log();
+    assert!(
+        log.contains("reading the uid of Namespace kube-system") && log.contains("orbidden"),
+        "{log}"
+    );
+}
+
+/// A VM that still carries an earlier resource's uid (re-import after a forced finalizer
+/// removal, a restore, a GitOps rebuild) but that a live resource adopts by spec.instanceId is
+/// never deleted, while a true leak in the same sweeps is.
+#[tokio::test(flavor = "multi_thread")]
+async fn adopted_vm_with_a_stale_uid_is_never_swept() {
+    let client = client().await;
+    let cid = cluster_id(&client).await;
+    let ns = namespace(&client, "e2e-sweep-stale").await;
+    let emu = Emulator::start(
+        "sweep-stale",
+        &["--create-delay-ms", "0", "--delete-delay-ms", "0"],
+    );
+    let adopted = emu
+        .seed(json!({"Tags": owned(&cid, "0000-stale-uid")}))
+        .await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(&api, "reimported", json!({"instanceId": adopted})).await;
+    let leak = emu.seed(json!({"Tags": owned(&cid, "0000-gone")})).await;
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let op = Operator::start_with_env("sweep-stale", &ns, &emu, &sweep_args("delete"), &env);
+    wait_for(40, "true leak swept", || async {
+        (emu.deletions_of(&leak).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        emu.deletions_of(&adopted).await,
+        0,
+        "adopted VM was deleted"
+    );
+    assert!(emu.instance(&adopted).await.is_some());
+    drop(op);
+}
+
+/// A leak whose VM is STOPPING is refused (InvalidInstanceStatus); a later sweep sends a new
+/// ClientToken, so the cloud does not replay the refusal and the VM is deleted once STOPPED.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_leak_is_retried_with_a_new_token() {
+    let client = client().await;
+    let cid = cluster_id(&client).await;
+    let ns = namespace(&client, "e2e-sweep-token").await;
+    let emu = Emulator::start(
+        "sweep-token",
+        &["--stop-delay-ms", "6000", "--delete-delay-ms", "0"],
+    );
+    let leak = emu
+        .seed(json!({"Status": "STOPPING", "Tags": owned(&cid, "0000-gone")}))
+        .await;
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let op = Operator::start_with_env("sweep-token", &ns, &emu, &sweep_args("delete"), &env);
+    wait_for(60, "leak deleted", || async {
+        (emu.deletions_of(&leak).await == 1).then_some(())
+    })
+    .await;
+    drop(op);
+    let calls: Vec<_> = emu
+        .calls("DeleteInstances")
+        .await
+        .into_iter()
+        .filter(|c| c["params"]["InstanceIds.1"] == leak.as_str())
+        .collect();
+    let first = &calls[0];
+    assert_eq!(
+        first["instance_codes"][0], "InvalidInstanceStatus",
+        "{first}"
+    );
+    let deletions = emu.get("deletions").await;
+    let accepted = deletions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["instance_id"] == leak.as_str())
+        .unwrap();
+    assert_ne!(
+        accepted["client_token"], first["client_token"],
+        "deleted under the refused request's token"
+    );
+    assert!(
+        calls.iter().all(|c| c["replayed"] == false),
+        "a refusal was replayed: {calls:?}"
+    );
+}
+
+/// `--sweep-regions` adds a region no resource names (its last resource was deleted by hand).
+#[tokio::test(flavor = "multi_thread")]
+async fn leak_in_a_flagged_region_is_swept() {
+    let client = client().await;
+    let cid = cluster_id(&client).await;
+    let ns = namespace(&client, "e2e-sweep-region").await;
+    let emu = Emulator::start("sweep-region", &["--delete-delay-ms", "0"]);
+    let leak = emu
+        .seed(json!({"Region": "cn-shanghai", "Tags": owned(&cid, "0000-gone")}))
+        .await;
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let mut args = vec!["--sweep-regions", "cn-shanghai"];
+    args.extend(sweep_args("delete"));
+    let op = Operator::start_with_env("sweep-region", &ns, &emu, &args, &env);
+    wait_for(40, "leak in cn-shanghai swept", || async {
+        (emu.deletions_of(&leak).await == 1).then_some(())
+    })
+    .await;
+    drop(op);
+    let regions: std::collections::BTreeSet<String> = emu
+        .calls("DescribeInstances")
+        .await
+        .iter()
+        .filter_map(|c| c["region"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        regions.contains("cn-beijing") && regions.contains("cn-shanghai"),
+        "{regions:?}"
+    );
+}
+
+/// DescribeInstances with TagFilters resolves at most 1,000 instances (the emulator models
+/// it, as the real API does, without saying so in the answer). With 1,000 other tagged VMs
+/// listed first, the leak is only found by listing the region without TagFilters.
+#[tokio::test(flavor = "multi_thread")]
+async fn leak_beyond_the_tag_filter_limit_is_found() {
+    let client = client().await;
+    let cid = cluster_id(&client).await;
+    let ns = namespace(&client, "e2e-sweep-limit").await;
+    let emu = Emulator::start("sweep-limit", &["--delete-delay-ms", "0"]);
+    assert_eq!(emu.get("config").await["tag_filter_limit"], 1000);
+    // Tagged with the identity but no uid: listed by the tag filter, never candidates.
+    emu.send(
+        reqwest::Method::POST,
+        "instances/bulk",
+        json!({"Count": 1000, "Prefix": "i-aaaa", "Tags": [{"Key": "ecs.volcengine.io/cluster", "Value": cid}]}),
+    )
+    .await;
+    let leak = emu
+        .seed(json!({"InstanceId": "i-zzzzleak", "Tags": owned(&cid, "0000-gone")}))
+        .await;
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let mut args = vec!["--rate-limit", "0"];
+    args.extend(sweep_args("delete"));
+    let op = Operator::start_with_env("sweep-limit", &ns, &emu, &args, &env);
+    wait_for(60, "leak beyond the limit swept", || async {
+        (emu.deletions_of(&leak).await == 1).then_some(())
+    })
+    .await;
+    drop(op);
+    assert_eq!(
+        emu.get("deletions").await.as_array().unwrap().len(),
+        1,
+        "only the leak is deleted"
+    );
+    let calls = emu.calls("DescribeInstances").await;
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["params"].get("TagFilters.1.Key").is_none()
+                && c["params"].get("InstanceIds.1").is_none()),
+        "no listing without TagFilters"
+    );
 }

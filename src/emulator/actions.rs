@@ -24,6 +24,8 @@ pub(crate) struct Ctx<'a> {
     pub delays: Delays,
     /// Injected `OperationDetails` falsifications for batch actions.
     pub details: &'a DetailOverrides,
+    /// Most instances a TagFilters query resolves (0 = no limit).
+    pub tag_filter_limit: usize,
 }
 
 /// A successful call: the `Result` object and, for batch actions, per-instance codes.
@@ -278,11 +280,16 @@ fn describe_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Do
         })
         .transpose()?;
     let filter = Filter::parse(p);
+    // With TagFilters only the first `limit` matches (in id order) exist for this query.
+    let limit = match (filter.tags.is_empty(), ctx.tag_filter_limit) {
+        (false, n) if n > 0 => n,
+        _ => usize::MAX,
+    };
     let mut total = 0usize;
     let mut page: Vec<Instance> = Vec::new();
     let mut more = false;
     let mut take = |r: &InstanceRec| {
-        if !filter.matches(ctx.region, r) {
+        if total >= limit || !filter.matches(ctx.region, r) {
             return;
         }
         total += 1;
@@ -527,6 +534,7 @@ mod tests {
             client_token: Some("t"),
             delays: Delays::ZERO,
             details: &NO_OVERRIDES,
+            tag_filter_limit: 0,
         }
     }
 
@@ -658,6 +666,42 @@ mod tests {
             &p("NextToken=zz"),
         );
         assert_eq!(e.err().unwrap().code, "InvalidNextToken.Malformed");
+    }
+
+    #[test]
+    fn tag_filters_resolve_at_most_the_limit_across_pages() {
+        let mut s = Store::default();
+        let ids: Vec<String> = (0..5)
+            .map(|_| run(&mut s, "&Tags.1.Key=c&Tags.1.Value=x"))
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        let cx = Ctx {
+            tag_filter_limit: 3,
+            ..ctx(Timestamp::now())
+        };
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        loop {
+            let q = format!("TagFilters.1.Key=c&MaxResults=2&NextToken={token}");
+            let r = dispatch(&mut s, &cx, Action::DescribeInstances, &p(&q))
+                .unwrap()
+                .result;
+            assert_eq!(r["TotalCount"], 3, "TotalCount does not reveal the cut");
+            for i in r["Instances"].as_array().unwrap() {
+                seen.push(i["InstanceId"].as_str().unwrap().to_string());
+            }
+            token = r["NextToken"].as_str().unwrap().to_string();
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, sorted[..3].to_vec(), "the first three in id order");
+        // Without TagFilters there is no limit.
+        let r = dispatch(&mut s, &cx, Action::DescribeInstances, &p("MaxResults=100"))
+            .unwrap()
+            .result;
+        assert_eq!(r["Instances"].as_array().unwrap().len(), 5);
     }
 
     #[test]

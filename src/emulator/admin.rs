@@ -444,6 +444,7 @@ struct ConfigDoc {
     delete_delay_ms: Option<u64>,
     expired_tokens: Option<Vec<String>>,
     max_clock_skew_secs: Option<u64>,
+    tag_filter_limit: Option<usize>,
 }
 
 fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
@@ -457,6 +458,7 @@ fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
         delete_delay_ms: Some(c.delays.delete_ms),
         expired_tokens: Some(c.expired_tokens.clone()),
         max_clock_skew_secs: Some(c.max_clock_skew_secs),
+        tag_filter_limit: Some(c.tag_filter_limit),
     }
 }
 
@@ -496,6 +498,9 @@ async fn set_config(State(emu): Emu, body: Bytes) -> Response {
     }
     if let Some(v) = d.max_clock_skew_secs {
         c.max_clock_skew_secs = v;
+    }
+    if let Some(v) = d.tag_filter_limit {
+        c.tag_filter_limit = v;
     }
     Json(config_doc(c)).into_response()
 }

@@ -352,6 +352,7 @@ async fn execute(
         client_token: token.as_deref(),
         delays: inner.cfg.delays,
         details: &details,
+        tag_filter_limit: inner.cfg.tag_filter_limit,
     };
     let (status, body, instance_codes) =
         match actions::dispatch(&mut inner.store, &ctx, action, &params) {

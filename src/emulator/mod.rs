@@ -14,7 +14,13 @@
 //!   (per instance `InvalidInstanceStatus` otherwise);
 //! - only accepted (2xx) answers are recorded for a ClientToken: a refused call leaves the
 //!   token free;
-//! - X-Date may be off by at most 15 minutes (`--max-clock-skew-secs`).
+//! - X-Date may be off by at most 15 minutes (`--max-clock-skew-secs`);
+//! - DescribeInstances with TagFilters resolves at most 1,000 instances (documented: "tag
+//!   filtering can only ever resolve up to 1,000 instances"; which ones and what TotalCount
+//!   then says are not). Here: the first 1,000 matches in listing order (instance ID), pages
+//!   and NextToken walk only those, and TotalCount says 1,000, so nothing in the answer shows
+//!   the cut (the hardest case for a client). `--tag-filter-limit N` (0 = no limit) and
+//!   `tag_filter_limit` in `/_emulator/config` change it; without TagFilters there is none.
 
 mod actions;
 mod admin;
@@ -87,7 +93,14 @@ pub struct EmulatorArgs {
     /// Largest accepted difference between X-Date and the emulator's clock.
     #[arg(long, default_value_t = 900)]
     pub max_clock_skew_secs: u64,
+    /// Most instances a DescribeInstances with TagFilters resolves, as in the real API
+    /// (0 = no limit).
+    #[arg(long, default_value_t = DEFAULT_TAG_FILTER_LIMIT)]
+    pub tag_filter_limit: usize,
 }
+
+/// Volcengine's documented TagFilters limit.
+pub const DEFAULT_TAG_FILTER_LIMIT: usize = 1000;
 
 /// Everything the emulator can be configured with; `GET/PUT /_emulator/config` change the
 /// runtime copy, `POST /_emulator/reset` restores the initial one.
@@ -104,6 +117,8 @@ pub struct EmulatorConfig {
     pub max_clock_skew_secs: u64,
     /// Calls kept in the call log (oldest dropped first).
     pub call_log_limit: usize,
+    /// Most instances a TagFilters query resolves (0 = no limit).
+    pub tag_filter_limit: usize,
 }
 
 impl Default for EmulatorConfig {
@@ -117,6 +132,7 @@ impl Default for EmulatorConfig {
             expired_tokens: Vec::new(),
             max_clock_skew_secs: 900,
             call_log_limit: 200_000,
+            tag_filter_limit: DEFAULT_TAG_FILTER_LIMIT,
         }
     }
 }
@@ -140,6 +156,7 @@ impl From<&EmulatorArgs> for EmulatorConfig {
             },
             replay: !a.no_replay,
             max_clock_skew_secs: a.max_clock_skew_secs,
+            tag_filter_limit: a.tag_filter_limit,
             ..Self::default()
         }
     }
