@@ -29,8 +29,9 @@ fi
 step "Argo CD health check verdicts (tests/argocd)"
 lua5.1 tests/argocd/health_test.lua
 
-step "kustomize build of deploy/"
+step "kustomize build of deploy/ and deploy/crd"
 kubectl kustomize deploy/ >/dev/null
+kubectl kustomize deploy/crd >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -20,6 +20,11 @@ pub struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
 }
@@ -35,6 +40,7 @@ pub struct Metrics {
     pub batch_queue_depth: Gauge,
     pub throttle_wait_seconds: Family<ActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub leaked_instances: Gauge,
+    pub deletions_held: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +109,12 @@ impl Default for Metrics {
             "VMs with this cluster's identity tag whose EcsInstance no longer exists",
             leaked_instances.clone(),
         );
+        let deletions_held = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "deletions_held",
+            "Deletion reconciles that kept the VM because something was not known for certain (or a person must act), by reason",
+            deletions_held.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -114,6 +126,7 @@ impl Default for Metrics {
             batch_queue_depth,
             throttle_wait_seconds,
             leaked_instances,
+            deletions_held,
         }
     }
 }
@@ -142,6 +155,15 @@ impl Metrics {
                 action: action.to_string(),
             })
             .observe(seconds);
+    }
+
+    /// `reason` is a fixed condition reason, never error text.
+    pub fn deletion_held(&self, reason: &'static str) {
+        self.deletions_held
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn throttle_wait(&self, action: &str, seconds: f64) {

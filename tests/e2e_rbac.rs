@@ -99,6 +99,12 @@ fn cluster_grants() -> BTreeSet<Grant> {
         ("ecs.volcengine.io", "ecsinstances/finalizers", &["update"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "namespaces", &["get"]),
+        // Restricted to the one name (see named_grants in `effective`).
+        (
+            "apiextensions.k8s.io",
+            "customresourcedefinitions/ecsinstances.ecs.volcengine.io",
+            &["get"],
+        ),
     ])
 }
 
@@ -124,15 +130,18 @@ async fn effective(sa: &Client, ns: &str) -> BTreeSet<Grant> {
     }
     let mut set = BTreeSet::new();
     for r in &st.resource_rules {
-        assert!(
-            r.resource_names.as_ref().is_none_or(|n| n.is_empty()),
-            "{r:?}"
-        );
+        // A rule limited by resourceNames is recorded as "resource/name", one per name.
+        let names = r.resource_names.clone().unwrap_or_default();
         for g in r.api_groups.as_deref().unwrap_or_default() {
             for res in r.resources.as_deref().unwrap_or_default() {
                 for v in &r.verbs {
                     assert!(v != "*" && res != "*" && g != "*", "wildcard: {r:?}");
-                    set.insert((g.clone(), res.clone(), v.clone()));
+                    if names.is_empty() {
+                        set.insert((g.clone(), res.clone(), v.clone()));
+                    }
+                    for n in &names {
+                        set.insert((g.clone(), format!("{res}/{n}"), v.clone()));
+                    }
                 }
             }
         }
@@ -260,13 +269,22 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         "--dry-run=server",
     ]);
     for kind in [
-        "customresourcedefinition.apiextensions.k8s.io/ecsinstances.ecs.volcengine.io",
         "deployment.apps/ecs-operator",
         "service/ecs-operator-metrics",
         "clusterrolebinding.rbac.authorization.k8s.io/ecs-operator",
     ] {
         assert!(dry.contains(kind), "{kind} missing from:\n{dry}");
     }
+    // The CRD has its own kustomization, so `kubectl delete -k deploy/` never deletes it.
+    let crd = "customresourcedefinition.apiextensions.k8s.io/ecsinstances.ecs.volcengine.io";
+    assert!(!dry.contains(crd), "the CRD must not be in deploy/:\n{dry}");
+    let dry_crd = kubectl_ok(&[
+        "apply",
+        "-k",
+        deploy("crd").to_str().unwrap(),
+        "--dry-run=server",
+    ]);
+    assert!(dry_crd.contains(crd), "{dry_crd}");
 
     // ns: user data allowed (the example RoleBinding), deletion policy Orphan by annotation.
     // ns2: no RoleBinding, so its Secrets are out of reach.
@@ -334,6 +352,16 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         ("create", "leases.coordination.k8s.io", ns.as_str()),
         ("delete", "leases.coordination.k8s.io", SYSTEM_NS),
         ("list", "namespaces", "default"),
+        (
+            "list",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "default",
+        ),
+        (
+            "delete",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "default",
+        ),
         ("get", "pods", SYSTEM_NS),
     ] {
         assert!(
@@ -471,4 +499,6 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
     );
     assert!(!log.contains("could not publish event"), "{log}");
     assert!(!log.contains("namespace not readable"), "{log}");
+    assert!(!log.contains("CRD not readable"), "{log}");
+    assert!(!log.contains("deletion held"), "{log}");
 }
