@@ -146,11 +146,17 @@ async fn effective(sa: &Client, ns: &str) -> BTreeSet<Grant> {
             }
         }
     }
-    // system:basic-user: every authenticated user may ask what it may do.
+    // system:basic-user: every authenticated user may ask what it may do (and, from 1.28,
+    // who it is); from 1.33 every authenticated user may read ClusterTrustBundles.
     set.retain(|(g, r, v)| {
-        !(g == "authorization.k8s.io"
+        let review = g == "authorization.k8s.io"
             && (r == "selfsubjectaccessreviews" || r == "selfsubjectrulesreviews")
-            && v == "create")
+            && v == "create";
+        let whoami = g == "authentication.k8s.io" && r == "selfsubjectreviews" && v == "create";
+        let bundles = g == "certificates.k8s.io"
+            && r == "clustertrustbundles"
+            && ["get", "list", "watch"].contains(&v.as_str());
+        !(review || whoami || bundles)
     });
     set
 }
