@@ -24,7 +24,7 @@ pub enum CrdState {
 pub enum NsAnnotation {
     Absent,
     Value(String),
-    /// 404. A namespace cannot be removed while it still holds objects, so this is an
+    /// HTTP 404. A namespace cannot be removed while it still holds objects, so this is an
     /// inconsistent view (stale cache, etcd restore, a forced finalize): doubt, not "absent".
     NotFound,
     /// Any other failure: 5xx, timeout, throttling, forbidden.
