@@ -11,6 +11,14 @@ use serde::{Deserialize, Serialize};
 pub const FINALIZER: &str = "ecs.volcengine.io/delete-instance";
 /// Namespace annotation that sets the default deletion policy for resources in it.
 pub const NAMESPACE_POLICY_ANNOTATION: &str = "ecs.volcengine.io/deletion-policy";
+/// Escape hatch on an `EcsInstance` being deleted: release the finalizer without any cloud
+/// call. The value is the stated reason (README "Releasing a stuck deletion").
+pub const RELEASE_ANNOTATION: &str = "ecs.volcengine.io/release-without-delete";
+/// The CRD's own name: while it is being deleted every resource is treated as Orphan.
+pub const CRD_NAME: &str = "ecsinstances.ecs.volcengine.io";
+/// Upper bound of the status counters (`deletionAttempt`, `createGeneration`), in the schema
+/// and in the code: they are user-writable, so they must neither overflow nor wrap.
+pub const MAX_COUNTER: u32 = 1_000_000;
 
 /// One Volcengine ECS virtual machine. Deleting the resource deletes the VM (unless
 /// `deletionPolicy: Orphan`); the finalizer `ecs.volcengine.io/delete-instance` guarantees it.
@@ -72,6 +80,16 @@ pub struct EcsInstanceSpec {
 // schema rejects; the field is simply omitted when unset.
 fn deletion_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "string", "enum": ["Delete", "Orphan"]})
+}
+
+// An integer with explicit bounds: `format: uint32` (what schemars derives for u32) is not an
+// OpenAPI format the API server knows, and 1.37 warns about it.
+fn counter_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "integer", "minimum": 0, "maximum": MAX_COUNTER})
+}
+
+fn volume_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "integer", "minimum": 10, "maximum": 32768})
 }
 
 fn charge_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -172,7 +190,7 @@ pub struct VolumeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_type: Option<String>,
     /// Size in GiB.
-    #[schemars(range(min = 10, max = 32768))]
+    #[schemars(schema_with = "volume_size_schema")]
     pub size: u32,
 }
 
@@ -215,15 +233,18 @@ pub struct EcsInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_protection: Option<bool>,
     /// Counter in the DeleteInstances ClientToken. Bumped after each definitive answer, so a
-    /// retry of one request re-sends its token and a new attempt gets a new one.
+    /// retry of one request re-sends its token and a new attempt gets a new one. At most
+    /// 1,000,000: at the bound the deletion stops (Stalled) instead of re-sending a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "counter_schema")]
     pub deletion_attempt: Option<u32>,
     /// Set before RunInstances is first sent: from then on a VM may exist for this uid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_requested: Option<bool>,
     /// Re-creations after the VM vanished (`--on-missing-instance Recreate`); part of the
-    /// RunInstances ClientToken.
+    /// RunInstances ClientToken. At most 1,000,000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "counter_schema")]
     pub create_generation: Option<u32>,
     /// Hash of `spec.create` as sent to RunInstances, to detect later edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -27,6 +27,11 @@ pub struct ClusterLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
 }
@@ -44,6 +49,7 @@ pub struct Metrics {
     pub leaked_instances: Gauge,
     pub cluster_info: Family<ClusterLabels, Gauge>,
     pub sweeps: Family<ResultLabels, Counter>,
+    pub deletions_held: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,6 +130,12 @@ impl Default for Metrics {
             "Leak sweeps by result: ok, or skipped_* when a listing failed or may be incomplete (nothing is concluded then)",
             sweeps.clone(),
         );
+        let deletions_held = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "deletions_held",
+            "Deletion reconciles that kept the VM because something was not known for certain (or a person must act), by reason",
+            deletions_held.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -137,6 +149,7 @@ impl Default for Metrics {
             leaked_instances,
             cluster_info,
             sweeps,
+            deletions_held,
         }
     }
 }
@@ -181,6 +194,15 @@ impl Metrics {
         self.sweeps
             .get_or_create(&ResultLabels {
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// `reason` is a fixed condition reason, never error text.
+    pub fn deletion_held(&self, reason: &'static str) {
+        self.deletions_held
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
             })
             .inc();
     }

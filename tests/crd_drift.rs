@@ -51,3 +51,27 @@ fn schema_constrains_what_the_api_server_must_reject() {
         );
     }
 }
+
+#[test]
+fn counters_are_bounded_integers_without_unknown_formats() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ecs-operator"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    // kube-apiserver 1.37 warns "unrecognized format uint32" on every apply.
+    assert!(!text.contains("uint32"), "a uint32 format is left");
+    let crd: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        ["properties"];
+    for field in ["deletionAttempt", "createGeneration"] {
+        let f = &status[field];
+        assert_eq!(f["type"], "integer", "{field}");
+        assert_eq!(f["minimum"].as_f64(), Some(0.0), "{field}");
+        assert_eq!(
+            f["maximum"].as_f64(),
+            Some(f64::from(ecs_operator::api::MAX_COUNTER)),
+            "{field}"
+        );
+    }
+}

@@ -99,6 +99,12 @@ fn cluster_grants() -> BTreeSet<Grant> {
         ("ecs.volcengine.io", "ecsinstances/finalizers", &["update"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "namespaces", &["get"]),
+        // Restricted to the one name (see named_grants in `effective`).
+        (
+            "apiextensions.k8s.io",
+            "customresourcedefinitions/ecsinstances.ecs.volcengine.io",
+            &["get"],
+        ),
     ])
 }
 
@@ -124,24 +130,33 @@ async fn effective(sa: &Client, ns: &str) -> BTreeSet<Grant> {
     }
     let mut set = BTreeSet::new();
     for r in &st.resource_rules {
-        assert!(
-            r.resource_names.as_ref().is_none_or(|n| n.is_empty()),
-            "{r:?}"
-        );
+        // A rule limited by resourceNames is recorded as "resource/name", one per name.
+        let names = r.resource_names.clone().unwrap_or_default();
         for g in r.api_groups.as_deref().unwrap_or_default() {
             for res in r.resources.as_deref().unwrap_or_default() {
                 for v in &r.verbs {
                     assert!(v != "*" && res != "*" && g != "*", "wildcard: {r:?}");
-                    set.insert((g.clone(), res.clone(), v.clone()));
+                    if names.is_empty() {
+                        set.insert((g.clone(), res.clone(), v.clone()));
+                    }
+                    for n in &names {
+                        set.insert((g.clone(), format!("{res}/{n}"), v.clone()));
+                    }
                 }
             }
         }
     }
-    // system:basic-user: every authenticated user may ask what it may do.
+    // system:basic-user: every authenticated user may ask what it may do (and, from 1.28,
+    // who it is); from 1.33 every authenticated user may read ClusterTrustBundles.
     set.retain(|(g, r, v)| {
-        !(g == "authorization.k8s.io"
+        let review = g == "authorization.k8s.io"
             && (r == "selfsubjectaccessreviews" || r == "selfsubjectrulesreviews")
-            && v == "create")
+            && v == "create";
+        let whoami = g == "authentication.k8s.io" && r == "selfsubjectreviews" && v == "create";
+        let bundles = g == "certificates.k8s.io"
+            && r == "clustertrustbundles"
+            && ["get", "list", "watch"].contains(&v.as_str());
+        !(review || whoami || bundles)
     });
     set
 }
@@ -260,13 +275,22 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         "--dry-run=server",
     ]);
     for kind in [
-        "customresourcedefinition.apiextensions.k8s.io/ecsinstances.ecs.volcengine.io",
         "deployment.apps/ecs-operator",
         "service/ecs-operator-metrics",
         "clusterrolebinding.rbac.authorization.k8s.io/ecs-operator",
     ] {
         assert!(dry.contains(kind), "{kind} missing from:\n{dry}");
     }
+    // The CRD has its own kustomization, so `kubectl delete -k deploy/` never deletes it.
+    let crd = "customresourcedefinition.apiextensions.k8s.io/ecsinstances.ecs.volcengine.io";
+    assert!(!dry.contains(crd), "the CRD must not be in deploy/:\n{dry}");
+    let dry_crd = kubectl_ok(&[
+        "apply",
+        "-k",
+        deploy("crd").to_str().unwrap(),
+        "--dry-run=server",
+    ]);
+    assert!(dry_crd.contains(crd), "{dry_crd}");
 
     // ns: user data allowed (the example RoleBinding), deletion policy Orphan by annotation.
     // ns2: no RoleBinding, so its Secrets are out of reach.
@@ -334,6 +358,16 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         ("create", "leases.coordination.k8s.io", ns.as_str()),
         ("delete", "leases.coordination.k8s.io", SYSTEM_NS),
         ("list", "namespaces", "default"),
+        (
+            "list",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "default",
+        ),
+        (
+            "delete",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "default",
+        ),
         ("get", "pods", SYSTEM_NS),
     ] {
         assert!(
@@ -471,4 +505,6 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
     );
     assert!(!log.contains("could not publish event"), "{log}");
     assert!(!log.contains("namespace not readable"), "{log}");
+    assert!(!log.contains("CRD not readable"), "{log}");
+    assert!(!log.contains("deletion held"), "{log}");
 }

@@ -51,6 +51,18 @@ pub const AUTH_CODES: &[&str] = &[
     "LackProjectPolicy",
 ];
 
+/// Codes that say the instance (resource) named in the request does not exist. Volcengine
+/// documents `InvalidInstance.NotFound`; UntagResources' own code for a missing instance is
+/// not documented (shared API.md, section 7), so the other spellings in use for instance
+/// and tagged-resource IDs count too. Only codes about the named ID: a missing zone, image
+/// or subnet is not a missing VM.
+pub const INSTANCE_NOT_FOUND_CODES: &[&str] = &[
+    "InvalidInstance.NotFound",
+    "InvalidInstanceId.NotFound",
+    "InvalidResource.NotFound",
+    "InvalidResourceId.NotFound",
+];
+
 impl ErrorClass {
     /// The condition and Event reason for a failed call of this class.
     pub fn condition_reason(self) -> &'static str {
@@ -113,6 +125,11 @@ impl CloudError {
         }
     }
 
+    /// The cloud said the instance named in the request does not exist.
+    pub fn is_instance_not_found(&self) -> bool {
+        matches!(self, CloudError::Api { code, .. } if INSTANCE_NOT_FOUND_CODES.contains(&code.as_str()))
+    }
+
     pub fn request_id(&self) -> Option<&str> {
         match self {
             CloudError::Api { request_id, .. } => Some(request_id),
@@ -169,6 +186,40 @@ pub fn classify(code: &str, status: u16) -> ErrorClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instance_not_found_is_recognised_by_code_only() {
+        let api = |code: &str| CloudError::Api {
+            action: Action::UntagResources,
+            code: code.into(),
+            code_n: None,
+            message: "m".into(),
+            status: 404,
+            request_id: "r".into(),
+        };
+        for code in [
+            "InvalidInstance.NotFound",
+            "InvalidInstanceId.NotFound",
+            "InvalidResource.NotFound",
+            "InvalidResourceId.NotFound",
+        ] {
+            assert!(api(code).is_instance_not_found(), "{code}");
+        }
+        for code in [
+            "InvalidZoneId.NotFound",
+            "ServiceNotFound",
+            "InternalError",
+            "invalidinstance.notfound",
+            "",
+        ] {
+            assert!(!api(code).is_instance_not_found(), "{code}");
+        }
+        let timeout = CloudError::Timeout {
+            action: Action::UntagResources,
+            after: Duration::from_secs(1),
+        };
+        assert!(!timeout.is_instance_not_found());
+    }
 
     #[test]
     fn every_message_names_its_code() {

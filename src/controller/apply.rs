@@ -10,7 +10,10 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::{status, Context};
-use crate::api::{remove_condition, set_condition, EcsInstance, EcsInstanceStatus};
+use crate::api::{
+    remove_condition, set_condition, EcsInstance, EcsInstanceStatus, MAX_COUNTER,
+    RELEASE_ANNOTATION,
+};
 use crate::cloud::model::{Tag, VolumeSpec};
 use crate::cloud::{CloudError, DescribeQuery, Instance, RunInstancesRequest};
 use crate::Error;
@@ -48,6 +51,10 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     let mut st = obj.status.clone().unwrap_or_default();
     let region = ctx.region_of(obj);
     st.region.get_or_insert_with(|| region.clone());
+    if obj.annotations().contains_key(RELEASE_ANNOTATION) {
+        let note = format!("annotation {RELEASE_ANNOTATION} has no effect while the resource is not being deleted; remove it unless you mean to release this resource without deleting its VM when it is deleted");
+        status::event(ctx, obj, true, "ReleaseAnnotationIgnored", "Observe", note);
+    }
 
     // Immutable fields: report a change instead of silently ignoring it or acting on it.
     let mut drift = Vec::new();
@@ -82,10 +89,11 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     };
     let Some(mut inst) = observed else {
         let created_by_us = obj.spec.create.is_some() && st.create_hash.is_some();
-        if ctx.settings.recreate_missing && created_by_us {
+        let generation = st.create_generation.unwrap_or(0);
+        if ctx.settings.recreate_missing && created_by_us && generation < MAX_COUNTER {
             // The user chose re-creation: forget the vanished VM and create a new one with a
             // new token (the old token would replay the old, now deleted, VM).
-            let generation = st.create_generation.unwrap_or(0) + 1;
+            let generation = generation.saturating_add(1).min(MAX_COUNTER);
             let msg = format!("VM {instance_id} vanished outside Kubernetes; creating a new one (--on-missing-instance Recreate)");
             st.instance_id = None;
             st.create_requested = None;

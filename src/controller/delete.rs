@@ -11,8 +11,11 @@ use kube::ResourceExt;
 
 use super::apply::OWNERSHIP_TAGS;
 use super::cleanup::{self, Decision, DeleteItem};
+use super::policy::{self, Doubt, NsAnnotation, Source};
 use super::{finalizer, status, Context};
-use crate::api::{set_condition, DeletionPolicy, EcsInstance};
+use crate::api::{
+    set_condition, DeletionPolicy, EcsInstance, CRD_NAME, MAX_COUNTER, RELEASE_ANNOTATION,
+};
 use crate::cloud::CloudError;
 use crate::Error;
 
@@ -24,7 +27,20 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     let api: Api<EcsInstance> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = obj.uid().unwrap_or_default();
 
-    let policy = deletion_policy(obj, ctx).await;
+    // The escape hatch comes first: it must work when nothing else does (no cloud call).
+    if obj.annotations().contains_key(RELEASE_ANNOTATION) {
+        if let Some(action) = release_on_request(&api, obj, ctx, &uid).await? {
+            return Ok(action);
+        }
+    }
+    let (policy, source) = match deletion_policy(obj, ctx).await {
+        Ok(p) => p,
+        Err(doubt) => return hold(&api, obj, ctx, &uid, doubt.reason(), doubt.message()).await,
+    };
+    if source == Source::CrdDeleting {
+        let note = format!("CustomResourceDefinition {CRD_NAME} is being deleted: deletionPolicy Orphan applies to every resource, so the VM is kept (its ownership tags are removed)");
+        status::event(ctx, obj, true, "CrdDeleting", "Delete", note);
+    }
     let region = ctx.region_of(obj);
     let instance_id = match obj.owned_instance_id() {
         Some(id) => id.to_string(),
@@ -98,6 +114,9 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
         }
     }
     let attempt = obj.deletion_attempt();
+    if attempt >= MAX_COUNTER {
+        return attempts_exhausted(&api, obj, ctx, &instance_id).await;
+    }
     if attempt == 0
         && obj
             .condition("Ready")
@@ -162,7 +181,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     }
 
     if decision.bumps_attempt() {
-        st.deletion_attempt = Some(attempt + 1);
+        st.deletion_attempt = Some(next_attempt(attempt));
     }
     let (delay, warning, reason, msg) = match &decision {
         Decision::NotDeletableYet {
@@ -266,13 +285,22 @@ async fn orphan(
             "deletionPolicy Orphan: VM {id} left in place, ownership tags removed (RequestId {})",
             c.request_id
         ),
-        Err(e) if e.code() == "InvalidInstance.NotFound" => {
-            format!("deletionPolicy Orphan: VM {id} is already gone")
-        }
-        Err(e) => {
-            let what = format!("releasing VM {id} (UntagResources)");
-            return keep_and_retry(api, obj, ctx, uid, &what, &e).await;
-        }
+        Err(e) if e.is_instance_not_found() => format!(
+            "deletionPolicy Orphan: VM {id} is already gone (UntagResources: {}, RequestId {})",
+            e.code(),
+            e.request_id().unwrap_or("-")
+        ),
+        // Whatever UntagResources said, a VM that DescribeInstances does not return is gone.
+        Err(e) => match ctx.describe_one(region, id).await {
+            Ok(None) => format!(
+                "deletionPolicy Orphan: VM {id} is already gone (DescribeInstances does not return it; UntagResources failed with {})",
+                e.code()
+            ),
+            _ => {
+                let what = format!("releasing VM {id} (UntagResources)");
+                return keep_and_retry(api, obj, ctx, uid, &what, &e).await;
+            }
+        },
     };
     status::event(ctx, obj, false, "Orphaned", "Delete", note);
     release(api, obj, ctx, uid).await
@@ -288,9 +316,30 @@ async fn keep_and_retry(
     what: &str,
     e: &CloudError,
 ) -> Result<Action, Error> {
+    hold(
+        api,
+        obj,
+        ctx,
+        uid,
+        e.class().condition_reason(),
+        format!("{what}: {e}"),
+    )
+    .await
+}
+
+/// The VM stays because something is not known for certain (or failed): `Synced=False`
+/// and a Warning Event say why, the metric counts it, and the resource retries with backoff.
+async fn hold(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    uid: &str,
+    reason: &'static str,
+    msg: String,
+) -> Result<Action, Error> {
+    tracing::info!(namespace = ?obj.metadata.namespace, name = %obj.name_any(), reason, message = %msg, "deletion held");
+    ctx.metrics.deletion_held(reason);
     let mut st = obj.status.clone().unwrap_or_default();
-    let reason = e.class().condition_reason();
-    let msg = format!("{what}: {e}");
     set_condition(
         &mut st.conditions,
         "Synced",
@@ -339,15 +388,209 @@ async fn release(
     Ok(Action::await_change())
 }
 
-/// spec.deletionPolicy, else the namespace annotation, else the operator default.
-async fn deletion_policy(obj: &EcsInstance, ctx: &Arc<Context>) -> DeletionPolicy {
-    if let Some(p) = obj.spec.deletion_policy {
-        return p;
+/// The effective policy (`policy::resolve`): the CRD's state, spec.deletionPolicy, the
+/// namespace annotation (read only when the spec leaves it open), the operator default.
+async fn deletion_policy(
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+) -> Result<(DeletionPolicy, Source), Doubt> {
+    let crd = ctx.crd_state().await;
+    let ns = obj.namespace().unwrap_or_default();
+    let annotation = match obj.spec.deletion_policy {
+        Some(_) => NsAnnotation::NotRead,
+        None => ctx.namespace_annotation(&ns).await,
+    };
+    policy::resolve(
+        &crd,
+        obj.spec.deletion_policy,
+        &ns,
+        &annotation,
+        ctx.settings.default_policy,
+    )
+}
+
+/// The attempt after a definitive answer. Saturates at the schema's bound; `run` stops
+/// before sending the token of the bound itself.
+pub fn next_attempt(attempt: u32) -> u32 {
+    attempt.saturating_add(1).min(MAX_COUNTER)
+}
+
+/// `status.deletionAttempt` reached its bound (a million definitive refusals, or a status
+/// edited by hand). Re-sending the last token would only replay its refusal, and a wrapped
+/// counter would re-send old tokens: stop, keep the VM, and say what a person can do.
+async fn attempts_exhausted(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    instance_id: &str,
+) -> Result<Action, Error> {
+    let msg = format!("status.deletionAttempt reached its limit {MAX_COUNTER}: no further DeleteInstances is sent for VM {instance_id}, which is kept. Delete the VM by hand and set the annotation {RELEASE_ANNOTATION}, or lower status.deletionAttempt to retry");
+    let mut st = obj.status.clone().unwrap_or_default();
+    let gen = obj.metadata.generation;
+    let reason = "DeletionAttemptsExhausted";
+    set_condition(&mut st.conditions, "Synced", false, reason, &msg, gen);
+    set_condition(&mut st.conditions, "Stalled", true, reason, &msg, gen);
+    status::patch(api, obj, &st).await?;
+    ctx.metrics.deletion_held(reason);
+    status::event(ctx, obj, true, reason, "Delete", msg);
+    Ok(Action::requeue(ctx.backoff.slow()))
+}
+
+/// The escape hatch: a person asked (annotation `ecs.volcengine.io/release-without-delete`)
+/// to let the resource go without deleting its VM. No cloud call. Kubernetes does not record
+/// who set an annotation; the managedFields entry that owns it names the field manager and
+/// the time, and the audit log names the user. `None`: not honoured, carry on as usual.
+async fn release_on_request(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    uid: &str,
+) -> Result<Option<Action>, Error> {
+    // The cache drops managedFields: read them fresh.
+    let Some(fresh) = api.get_opt(&obj.name_any()).await? else {
+        return Ok(Some(Action::await_change()));
+    };
+    let who = match release_request(&fresh) {
+        Ok(who) => who,
+        Err(why) => {
+            let note = format!("annotation {RELEASE_ANNOTATION} ignored: {why}");
+            status::event(ctx, obj, true, "ReleaseAnnotationIgnored", "Delete", note);
+            return Ok(None);
+        }
+    };
+    let stated = fresh
+        .annotations()
+        .get(RELEASE_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let vm = obj
+        .owned_instance_id()
+        .map(|id| format!("VM {id} was NOT deleted and may still exist, with its ownership tags"))
+        .unwrap_or_else(|| "no VM is recorded".into());
+    let note = format!("released without any cloud call on request: annotation {RELEASE_ANNOTATION}={stated:?} set by {who} (the audit log names the user); {vm}");
+    tracing::warn!(namespace = ?obj.metadata.namespace, name = %obj.name_any(), %note, "finalizer released by annotation");
+    status::event(ctx, obj, true, "ReleasedWithoutDelete", "Delete", note);
+    release(api, &fresh, ctx, uid).await.map(Some)
+}
+
+/// Whether the release annotation is to be honoured, and who set it: only when it was set
+/// (by the managedFields entry that owns it) at or after the deletionTimestamp, so an
+/// annotation left on a live resource (say, from Git) never silently skips a later deletion.
+pub fn release_request(obj: &EcsInstance) -> Result<String, &'static str> {
+    let Some(deleting_since) = obj.metadata.deletion_timestamp.as_ref() else {
+        return Err("the resource is not being deleted");
+    };
+    let key = format!("f:{RELEASE_ANNOTATION}");
+    let entries = obj.metadata.managed_fields.as_deref().unwrap_or_default();
+    let owner = entries.iter().rev().find(|m| {
+        m.fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:metadata"))
+            .and_then(|m| m.get("f:annotations"))
+            .and_then(|a| a.get(&key))
+            .is_some()
+    });
+    let Some(owner) = owner else {
+        return Err("no managedFields entry owns it, so when it was set is unknown; set it again");
+    };
+    let Some(set_at) = owner.time.as_ref() else {
+        return Err("its managedFields entry has no time; set it again");
+    };
+    if set_at.0 < deleting_since.0 {
+        return Err("it was set before the deletion began (a leftover, not a request to release this deletion); set it again, with a new value, to release");
     }
-    if let Some(ns) = obj.namespace() {
-        if let Some(p) = ctx.namespace_policy(&ns).await {
-            return p;
+    Ok(format!(
+        "field manager {:?} ({} at {})",
+        owner.manager.as_deref().unwrap_or("unknown"),
+        owner.operation.as_deref().unwrap_or("unknown operation"),
+        set_at.0
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(s: &str) -> Time {
+        Time(s.parse::<Timestamp>().unwrap())
+    }
+
+    fn entry(manager: &str, time: Option<&str>, annotation: bool) -> ManagedFieldsEntry {
+        let fields = if annotation {
+            serde_json::json!({"f:metadata": {"f:annotations": {format!("f:{RELEASE_ANNOTATION}"): {}}}})
+        } else {
+            serde_json::json!({"f:spec": {"f:instanceId": {}}})
+        };
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Update".into()),
+            time: time.map(at),
+            fields_v1: Some(FieldsV1(fields)),
+            ..Default::default()
         }
     }
-    ctx.settings.default_policy
+
+    #[test]
+    fn release_request_table() {
+        let t0 = "2026-12-01T10:00:00Z";
+        let before = "2026-12-01T09:59:59Z";
+        let after = "2026-12-01T10:00:05Z";
+        // (deletionTimestamp, managedFields, honoured)
+        let rows: Vec<(Option<&str>, Vec<ManagedFieldsEntry>, bool)> = vec![
+            (
+                None,
+                vec![entry("kubectl-annotate", Some(after), true)],
+                false,
+            ),
+            (Some(t0), vec![], false),
+            (Some(t0), vec![entry("kubectl-annotate", None, true)], false),
+            (
+                Some(t0),
+                vec![entry("kubectl-annotate", Some(before), true)],
+                false,
+            ),
+            (
+                Some(t0),
+                vec![entry("kubectl-annotate", Some(t0), true)],
+                true,
+            ),
+            (
+                Some(t0),
+                vec![entry("kubectl-annotate", Some(after), true)],
+                true,
+            ),
+            // Another manager's later write does not stand in for the annotation's owner.
+            (
+                Some(t0),
+                vec![
+                    entry("gitops", Some(before), true),
+                    entry("kubectl-edit", Some(after), false),
+                ],
+                false,
+            ),
+        ];
+        for (i, (dt, mf, honoured)) in rows.into_iter().enumerate() {
+            let mut o = EcsInstance::new("vm", Default::default());
+            o.metadata.deletion_timestamp = dt.map(at);
+            o.metadata.managed_fields = Some(mf);
+            let got = release_request(&o);
+            assert_eq!(got.is_ok(), honoured, "row {i}: {got:?}");
+            if let Ok(who) = got {
+                assert!(
+                    who.contains("kubectl-annotate") && who.contains("Update"),
+                    "{who}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn attempts_saturate_at_the_bound() {
+        assert_eq!(next_attempt(0), 1);
+        assert_eq!(next_attempt(MAX_COUNTER - 1), MAX_COUNTER);
+        assert_eq!(next_attempt(MAX_COUNTER), MAX_COUNTER);
+        assert_eq!(next_attempt(u32::MAX), MAX_COUNTER);
+    }
 }

@@ -35,7 +35,8 @@ pub async fn add(api: &Api<EcsInstance>, obj: &EcsInstance) -> Result<(), Error>
 
 /// Removes the finalizer. This is the only function that does, and `delete::run` is its
 /// only caller, after the cloud accepted the deletion or said the VM is gone (or the
-/// resource never had a VM, or its policy is Orphan).
+/// resource never had a VM, or its policy is Orphan, or a person asked for the release with
+/// the annotation `ecs.volcengine.io/release-without-delete` after the deletion began).
 pub(super) async fn remove(api: &Api<EcsInstance>, obj: &EcsInstance) -> Result<(), Error> {
     let Some(idx) = obj.finalizers().iter().position(|f| f == FINALIZER) else {
         return Ok(());

@@ -8,6 +8,7 @@ pub mod delete;
 pub mod events;
 pub mod finalizer;
 pub mod observe;
+pub mod policy;
 pub mod reconcile;
 pub mod status;
 
@@ -18,9 +19,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::{controller, reflector, watcher, Controller, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use self::backoff::Backoff;
@@ -28,7 +29,10 @@ use self::batch::{BatchConfig, Batcher};
 use self::cleanup::{DeleteCall, DeleteItem, DeleteOutcome};
 use self::events::EventRecorder;
 use self::observe::{DescribeCall, DescribeOutcome};
-use crate::api::{DeletionPolicy, EcsInstance, NAMESPACE_POLICY_ANNOTATION};
+use self::policy::{CrdState, Fresh, FreshMap, NsAnnotation};
+use crate::api::{
+    DeletionPolicy, EcsInstance, CRD_NAME, NAMESPACE_POLICY_ANNOTATION, RELEASE_ANNOTATION,
+};
 use crate::cloud::{Cloud, CloudError, Instance};
 use crate::metrics::Metrics;
 
@@ -58,13 +62,13 @@ pub struct Context {
     pub describer: Batcher<String, DescribeOutcome>,
     pub backoff: Backoff,
     pub settings: Settings,
-    ns_policy: Mutex<HashMap<String, (Instant, Option<DeletionPolicy>)>>,
+    ns_annotation: FreshMap<NsAnnotation>,
+    crd_state: Fresh<CrdState>,
     /// Namespaces seen terminating (an Event create was refused): Events there are skipped
     /// for a while, since the API server refuses them and they would die with the namespace.
     pub terminating: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
-const NS_POLICY_TTL: Duration = Duration::from_secs(30);
 const TERMINATING_TTL: Duration = Duration::from_secs(60);
 
 impl Context {
@@ -109,7 +113,8 @@ impl Context {
             describer,
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
             settings,
-            ns_policy: Mutex::new(HashMap::new()),
+            ns_annotation: FreshMap::default(),
+            crd_state: Fresh::default(),
             terminating: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -160,30 +165,46 @@ impl Context {
         m.insert(ns.to_string(), Instant::now());
     }
 
-    /// The namespace's deletion-policy annotation, cached briefly so a namespace of 10,000
-    /// resources costs one read, not 10,000.
-    pub async fn namespace_policy(&self, ns: &str) -> Option<DeletionPolicy> {
-        let mut cache = self.ns_policy.lock().await;
-        if let Some((at, p)) = cache.get(ns) {
-            if at.elapsed() < NS_POLICY_TTL {
-                return *p;
-            }
-        }
+    /// The namespace's deletion-policy annotation, from a read that started after this call
+    /// (see `policy::Fresh`): a namespace of 10,000 deleting resources shares reads, and a
+    /// change to the annotation is seen by the next reconcile.
+    pub async fn namespace_annotation(&self, ns: &str) -> NsAnnotation {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        let p = match api.get_opt(ns).await {
-            Ok(n) => n.and_then(|n| {
-                n.annotations()
-                    .get(NAMESPACE_POLICY_ANNOTATION)
-                    .and_then(|v| v.parse().ok())
-            }),
-            // Without permission to read namespaces the annotation simply does not apply.
-            Err(e) => {
-                tracing::debug!(namespace = %ns, error = %e, "namespace not readable");
-                None
-            }
-        };
-        cache.insert(ns.to_string(), (Instant::now(), p));
-        p
+        let fresh = self.ns_annotation.entry(ns);
+        fresh
+            .get(|| async move {
+                match api.get_opt(ns).await {
+                    Ok(Some(n)) => match n.annotations().get(NAMESPACE_POLICY_ANNOTATION) {
+                        Some(v) => NsAnnotation::Value(v.clone()),
+                        None => NsAnnotation::Absent,
+                    },
+                    Ok(None) => NsAnnotation::NotFound,
+                    Err(e) => {
+                        tracing::info!(namespace = %ns, error = %e, "namespace not readable");
+                        NsAnnotation::Unreadable(e.to_string())
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Whether the CRD `ecsinstances.ecs.volcengine.io` is being deleted, from a read that
+    /// started after this call.
+    pub async fn crd_state(&self) -> CrdState {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        self.crd_state
+            .get(|| async move {
+                match api.get_opt(CRD_NAME).await {
+                    Ok(Some(c)) if c.metadata.deletion_timestamp.is_some() => CrdState::Deleting,
+                    Ok(Some(_)) => CrdState::Live,
+                    Ok(None) => CrdState::Unreadable(format!("{CRD_NAME} not found")),
+                    Err(e) => {
+                        tracing::info!(error = %e, "CRD not readable");
+                        CrdState::Unreadable(e.to_string())
+                    }
+                }
+            })
+            .await
     }
 }
 
@@ -204,6 +225,8 @@ fn trigger_hash(obj: &EcsInstance) -> Option<u64> {
     obj.metadata.generation.hash(&mut h);
     obj.metadata.deletion_timestamp.is_some().hash(&mut h);
     obj.finalizers().hash(&mut h);
+    // The escape hatch must act when it is set, not at the next backoff or resync.
+    obj.annotations().get(RELEASE_ANNOTATION).hash(&mut h);
     Some(h.finish())
 }
 

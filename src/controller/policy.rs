@@ -1,0 +1,433 @@
+//! Which deletion policy applies to a resource being deleted. Every input that is not known
+//! for certain (an unreadable namespace or CRD, an annotation value we do not recognise) is a
+//! reason to keep the VM and retry, never a fallback to Delete.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::api::{DeletionPolicy, NAMESPACE_POLICY_ANNOTATION};
+
+/// What a read of the CRD `ecsinstances.ecs.volcengine.io` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrdState {
+    Live,
+    /// It has a deletionTimestamp: the cluster is uninstalling the operator's API.
+    Deleting,
+    /// The read failed (or found no CRD, which cannot be while our resource exists).
+    Unreadable(String),
+}
+
+/// What a read of the resource's namespace said about `ecs.volcengine.io/deletion-policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NsAnnotation {
+    Absent,
+    Value(String),
+    /// HTTP 404. A namespace cannot be removed while it still holds objects, so this is an
+    /// inconsistent view (stale cache, etcd restore, a forced finalize): doubt, not "absent".
+    NotFound,
+    /// Any other failure: 5xx, timeout, throttling, forbidden.
+    Unreadable(String),
+    /// Not read because spec.deletionPolicy is set.
+    NotRead,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    CrdDeleting,
+    Spec,
+    Namespace,
+    Default,
+}
+
+/// Why the policy is not known: the VM stays, the resource says why and retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Doubt {
+    CrdUnreadable { error: String },
+    InvalidAnnotation { namespace: String, value: String },
+    NamespaceNotFound { namespace: String },
+    NamespaceUnreadable { namespace: String, error: String },
+}
+
+impl Doubt {
+    /// Condition and Event reason, and metric label (fixed strings).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Doubt::CrdUnreadable { .. } => "CrdUnreadable",
+            Doubt::InvalidAnnotation { .. } => "InvalidDeletionPolicy",
+            Doubt::NamespaceNotFound { .. } => "NamespaceNotFound",
+            Doubt::NamespaceUnreadable { .. } => "NamespaceUnreadable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        let keep = "the VM is kept and the deletion is retried with backoff";
+        match self {
+            Doubt::CrdUnreadable { error } => format!(
+                "could not read CustomResourceDefinition {} to see whether it is being deleted (then every VM is orphaned): {error}; {keep}",
+                crate::api::CRD_NAME
+            ),
+            Doubt::InvalidAnnotation { namespace, value } => format!(
+                "namespace {namespace} has annotation {NAMESPACE_POLICY_ANNOTATION}={value:?}, which is not a deletion policy (accepted: exactly \"Delete\" or \"Orphan\"); {keep}: fix the annotation or set spec.deletionPolicy"
+            ),
+            Doubt::NamespaceNotFound { namespace } => format!(
+                "namespace {namespace} was not found, so its {NAMESPACE_POLICY_ANNOTATION} annotation is unknown; {keep}: set spec.deletionPolicy to decide"
+            ),
+            Doubt::NamespaceUnreadable { namespace, error } => format!(
+                "could not read namespace {namespace} for its {NAMESPACE_POLICY_ANNOTATION} annotation: {error}; {keep}"
+            ),
+        }
+    }
+}
+
+/// The annotation values accepted: exactly the spec's enum values, case-sensitive, so a
+/// typo (`orphan`, `Orphan `) is reported instead of guessed.
+pub fn parse_annotation(value: &str) -> Option<DeletionPolicy> {
+    match value {
+        "Delete" => Some(DeletionPolicy::Delete),
+        "Orphan" => Some(DeletionPolicy::Orphan),
+        _ => None,
+    }
+}
+
+/// The decision. Pure: CRD deletion wins (uninstalling must never delete VMs), then the
+/// spec, then the namespace annotation, then the operator default; anything unknown on the
+/// way is a `Doubt`.
+pub fn resolve(
+    crd: &CrdState,
+    spec: Option<DeletionPolicy>,
+    namespace: &str,
+    annotation: &NsAnnotation,
+    default: DeletionPolicy,
+) -> Result<(DeletionPolicy, Source), Doubt> {
+    match crd {
+        CrdState::Deleting => return Ok((DeletionPolicy::Orphan, Source::CrdDeleting)),
+        CrdState::Unreadable(e) => return Err(Doubt::CrdUnreadable { error: e.clone() }),
+        CrdState::Live => {}
+    }
+    if let Some(p) = spec {
+        return Ok((p, Source::Spec));
+    }
+    let namespace = namespace.to_string();
+    match annotation {
+        NsAnnotation::Absent => Ok((default, Source::Default)),
+        NsAnnotation::Value(v) => match parse_annotation(v) {
+            Some(p) => Ok((p, Source::Namespace)),
+            None => Err(Doubt::InvalidAnnotation {
+                namespace,
+                value: v.clone(),
+            }),
+        },
+        NsAnnotation::NotFound => Err(Doubt::NamespaceNotFound { namespace }),
+        NsAnnotation::Unreadable(e) => Err(Doubt::NamespaceUnreadable {
+            namespace,
+            error: e.clone(),
+        }),
+        NsAnnotation::NotRead => Err(Doubt::NamespaceUnreadable {
+            namespace,
+            error: "not read".into(),
+        }),
+    }
+}
+
+/// A read that is always fresh yet shared: a caller gets the result of a read that *started
+/// after* it asked, so a change made before the caller's reconcile is always seen (no TTL
+/// cache serving a stale "Delete"), while the callers that queue up during one read share
+/// the next one (a namespace deletion of 10,000 resources does not cost 10,000 reads).
+pub struct Fresh<V> {
+    started: AtomicU64,
+    slot: tokio::sync::Mutex<Option<(u64, V)>>,
+}
+
+impl<V: Clone> Default for Fresh<V> {
+    fn default() -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<V: Clone> Fresh<V> {
+    pub async fn get<F, Fut>(&self, read: F) -> V
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V>,
+    {
+        // Reads are numbered in the order they start; any read numbered above the count
+        // seen now starts after this call.
+        let want = self.started.load(Ordering::SeqCst) + 1;
+        let mut slot = self.slot.lock().await;
+        if let Some((n, v)) = slot.as_ref() {
+            if *n >= want {
+                return v.clone();
+            }
+        }
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let v = read().await;
+        *slot = Some((n, v.clone()));
+        v
+    }
+}
+
+/// One `Fresh` per key (namespace name).
+pub struct FreshMap<V> {
+    map: std::sync::Mutex<HashMap<String, Arc<Fresh<V>>>>,
+}
+
+impl<V: Clone> Default for FreshMap<V> {
+    fn default() -> Self {
+        Self {
+            map: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<V: Clone> FreshMap<V> {
+    pub fn entry(&self, key: &str) -> Arc<Fresh<V>> {
+        let mut m = match self.map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(key.to_string()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeletionPolicy::*;
+
+    #[test]
+    fn resolution_table() {
+        let live = CrdState::Live;
+        let deleting = CrdState::Deleting;
+        let crd_err = CrdState::Unreadable("503".into());
+        let v = |s: &str| NsAnnotation::Value(s.into());
+        let absent = NsAnnotation::Absent;
+        let ns_err = NsAnnotation::Unreadable("timeout".into());
+        // (crd, spec, annotation, default, expected: Ok((policy, source)) or Err(reason))
+        type Want = Result<(DeletionPolicy, Source), &'static str>;
+        let rows: Vec<(
+            &CrdState,
+            Option<DeletionPolicy>,
+            NsAnnotation,
+            DeletionPolicy,
+            Want,
+        )> = vec![
+            (
+                &live,
+                Some(Delete),
+                NsAnnotation::NotRead,
+                Orphan,
+                Ok((Delete, Source::Spec)),
+            ),
+            (
+                &live,
+                Some(Orphan),
+                NsAnnotation::NotRead,
+                Delete,
+                Ok((Orphan, Source::Spec)),
+            ),
+            // The spec wins over the annotation, whatever it says.
+            (
+                &live,
+                Some(Delete),
+                v("bogus"),
+                Delete,
+                Ok((Delete, Source::Spec)),
+            ),
+            (
+                &live,
+                None,
+                absent.clone(),
+                Delete,
+                Ok((Delete, Source::Default)),
+            ),
+            (
+                &live,
+                None,
+                absent.clone(),
+                Orphan,
+                Ok((Orphan, Source::Default)),
+            ),
+            (
+                &live,
+                None,
+                v("Orphan"),
+                Delete,
+                Ok((Orphan, Source::Namespace)),
+            ),
+            (
+                &live,
+                None,
+                v("Delete"),
+                Orphan,
+                Ok((Delete, Source::Namespace)),
+            ),
+            // Unrecognised values are user errors, never a fallback to Delete.
+            (
+                &live,
+                None,
+                v("orphan"),
+                Delete,
+                Err("InvalidDeletionPolicy"),
+            ),
+            (
+                &live,
+                None,
+                v("DELETE"),
+                Delete,
+                Err("InvalidDeletionPolicy"),
+            ),
+            (
+                &live,
+                None,
+                v("Orphan "),
+                Delete,
+                Err("InvalidDeletionPolicy"),
+            ),
+            (&live, None, v(""), Delete, Err("InvalidDeletionPolicy")),
+            (
+                &live,
+                None,
+                v("Retain"),
+                Orphan,
+                Err("InvalidDeletionPolicy"),
+            ),
+            // A failed read is not "no annotation".
+            (
+                &live,
+                None,
+                ns_err.clone(),
+                Delete,
+                Err("NamespaceUnreadable"),
+            ),
+            (
+                &live,
+                None,
+                NsAnnotation::NotFound,
+                Delete,
+                Err("NamespaceNotFound"),
+            ),
+            (
+                &live,
+                None,
+                NsAnnotation::NotRead,
+                Delete,
+                Err("NamespaceUnreadable"),
+            ),
+            // While the CRD is being deleted, everything is orphaned.
+            (
+                &deleting,
+                Some(Delete),
+                NsAnnotation::NotRead,
+                Delete,
+                Ok((Orphan, Source::CrdDeleting)),
+            ),
+            (
+                &deleting,
+                None,
+                v("bogus"),
+                Delete,
+                Ok((Orphan, Source::CrdDeleting)),
+            ),
+            (
+                &deleting,
+                None,
+                ns_err.clone(),
+                Delete,
+                Ok((Orphan, Source::CrdDeleting)),
+            ),
+            // An unreadable CRD is doubt even when the spec says Delete.
+            (
+                &crd_err,
+                Some(Delete),
+                NsAnnotation::NotRead,
+                Delete,
+                Err("CrdUnreadable"),
+            ),
+            (
+                &crd_err,
+                Some(Orphan),
+                NsAnnotation::NotRead,
+                Delete,
+                Err("CrdUnreadable"),
+            ),
+        ];
+        for (i, (crd, spec, ann, default, want)) in rows.into_iter().enumerate() {
+            let got = resolve(crd, spec, "team-a", &ann, default);
+            match (&got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(*g, w, "row {i}"),
+                (Err(d), Err(reason)) => {
+                    assert_eq!(d.reason(), reason, "row {i}");
+                    assert!(d.message().contains("the VM is kept"), "row {i}");
+                }
+                _ => panic!("row {i}: got {got:?}, want {want:?}"),
+            }
+        }
+        // The message names the namespace, the annotation and the bad value.
+        let d = resolve(&live, None, "team-a", &v("orphan"), Delete).unwrap_err();
+        let m = d.message();
+        assert!(
+            m.contains("team-a")
+                && m.contains(NAMESPACE_POLICY_ANNOTATION)
+                && m.contains("\"orphan\""),
+            "{m}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fresh_never_hands_out_a_read_that_started_before_the_call() {
+        use std::sync::atomic::AtomicUsize;
+        let fresh: Arc<Fresh<usize>> = Arc::new(Fresh::default());
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let (fresh, reads) = (fresh.clone(), reads.clone());
+            tokio::spawn(async move {
+                fresh
+                    .get(|| async move {
+                        let _ = started_tx.send(());
+                        let _ = go_rx.await;
+                        reads.fetch_add(1, Ordering::SeqCst) + 1
+                    })
+                    .await
+            })
+        };
+        started_rx.await.unwrap();
+        // Asked while read 1 is in flight: must get read 2, and so must a third caller
+        // queued with it (shared).
+        let second = {
+            let (fresh, reads) = (fresh.clone(), reads.clone());
+            tokio::spawn(async move {
+                fresh
+                    .get(|| async move { reads.fetch_add(1, Ordering::SeqCst) + 1 })
+                    .await
+            })
+        };
+        let third = {
+            let (fresh, reads) = (fresh.clone(), reads.clone());
+            tokio::spawn(async move {
+                fresh
+                    .get(|| async move { reads.fetch_add(1, Ordering::SeqCst) + 1 })
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        go_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 1);
+        let (b, c) = (second.await.unwrap(), third.await.unwrap());
+        assert_eq!(
+            (b, c),
+            (2, 2),
+            "both waited for a read that started after them"
+        );
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        // A later caller gets a new read.
+        assert_eq!(fresh.get(|| async { 99 }).await, 99);
+    }
+}
