@@ -460,3 +460,58 @@ async fn recreate_option_replaces_a_vanished_vm_with_a_new_token() {
     let evs = events(&client, &ns, "web").await;
     assert!(evs.iter().any(|(_, r, _)| r == "Recreating"), "{evs:?}");
 }
+
+/// Eventual consistency: with `--on-missing-instance Recreate` a VM the cloud does not list
+/// yet (visibility lag after RunInstances) is appearing, not vanished: one VM ever, Ready
+/// once it shows up.
+#[tokio::test(flavor = "multi_thread")]
+async fn visibility_lag_never_creates_a_second_vm() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-lag").await;
+    let emu = Emulator::start("lag", &["--create-delay-ms", "0"]);
+    emu.send(
+        reqwest::Method::PUT,
+        "config",
+        json!({"visibility_lag_ms": 6000}),
+    )
+    .await;
+    let _op = Operator::start(
+        "lag",
+        &ns,
+        &emu,
+        &["--resync-secs", "1", "--on-missing-instance", "Recreate"],
+    );
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let o = create(&api, "web", create_spec()).await;
+    let uid = o.uid().unwrap();
+    wait_for(20, "InstanceAppearing", || async {
+        let o = api.get("web").await.ok()?;
+        (o.condition("Ready")?.reason == "InstanceAppearing").then_some(())
+    })
+    .await;
+    let o = ready(&api, "web").await;
+    let vms_of_uid = |all: serde_json::Value| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|vm| {
+                vm["Tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["Key"] == "ecs.volcengine.io/uid" && t["Value"] == uid.as_str())
+            })
+            .count()
+    };
+    assert_eq!(vms_of_uid(emu.get("instances").await), 1, "one VM ever");
+    assert_eq!(emu.get("stats").await["instances"], 1);
+    let runs = emu.calls("RunInstances").await;
+    assert!(
+        runs.iter()
+            .all(|c| c["params"]["ClientToken"] == format!("ecsop-run-{uid}").as_str()),
+        "{runs:?}"
+    );
+    assert!(o.status.unwrap().instance_id.is_some());
+    delete(&api, "web").await;
+    wait_for(30, "gone", || gone(&api, "web")).await;
+}

@@ -205,6 +205,7 @@ fn build(
         },
         region,
         due: None,
+        visible_at: None,
     }
 }
 
@@ -444,6 +445,7 @@ struct ConfigDoc {
     delete_delay_ms: Option<u64>,
     expired_tokens: Option<Vec<String>>,
     max_clock_skew_secs: Option<u64>,
+    visibility_lag_ms: Option<u64>,
 }
 
 fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
@@ -457,6 +459,7 @@ fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
         delete_delay_ms: Some(c.delays.delete_ms),
         expired_tokens: Some(c.expired_tokens.clone()),
         max_clock_skew_secs: Some(c.max_clock_skew_secs),
+        visibility_lag_ms: Some(c.visibility_lag_ms),
     }
 }
 
@@ -496,6 +499,9 @@ async fn set_config(State(emu): Emu, body: Bytes) -> Response {
     }
     if let Some(v) = d.max_clock_skew_secs {
         c.max_clock_skew_secs = v;
+    }
+    if let Some(v) = d.visibility_lag_ms {
+        c.visibility_lag_ms = v;
     }
     Json(config_doc(c)).into_response()
 }

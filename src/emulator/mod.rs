@@ -14,7 +14,15 @@
 //!   (per instance `InvalidInstanceStatus` otherwise);
 //! - only accepted (2xx) answers are recorded for a ClientToken: a refused call leaves the
 //!   token free;
-//! - X-Date may be off by at most 15 minutes (`--max-clock-skew-secs`).
+//! - X-Date may be off by at most 15 minutes (`--max-clock-skew-secs`);
+//! - TagResources overwrites the value of a key the instance already carries, and like
+//!   UntagResources fails as a whole (`InvalidInstance.NotFound`) if any ID is unknown;
+//! - eventual consistency (`--visibility-lag-ms`, admin config `visibility_lag_ms`, default
+//!   0 = off): for that long after RunInstances the new instance is invisible to the whole
+//!   real API: DescribeInstances by ID and by TagFilters do not return it, and
+//!   DeleteInstances (like every other action naming it) answers `InvalidInstance.NotFound`
+//!   without deleting it. That is the unfavourable case: a client that takes this NotFound
+//!   for "already gone" leaks the VM. The admin API always sees it.
 
 mod actions;
 mod admin;
@@ -87,6 +95,10 @@ pub struct EmulatorArgs {
     /// Largest accepted difference between X-Date and the emulator's clock.
     #[arg(long, default_value_t = 900)]
     pub max_clock_skew_secs: u64,
+    /// Eventual consistency: a new instance stays invisible to the real API this long after
+    /// RunInstances (0 = visible at once).
+    #[arg(long, default_value_t = 0)]
+    pub visibility_lag_ms: u64,
 }
 
 /// Everything the emulator can be configured with; `GET/PUT /_emulator/config` change the
@@ -104,6 +116,8 @@ pub struct EmulatorConfig {
     pub max_clock_skew_secs: u64,
     /// Calls kept in the call log (oldest dropped first).
     pub call_log_limit: usize,
+    /// How long a new instance stays invisible to the real API after RunInstances.
+    pub visibility_lag_ms: u64,
 }
 
 impl Default for EmulatorConfig {
@@ -117,6 +131,7 @@ impl Default for EmulatorConfig {
             expired_tokens: Vec::new(),
             max_clock_skew_secs: 900,
             call_log_limit: 200_000,
+            visibility_lag_ms: 0,
         }
     }
 }
@@ -140,6 +155,7 @@ impl From<&EmulatorArgs> for EmulatorConfig {
             },
             replay: !a.no_replay,
             max_clock_skew_secs: a.max_clock_skew_secs,
+            visibility_lag_ms: a.visibility_lag_ms,
             ..Self::default()
         }
     }
