@@ -235,9 +235,10 @@ pub struct EcsInstanceStatus {
     /// RunInstances ClientToken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_generation: Option<u32>,
-    /// When the latest RunInstances was sent, then answered (RFC 3339). The cloud may not
-    /// list a new VM for a while (eventual consistency): within the operator's
-    /// `--instance-appear-window-secs` of this time a VM it cannot see is still appearing,
+    /// When the latest RunInstances was sent, then answered (RFC 3339); cleared once
+    /// DescribeInstances returned the VM. The cloud may not list a new VM for a while
+    /// (eventual consistency): until it was seen, and within the operator's
+    /// `--instance-appear-window-secs` of this time, a VM it cannot see is still appearing,
     /// never vanished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_instances_at: Option<Time>,

@@ -132,6 +132,12 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
         return Ok(Action::requeue(ctx.settings.resync));
     };
 
+    // Seen once: it has appeared, and from now on a VM the cloud does not list has vanished.
+    // (A merge patch cannot unset a field: replace the status.)
+    if st.run_instances_at.take().is_some() {
+        status::patch_replace(&api, obj, &st).await?;
+    }
+
     // One VM, one owner: claim it (or see that it is ours) before anything else touches it.
     if let Some(action) = ensure_owned(obj, ctx, &api, &mut st, &region, &inst).await? {
         return Ok(action);
