@@ -92,6 +92,17 @@ fn volume_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "integer", "minimum": 10, "maximum": 32768})
 }
 
+fn ownership_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["Claimed", "Refused"]})
+}
+
+/// Whether this resource holds its VM (see `EcsInstanceStatus::ownership`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Ownership {
+    Claimed,
+    Refused,
+}
+
 fn charge_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "string", "enum": ["PostPaid", "PrePaid"]})
 }
@@ -246,6 +257,19 @@ pub struct EcsInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "counter_schema")]
     pub create_generation: Option<u32>,
+    /// When the latest RunInstances was sent, then answered (RFC 3339); cleared once
+    /// DescribeInstances returned the VM. The cloud may not list a new VM for a while
+    /// (eventual consistency): until it was seen, and within the operator's
+    /// `--instance-appear-window-secs` of this time, a VM it cannot see is still appearing,
+    /// never vanished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_instances_at: Option<Time>,
+    /// `Claimed`: the VM carries this resource's ownership tags (written by RunInstances, or
+    /// by TagResources when adopting). `Refused`: another resource or cluster manages the
+    /// VM; this resource never touches it and deleting it leaves the VM alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "ownership_schema")]
+    pub ownership: Option<Ownership>,
     /// Hash of `spec.create` as sent to RunInstances, to detect later edits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_hash: Option<String>,

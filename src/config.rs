@@ -216,6 +216,11 @@ pub struct RunArgs {
     /// new VM with a new ClientToken). Adopted VMs are only ever reported.
     #[arg(long, env = "ECS_ON_MISSING_INSTANCE", value_enum, default_value_t = OnMissing::Report)]
     pub on_missing_instance: OnMissing,
+    /// Eventual consistency: for this long after RunInstances a VM that DescribeInstances does
+    /// not return is still appearing (never re-created, and its deletion keeps looking for
+    /// it), not vanished. Seconds.
+    #[arg(long, env = "ECS_INSTANCE_APPEAR_WINDOW_SECS", default_value_t = 600)]
+    pub instance_appear_window_secs: u64,
     /// Leak sweeper: seconds between sweeps (0 = off).
     #[arg(long, env = "ECS_SWEEP_INTERVAL_SECS", default_value_t = 0)]
     pub sweep_interval_secs: u64,

@@ -209,6 +209,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .cloned()
             .collect(),
         recreate_missing: args.on_missing_instance == OnMissing::Recreate,
+        appear_window: Duration::from_secs(args.instance_appear_window_secs),
     };
     tracing::info!(endpoint = %args.cloud.endpoint, region = %args.cloud.region, namespaces = ?settings.namespaces, "starting ecs-operator");
     let token = CancellationToken::new();

@@ -460,3 +460,70 @@ async fn recreate_option_replaces_a_vanished_vm_with_a_new_token() {
     let evs = events(&client, &ns, "web").await;
     assert!(evs.iter().any(|(_, r, _)| r == "Recreating"), "{evs:?}");
 }
+
+/// Eventual consistency: with `--on-missing-instance Recreate` a VM the cloud does not list
+/// yet (visibility lag after RunInstances) is appearing, not vanished: one VM ever, Ready
+/// once it shows up.
+#[tokio::test(flavor = "multi_thread")]
+async fn visibility_lag_never_creates_a_second_vm() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-lag").await;
+    let emu = Emulator::start("lag", &["--create-delay-ms", "0"]);
+    emu.send(
+        reqwest::Method::PUT,
+        "config",
+        json!({"visibility_lag_ms": 6000}),
+    )
+    .await;
+    let _op = Operator::start(
+        "lag",
+        &ns,
+        &emu,
+        &["--resync-secs", "1", "--on-missing-instance", "Recreate"],
+    );
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let o = create(&api, "web", create_spec()).await;
+    let uid = o.uid().unwrap();
+    // Until Ready (or long after the lag): was the missing VM ever taken for vanished?
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    let mut appearing_seen = false;
+    let mut ready_obj = None;
+    while std::time::Instant::now() < deadline {
+        let o = api.get("web").await.unwrap();
+        let ready = o.condition("Ready").cloned();
+        appearing_seen |= ready
+            .as_ref()
+            .is_some_and(|c| c.reason == "InstanceAppearing");
+        if ready.is_some_and(|c| c.status == "True") {
+            ready_obj = Some(o);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vms_of_uid = |all: serde_json::Value| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|vm| {
+                vm["Tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["Key"] == "ecs.volcengine.io/uid" && t["Value"] == uid.as_str())
+            })
+            .count()
+    };
+    assert_eq!(vms_of_uid(emu.get("instances").await), 1, "one VM ever");
+    let o = ready_obj.expect("Ready after the lag");
+    assert!(appearing_seen, "InstanceAppearing reported during the lag");
+    assert_eq!(emu.get("stats").await["instances"], 1);
+    let runs = emu.calls("RunInstances").await;
+    assert!(
+        runs.iter()
+            .all(|c| c["params"]["ClientToken"] == format!("ecsop-run-{uid}").as_str()),
+        "{runs:?}"
+    );
+    assert!(o.status.unwrap().instance_id.is_some());
+    delete(&api, "web").await;
+    wait_for(30, "gone", || gone(&api, "web")).await;
+}

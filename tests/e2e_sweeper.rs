@@ -97,7 +97,7 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
     ];
     let mut op = Operator::start_with_env("sweep", &ns, &emu, &sweep_args("report"), &env);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    create(&api, "web", json!({"create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}})).await;
+    create(&api, "web", json!({"create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"], "systemVolume": {"size": 40}}})).await;
     let o = wait_for(30, "created", || async {
         let o = api.get("web").await.ok()?;
         o.status.as_ref()?.instance_id.clone()?;
@@ -292,7 +292,7 @@ async fn orphaned_vm_is_untagged_and_never_swept() {
     ];
     let mut op = Operator::start_with_env("sweep-orphan", &ns, &emu, &sweep_args("delete"), &env);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    create(&api, "keep", json!({"deletionPolicy": "Orphan", "create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}})).await;
+    create(&api, "keep", json!({"deletionPolicy": "Orphan", "create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"], "systemVolume": {"size": 40}}})).await;
     let vm = wait_for(30, "created", || async {
         let o = api.get("keep").await.ok()?;
         let id = o.status.as_ref()?.instance_id.clone()?;
@@ -362,7 +362,7 @@ async fn orphan_after_a_lost_run_answer_is_found_and_untagged() {
     let mut op =
         Operator::start_with_env("sweep-orphan-lost", &ns, &emu, &sweep_args("report"), &env);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    create(&api, "lost", json!({"deletionPolicy": "Orphan", "create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}})).await;
+    create(&api, "lost", json!({"deletionPolicy": "Orphan", "create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"], "systemVolume": {"size": 40}}})).await;
     // The VM exists, its answer was lost; the operator dies before it looks again (its
     // next look is at least a client retry and a 1 s backoff away).
     let vm = wait_for(30, "VM created, answer lost", || async {

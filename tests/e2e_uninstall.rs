@@ -45,7 +45,7 @@ async fn deleting_the_crd_orphans_every_vm() {
         "vm",
         json!({"deletionPolicy": "Delete", "create": {
             "zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
-            "subnetId": "subnet-1", "securityGroupIds": ["sg-1"]}}),
+            "subnetId": "subnet-1", "securityGroupIds": ["sg-1"], "systemVolume": {"size": 40}}}),
     )
     .await;
     let id = wait_for(60, "Ready", || async {

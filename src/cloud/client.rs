@@ -510,6 +510,30 @@ impl Cloud for EcsClient {
             })
         })
     }
+
+    fn tag_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        tags: Vec<Tag>,
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(async move {
+            let mut p = Params::new();
+            p.list("ResourceIds", &instance_ids)
+                .set("ResourceType", "instance");
+            for (i, t) in tags.iter().enumerate() {
+                p.set(format!("Tags.{}.Key", i + 1), &t.key)
+                    .set(format!("Tags.{}.Value", i + 1), &t.value);
+            }
+            let r: Called<EmptyResult> = self
+                .call(region, Action::TagResources, p.into_vec())
+                .await?;
+            Ok(Called {
+                request_id: r.request_id,
+                value: (),
+            })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -64,4 +64,13 @@ pub trait Cloud: Send + Sync + 'static {
         instance_ids: Vec<String>,
         tag_keys: Vec<String>,
     ) -> CloudFuture<'a, ()>;
+
+    /// TagResources (ResourceType `instance`): adds these tags to the VMs, overwriting the
+    /// value of a key they already carry. Used to claim an adopted VM for its resource.
+    fn tag_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        tags: Vec<model::Tag>,
+    ) -> CloudFuture<'a, ()>;
 }

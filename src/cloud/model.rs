@@ -18,10 +18,11 @@ pub enum Action {
     StartInstances,
     ModifyInstanceAttribute,
     UntagResources,
+    TagResources,
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::RunInstances,
         Action::DescribeInstances,
         Action::DeleteInstances,
@@ -30,6 +31,7 @@ impl Action {
         Action::StartInstances,
         Action::ModifyInstanceAttribute,
         Action::UntagResources,
+        Action::TagResources,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Action {
             Action::StartInstances => "StartInstances",
             Action::ModifyInstanceAttribute => "ModifyInstanceAttribute",
             Action::UntagResources => "UntagResources",
+            Action::TagResources => "TagResources",
         }
     }
 

@@ -9,9 +9,10 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
+use super::ownership::{self, Facts, Verdict};
 use super::{status, Context};
 use crate::api::{
-    remove_condition, set_condition, EcsInstance, EcsInstanceStatus, MAX_COUNTER,
+    remove_condition, set_condition, EcsInstance, EcsInstanceStatus, Ownership, MAX_COUNTER,
     RELEASE_ANNOTATION,
 };
 use crate::cloud::model::{Tag, VolumeSpec};
@@ -88,6 +89,9 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
         Err(e) => return cloud_failure(obj, ctx, &api, st, "DescribeInstances", e).await,
     };
     let Some(mut inst) = observed else {
+        if ownership::appearing(st.run_instances_at.as_ref(), ctx.settings.appear_window) {
+            return appearing(obj, ctx, &api, st, &instance_id).await;
+        }
         let created_by_us = obj.spec.create.is_some() && st.create_hash.is_some();
         let generation = st.create_generation.unwrap_or(0);
         if ctx.settings.recreate_missing && created_by_us && generation < MAX_COUNTER {
@@ -99,6 +103,8 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             st.create_requested = None;
             st.create_hash = None;
             st.create_generation = Some(generation);
+            st.run_instances_at = None;
+            st.ownership = None;
             st.instance_status = Some("NotFound".into());
             set_condition(&mut st.conditions, "Ready", false, "Recreating", &msg, gen);
             status::patch_replace(&api, obj, &st).await?;
@@ -133,6 +139,17 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
         }
         return Ok(Action::requeue(ctx.settings.resync));
     };
+
+    // Seen once: it has appeared, and from now on a VM the cloud does not list has vanished.
+    // (A merge patch cannot unset a field: replace the status.)
+    if st.run_instances_at.take().is_some() {
+        status::patch_replace(&api, obj, &st).await?;
+    }
+
+    // One VM, one owner: claim it (or see that it is ours) before anything else touches it.
+    if let Some(action) = ensure_owned(obj, ctx, &api, &mut st, &region, &inst).await? {
+        return Ok(action);
+    }
 
     // Deletion protection follows the spec in both directions while the resource lives.
     if let Some(want) = obj.spec.deletion_protection {
@@ -236,6 +253,155 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     }))
 }
 
+fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// A VM this resource created moments ago that DescribeInstances does not list yet: it is
+/// appearing (eventual consistency), never vanished, and nothing is re-created.
+async fn appearing(
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    api: &Api<EcsInstance>,
+    mut st: EcsInstanceStatus,
+    id: &str,
+) -> Result<Action, Error> {
+    let gen = obj.metadata.generation;
+    let msg = format!(
+        "VM {id} was created moments ago and DescribeInstances does not list it yet (eventual consistency); waiting up to {}s after RunInstances",
+        ctx.settings.appear_window.as_secs()
+    );
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        false,
+        "InstanceAppearing",
+        &msg,
+        gen,
+    );
+    set_condition(
+        &mut st.conditions,
+        "Synced",
+        true,
+        "InstanceAppearing",
+        "",
+        gen,
+    );
+    set_condition(
+        &mut st.conditions,
+        "Reconciling",
+        true,
+        "InstanceAppearing",
+        &msg,
+        gen,
+    );
+    remove_condition(&mut st.conditions, "Stalled");
+    st.observed_generation = gen;
+    status::patch(api, obj, &st).await?;
+    Ok(Action::requeue(ctx.settings.transition_poll))
+}
+
+/// Claims the VM for this resource, or refuses it. `None`: the VM is ours, go on.
+async fn ensure_owned(
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    api: &Api<EcsInstance>,
+    st: &mut EcsInstanceStatus,
+    region: &str,
+    inst: &Instance,
+) -> Result<Option<Action>, Error> {
+    let uid = obj.uid().unwrap_or_default();
+    let cluster = ctx.settings.cluster_id.as_str();
+    let id = inst.instance_id.as_str();
+    let verdict = if ownership::tagged_ours(inst, &uid, cluster) {
+        Verdict::Ours
+    } else {
+        // Only here (adoption, or a claim lost) is the whole cluster's list needed.
+        let all = ctx.all_instances().await?;
+        let others = ownership::others(&all, &uid, id, inst.tag(TAG_UID));
+        ownership::decide(&Facts {
+            uid: &uid,
+            cluster,
+            tag_cluster: inst.tag(TAG_CLUSTER),
+            tag_uid: inst.tag(TAG_UID),
+            others: &others,
+        })
+    };
+    let conflict = match verdict {
+        Verdict::Ours => {
+            st.ownership = Some(Ownership::Claimed);
+            return Ok(None);
+        }
+        Verdict::Claim { stale_owner } => {
+            return claim(obj, ctx, api, st, region, id, stale_owner)
+                .await
+                .map(Some);
+        }
+        Verdict::Conflict(c) => c,
+    };
+    let gen = obj.metadata.generation;
+    let msg = conflict.message(id);
+    st.ownership = Some(Ownership::Refused);
+    st.instance_status = None;
+    for (t, v) in [("Ready", false), ("Synced", false), ("Stalled", true)] {
+        set_condition(&mut st.conditions, t, v, MANAGEMENT_CONFLICT, &msg, gen);
+    }
+    remove_condition(&mut st.conditions, "Reconciling");
+    st.observed_generation = gen;
+    status::patch(api, obj, st).await?;
+    if obj
+        .condition("Synced")
+        .is_none_or(|c| c.reason != MANAGEMENT_CONFLICT)
+    {
+        status::event(ctx, obj, true, MANAGEMENT_CONFLICT, "Adopt", msg);
+    }
+    // Re-checked at every resync: once the other owner lets go, this resource may claim it.
+    Ok(Some(Action::requeue(ctx.settings.resync)))
+}
+
+pub const MANAGEMENT_CONFLICT: &str = "ManagementConflict";
+
+/// Writes this resource's identity tags on the VM (TagResources). Ready comes only from
+/// the next reconcile, which sees the tags through DescribeInstances.
+async fn claim(
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    api: &Api<EcsInstance>,
+    st: &mut EcsInstanceStatus,
+    region: &str,
+    id: &str,
+    stale_owner: Option<String>,
+) -> Result<Action, Error> {
+    let uid = obj.uid().unwrap_or_default();
+    let ns = obj.namespace().unwrap_or_default();
+    let tags = ownership::claim_tags(&ctx.settings.cluster_id, &ns, &obj.name_any(), &uid);
+    let c = match ctx
+        .cloud
+        .tag_instances(region, vec![id.to_string()], tags)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return cloud_failure(obj, ctx, api, st.clone(), "TagResources", e).await,
+    };
+    st.ownership = Some(Ownership::Claimed);
+    let gen = obj.metadata.generation;
+    let msg = format!(
+        "VM {id} claimed for this resource (RequestId {})",
+        c.request_id
+    );
+    set_condition(&mut st.conditions, "Synced", true, "Claimed", &msg, gen);
+    status::patch(api, obj, st).await?;
+    let (reason, note) = match stale_owner {
+        Some(old) => (
+            "OwnershipTransferred",
+            format!("{msg}; its previous owner (uid {old}) no longer exists"),
+        ),
+        None => ("Claimed", msg),
+    };
+    status::event(ctx, obj, false, reason, "Adopt", note);
+    Ok(Action::requeue(std::time::Duration::from_millis(100)))
+}
+
 fn fill_observed(st: &mut EcsInstanceStatus, inst: &Instance, _want_protection: Option<bool>) {
     st.instance_status = Some(inst.status.clone());
     st.private_ip = inst.primary_ip().map(str::to_string);
@@ -317,6 +483,7 @@ async fn create_or_adopt(
         Ok(Some(inst)) => {
             st.instance_id = Some(inst.instance_id.clone());
             st.create_requested = Some(true);
+            st.ownership = Some(Ownership::Claimed);
             status::patch(api, obj, st).await?;
             status::event(ctx, obj, false, "Adopted", "Create",
                 format!("found VM {} tagged with this resource's uid; adopted it instead of creating another", inst.instance_id));
@@ -412,7 +579,8 @@ async fn create_or_adopt(
         tags,
         client_token: run_token(uid, st.create_generation.unwrap_or(0)),
     };
-    // Persist the intent first: from here on a VM may exist, so deletion must look for it.
+    // Persist the intent first: from here on a VM may exist, so deletion must look for it
+    // (and, while the cloud may not list it yet, keep looking: `run_instances_at`).
     if st.create_requested != Some(true) {
         st.create_requested = Some(true);
         st.create_hash = Some(create.fingerprint());
@@ -424,8 +592,9 @@ async fn create_or_adopt(
             "RunInstances sent",
             gen,
         );
-        status::patch(api, obj, st).await?;
     }
+    st.run_instances_at = Some(now());
+    status::patch(api, obj, st).await?;
     match ctx.cloud.run_instances(region, req).await {
         Ok(c) => {
             let Some(id) = c.value.first().cloned() else {
@@ -440,6 +609,8 @@ async fn create_or_adopt(
                 ));
             };
             st.instance_id = Some(id.clone());
+            st.ownership = Some(Ownership::Claimed);
+            st.run_instances_at = Some(now());
             status::patch(api, obj, st).await?;
             status::event(
                 ctx,

@@ -11,6 +11,7 @@ use kube::ResourceExt;
 
 use super::apply::OWNERSHIP_TAGS;
 use super::cleanup::{self, Decision, DeleteItem};
+use super::ownership::{self, Proof};
 use super::policy::{self, Doubt, NsAnnotation, Source};
 use super::{finalizer, status, Context};
 use crate::api::{
@@ -49,6 +50,10 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             // orphan must lose its ownership tags too, or the sweeper would take it).
             match super::apply::find_by_uid(ctx, &region, &uid).await {
                 Ok(Some(inst)) => inst.instance_id,
+                // Not listed yet is not "never made": keep looking while it may be appearing.
+                Ok(None) if appearing(obj, ctx) => {
+                    return still_appearing(&api, obj, ctx, "this resource's VM", None).await
+                }
                 Ok(None) => return nothing_to_do(&api, obj, ctx, &uid, policy).await,
                 Err(e) => {
                     let what = "looking for this resource's VM before releasing it";
@@ -59,6 +64,29 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
         // Never created, nothing adopted: nothing to delete in the cloud.
         None => return nothing_to_do(&api, obj, ctx, &uid, policy).await,
     };
+    // After an accepted deletion (wait-for-termination) the proof was already given.
+    let accepted = obj
+        .condition("Ready")
+        .is_some_and(|c| c.reason == DELETION_ACCEPTED);
+    let appearing = appearing(obj, ctx);
+    if !accepted {
+        let proof = match ownership_proof(obj, ctx, &uid, &region, &instance_id, appearing).await {
+            Ok(p) => p,
+            Err(e) => {
+                let what = format!("checking that this resource owns VM {instance_id} before letting go of it (DescribeInstances)");
+                return keep_and_retry(&api, obj, ctx, &uid, &what, &e).await;
+            }
+        };
+        match proof {
+            Proof::Proven => {}
+            Proof::Appearing if policy == DeletionPolicy::Orphan => {
+                // Untagging needs the VM listed: a NotFound now would leave it tagged.
+                return still_appearing(&api, obj, ctx, &instance_id, None).await;
+            }
+            Proof::Appearing => {}
+            other => return not_proven(&api, obj, ctx, &uid, &instance_id, other).await,
+        }
+    }
     if policy == DeletionPolicy::Orphan {
         return orphan(&api, obj, ctx, &uid, &region, &instance_id).await;
     }
@@ -67,10 +95,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     let gen = obj.metadata.generation;
 
     // wait-for-termination: the deletion was accepted earlier; wait until the VM is gone.
-    if obj
-        .condition("Ready")
-        .is_some_and(|c| c.reason == DELETION_ACCEPTED)
-    {
+    if accepted {
         return match ctx.describe_one(&region, &instance_id).await {
             Ok(None) => {
                 status::event(
@@ -147,6 +172,11 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     let decision = cleanup::decide(&outcome, &instance_id);
     tracing::info!(namespace = %ns, name = %obj.name_any(), %instance_id, attempt,
         decision = decision.code(), "DeleteInstances answered");
+    if appearing && matches!(decision, Decision::AlreadyGone { .. }) {
+        // The cloud may not see a VM this new even for DeleteInstances: NotFound proves
+        // nothing yet. A new token next time, or the recorded NotFound would be replayed.
+        return still_appearing(&api, obj, ctx, &instance_id, Some(attempt + 1)).await;
+    }
 
     if decision.releases_finalizer() {
         let (reason, note) = match &decision {
@@ -262,6 +292,96 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     status::patch(&api, obj, &st).await?;
     status::event(ctx, obj, warning, reason, "Delete", msg);
     Ok(Action::requeue(delay))
+}
+
+/// Whether this resource's VM may still be invisible to the cloud's API (just created).
+fn appearing(obj: &EcsInstance, ctx: &Context) -> bool {
+    let at = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.run_instances_at.as_ref());
+    ownership::appearing(at, ctx.settings.appear_window)
+}
+
+/// Current proof that the VM is this resource's: DescribeInstances just now, its uid tag
+/// against this resource's uid, and the claim recorded in status.
+async fn ownership_proof(
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    uid: &str,
+    region: &str,
+    id: &str,
+    appearing: bool,
+) -> Result<Proof, CloudError> {
+    let seen = ctx
+        .describe_one(region, id)
+        .await?
+        .map(|inst| ownership::carries_our_uid(&inst, uid));
+    let recorded = obj.status.as_ref().and_then(|s| s.ownership);
+    Ok(ownership::proof(recorded, appearing, seen))
+}
+
+/// The VM is not (provably) this resource's, or is gone: nothing is deleted.
+async fn not_proven(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    uid: &str,
+    id: &str,
+    proof: Proof,
+) -> Result<Action, Error> {
+    match proof {
+        Proof::Gone => {
+            let note = format!("VM {id} does not exist (DescribeInstances does not list it)");
+            status::event(ctx, obj, false, "AlreadyGone", "Delete", note);
+            release(api, obj, ctx, uid).await
+        }
+        Proof::NeverOwned => {
+            let note = format!("this resource never owned VM {id} (its ownership tags name another resource, or none); the VM is left untouched");
+            status::event(ctx, obj, false, "ReleasedWithoutVM", "Delete", note);
+            release(api, obj, ctx, uid).await
+        }
+        _ => {
+            let mut st = obj.status.clone().unwrap_or_default();
+            let gen = obj.metadata.generation;
+            let msg = format!("VM {id} no longer carries this resource's ownership tags (ecs.volcengine.io/uid, /cluster), so it is not deleted; the finalizer stays. Restore the tags, or remove the finalizer by hand to let go of the VM");
+            for t in ["Synced", "Ready"] {
+                set_condition(&mut st.conditions, t, false, OWNERSHIP_UNPROVEN, &msg, gen);
+            }
+            status::patch(api, obj, &st).await?;
+            status::event(ctx, obj, true, OWNERSHIP_UNPROVEN, "Delete", msg);
+            Ok(Action::requeue(ctx.backoff.next(uid)))
+        }
+    }
+}
+
+const OWNERSHIP_UNPROVEN: &str = "OwnershipUnproven";
+
+/// The VM was created moments ago and the cloud does not see it yet: keep the finalizer
+/// and look again (a new DeleteInstances token when `next_attempt` is given).
+async fn still_appearing(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    what: &str,
+    next_attempt: Option<u32>,
+) -> Result<Action, Error> {
+    let mut st = obj.status.clone().unwrap_or_default();
+    if next_attempt.is_some() {
+        st.deletion_attempt = next_attempt;
+    }
+    let msg = format!("{what} was created moments ago and the cloud does not list it yet (eventual consistency); the deletion waits for it");
+    let gen = obj.metadata.generation;
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        false,
+        "InstanceAppearing",
+        &msg,
+        gen,
+    );
+    status::patch(api, obj, &st).await?;
+    Ok(Action::requeue(ctx.settings.transition_poll))
 }
 
 /// deletionPolicy Orphan: the VM stays, but first loses this cluster's ownership tags, so

@@ -9,6 +9,7 @@ pub mod events;
 pub mod finalizer;
 pub mod observe;
 pub mod policy;
+pub mod ownership;
 pub mod reconcile;
 pub mod status;
 
@@ -51,6 +52,8 @@ pub struct Settings {
     /// `--on-missing-instance Recreate`: re-create a VM (that this operator created) which
     /// vanished outside Kubernetes, instead of only reporting it.
     pub recreate_missing: bool,
+    /// After RunInstances, how long a VM the cloud does not list is still appearing.
+    pub appear_window: Duration,
 }
 
 pub struct Context {
@@ -67,6 +70,8 @@ pub struct Context {
     /// Namespaces seen terminating (an Event create was refused): Events there are skipped
     /// for a while, since the API server refuses them and they would die with the namespace.
     pub terminating: std::sync::Mutex<HashMap<String, Instant>>,
+    /// The watch caches, once all of them synced (see `all_instances`).
+    caches: std::sync::Mutex<Option<Vec<reflector::Store<EcsInstance>>>>,
 }
 
 const TERMINATING_TTL: Duration = Duration::from_secs(60);
@@ -116,6 +121,7 @@ impl Context {
             ns_annotation: FreshMap::default(),
             crd_state: Fresh::default(),
             terminating: std::sync::Mutex::new(HashMap::new()),
+            caches: std::sync::Mutex::new(None),
         }
     }
 
@@ -146,6 +152,31 @@ impl Context {
                 .find(|i| i.instance_id == id)
                 .cloned()),
             Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// Every EcsInstance in the cluster, all namespaces: the watch cache when it covers
+    /// them all and has synced, else a paged cluster-wide list.
+    pub async fn all_instances(&self) -> Result<Vec<Arc<EcsInstance>>, kube::Error> {
+        if self.settings.namespaces.is_empty() {
+            let caches = match self.caches.lock() {
+                Ok(c) => c.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            if let Some(stores) = caches {
+                return Ok(stores.iter().flat_map(|s| s.state()).collect());
+            }
+        }
+        let api: Api<EcsInstance> = Api::all(self.client.clone());
+        let mut lp = kube::api::ListParams::default().limit(500);
+        let mut out = Vec::new();
+        loop {
+            let page = api.list(&lp).await?;
+            out.extend(page.items.into_iter().map(Arc::new));
+            match page.metadata.continue_ {
+                Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+                _ => return Ok(out),
+            }
         }
     }
 
@@ -266,17 +297,27 @@ pub async fn run(
     let mut runs = Vec::new();
     let n = apis.len();
     let synced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = Vec::new();
     for api in apis {
         let (reader, writer) = reflector::store();
+        readers.push(reader.clone());
         let stream = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
             .modify(slim)
             .reflect(writer)
             .applied_objects()
             .predicate_filter(trigger_hash, PredicateConfig::default());
-        let (ctx, shutdown, ready, synced) =
-            (ctx.clone(), shutdown.clone(), ready.clone(), synced.clone());
+        // `all_instances` reads the cache only for the one cluster-wide watch, whose
+        // reader is the only one in `readers` then.
+        let (ctx, shutdown, ready, synced, readers) = (
+            ctx.clone(),
+            shutdown.clone(),
+            ready.clone(),
+            synced.clone(),
+            readers.clone(),
+        );
         let reader2 = reader.clone();
+        let ctx2 = ctx.clone();
         runs.push(tokio::spawn(async move {
             tokio::spawn(async move {
                 // The store's readiness signal wakes only its latest waiter (the controller
@@ -291,6 +332,10 @@ pub async fn run(
                 }
                 tracing::info!("cache synced");
                 if synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
+                    match ctx2.caches.lock() {
+                        Ok(mut c) => *c = Some(readers),
+                        Err(p) => *p.into_inner() = Some(readers),
+                    }
                     ready.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
             });

@@ -22,6 +22,8 @@ pub(crate) struct Ctx<'a> {
     pub request_id: &'a str,
     pub client_token: Option<&'a str>,
     pub delays: Delays,
+    /// How long a new instance stays invisible to the real API (eventual consistency).
+    pub visibility_lag_ms: u64,
     /// Injected `OperationDetails` falsifications for batch actions.
     pub details: &'a DetailOverrides,
     /// Most instances a TagFilters query resolves (0 = no limit).
@@ -63,6 +65,7 @@ pub(crate) fn dispatch(
         Action::StartInstances => batch(store, ctx, p, action, start_one),
         Action::ModifyInstanceAttribute => modify(store, ctx, p),
         Action::UntagResources => untag(store, ctx, p),
+        Action::TagResources => tag(store, ctx, p),
     }
 }
 
@@ -191,6 +194,8 @@ fn run_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, A
             region: ctx.region.to_string(),
             inst,
             due: None,
+            visible_at: (ctx.visibility_lag_ms > 0)
+                .then(|| state::after(ctx.now, ctx.visibility_lag_ms)),
         });
         store.enter(&id, state::CREATING, &ctx.delays, ctx.now);
         instance_ids.push(id);
@@ -289,7 +294,7 @@ fn describe_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Do
     let mut page: Vec<Instance> = Vec::new();
     let mut more = false;
     let mut take = |r: &InstanceRec| {
-        if total >= limit || !filter.matches(ctx.region, r) {
+        if total >= limit || !r.visible(ctx.now) || !filter.matches(ctx.region, r) {
             return;
         }
         total += 1;
@@ -334,7 +339,7 @@ fn find<'s>(
 ) -> Result<&'s mut InstanceRec, ApiError> {
     store
         .get_mut(id, ctx.now)
-        .filter(|r| r.region == ctx.region)
+        .filter(|r| r.region == ctx.region && r.visible(ctx.now))
         .ok_or_else(ApiError::not_found)
 }
 
@@ -521,6 +526,53 @@ fn untag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError>
     Ok(done(EmptyResult {}))
 }
 
+/// TagResources for instances, as the SDK sends it (`ResourceIds.N`, `Tags.N.Key`,
+/// `Tags.N.Value`): all IDs must exist (checked first, so a failed call changes nothing); a
+/// key the VM already carries gets the new value.
+fn tag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
+    match p.require("ResourceType")? {
+        "instance" => {}
+        _ => return Err(ApiError::malformed("ResourceType")),
+    }
+    let ids = p.list("ResourceIds");
+    if ids.is_empty() {
+        return Err(ApiError::missing("ResourceIds"));
+    }
+    if ids.len() > MAX_IDS {
+        return Err(ApiError::malformed("ResourceIds"));
+    }
+    let mut tags = Vec::new();
+    for g in p.groups("Tags") {
+        let key = g
+            .non_empty("Key")
+            .ok_or_else(|| ApiError::missing("Tags.N.Key"))?;
+        let value = g.get("Value").unwrap_or("").to_string();
+        tags.push(Tag {
+            key: key.to_string(),
+            value,
+        });
+    }
+    if tags.is_empty() {
+        return Err(ApiError::missing("Tags"));
+    }
+    if tags.len() > 20 {
+        return Err(ApiError::malformed("Tags"));
+    }
+    for id in &ids {
+        find(store, ctx, id)?;
+    }
+    let now = ctx.now;
+    for id in &ids {
+        let r = find(store, ctx, id)?;
+        for t in &tags {
+            r.inst.tags.retain(|have| have.key != t.key);
+            r.inst.tags.push(t.clone());
+        }
+        r.inst.updated_at = Some(rfc3339(now));
+    }
+    Ok(done(EmptyResult {}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,6 +585,7 @@ mod tests {
             request_id: "r",
             client_token: Some("t"),
             delays: Delays::ZERO,
+            visibility_lag_ms: 0,
             details: &NO_OVERRIDES,
             tag_filter_limit: 0,
         }
@@ -599,6 +652,74 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tags(&mut s, &a), ["env"]);
+    }
+
+    #[test]
+    fn tag_adds_and_overwrites_and_is_all_or_nothing() {
+        let mut s = Store::default();
+        let a = run(&mut s, "&Tags.1.Key=owner&Tags.1.Value=x");
+        let tag = |s: &mut Store, q: &str| {
+            dispatch(s, &ctx(Timestamp::now()), Action::TagResources, &p(q))
+        };
+        let tags = |s: &mut Store, id: &str| -> Vec<(String, String)> {
+            let r = s.get_mut(id, Timestamp::now()).unwrap();
+            r.inst
+                .tags
+                .iter()
+                .map(|t| (t.key.clone(), t.value.clone()))
+                .collect()
+        };
+        let e = tag(
+            &mut s,
+            &format!("ResourceType=instance&ResourceIds.1={a}&ResourceIds.2=i-nope&Tags.1.Key=owner&Tags.1.Value=y"),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "InvalidInstance.NotFound");
+        assert_eq!(tags(&mut s, &a), [("owner".into(), "x".into())]);
+        let e = tag(&mut s, &format!("ResourceType=instance&ResourceIds.1={a}")).unwrap_err();
+        assert_eq!(e.code, "MissingParameter.Tags");
+        tag(
+            &mut s,
+            &format!("ResourceType=instance&ResourceIds.1={a}&Tags.1.Key=owner&Tags.1.Value=y&Tags.2.Key=env&Tags.2.Value=dev"),
+        )
+        .unwrap();
+        assert_eq!(
+            tags(&mut s, &a),
+            [("owner".into(), "y".into()), ("env".into(), "dev".into())]
+        );
+    }
+
+    #[test]
+    fn a_new_instance_is_invisible_to_the_api_during_the_lag() {
+        let mut s = Store::default();
+        let t0 = Timestamp::now();
+        let lagged = Ctx {
+            visibility_lag_ms: 60_000,
+            ..ctx(t0)
+        };
+        let q = p("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm&Tags.1.Key=uid&Tags.1.Value=u1");
+        let d = dispatch(&mut s, &lagged, Action::RunInstances, &q).unwrap();
+        let id = d.result["InstanceIds"][0].as_str().unwrap().to_string();
+        let count = |s: &mut Store, at: Timestamp, q: &str| {
+            let d = dispatch(s, &ctx(at), Action::DescribeInstances, &p(q)).unwrap();
+            d.result["Instances"].as_array().unwrap().len()
+        };
+        let later = state::after(t0, 61_000);
+        for q in [
+            format!("InstanceIds.1={id}"),
+            "TagFilters.1.Key=uid&TagFilters.1.Values.1=u1".into(),
+        ] {
+            assert_eq!(count(&mut s, t0, &q), 0, "{q}");
+            assert_eq!(count(&mut s, later, &q), 1, "{q}");
+        }
+        // DeleteInstances does not see it either: NotFound, and nothing is deleted.
+        let del = p(&format!("InstanceIds.1={id}"));
+        let d = dispatch(&mut s, &ctx(t0), Action::DeleteInstances, &del).unwrap();
+        assert_eq!(d.instance_codes, vec!["InvalidInstance.NotFound"]);
+        assert!(s.deletions().is_empty() && s.contains(&id));
+        let d = dispatch(&mut s, &ctx(later), Action::DeleteInstances, &del).unwrap();
+        assert_eq!(d.instance_codes, vec!["OK"]);
+        assert_eq!(s.deletions().len(), 1);
     }
 
     #[test]

@@ -205,6 +205,7 @@ fn build(
         },
         region,
         due: None,
+        visible_at: None,
     }
 }
 
@@ -445,6 +446,7 @@ struct ConfigDoc {
     expired_tokens: Option<Vec<String>>,
     max_clock_skew_secs: Option<u64>,
     tag_filter_limit: Option<usize>,
+    visibility_lag_ms: Option<u64>,
 }
 
 fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
@@ -459,6 +461,7 @@ fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
         expired_tokens: Some(c.expired_tokens.clone()),
         max_clock_skew_secs: Some(c.max_clock_skew_secs),
         tag_filter_limit: Some(c.tag_filter_limit),
+        visibility_lag_ms: Some(c.visibility_lag_ms),
     }
 }
 
@@ -501,6 +504,9 @@ async fn set_config(State(emu): Emu, body: Bytes) -> Response {
     }
     if let Some(v) = d.tag_filter_limit {
         c.tag_filter_limit = v;
+    }
+    if let Some(v) = d.visibility_lag_ms {
+        c.visibility_lag_ms = v;
     }
     Json(config_doc(c)).into_response()
 }

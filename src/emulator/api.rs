@@ -351,6 +351,7 @@ async fn execute(
         request_id: &meta.request_id,
         client_token: token.as_deref(),
         delays: inner.cfg.delays,
+        visibility_lag_ms: inner.cfg.visibility_lag_ms,
         details: &details,
         tag_filter_limit: inner.cfg.tag_filter_limit,
     };

@@ -21,6 +21,14 @@
 //!   and NextToken walk only those, and TotalCount says 1,000, so nothing in the answer shows
 //!   the cut (the hardest case for a client). `--tag-filter-limit N` (0 = no limit) and
 //!   `tag_filter_limit` in `/_emulator/config` change it; without TagFilters there is none.
+//! - TagResources overwrites the value of a key the instance already carries, and like
+//!   UntagResources fails as a whole (`InvalidInstance.NotFound`) if any ID is unknown;
+//! - eventual consistency (`--visibility-lag-ms`, admin config `visibility_lag_ms`, default
+//!   0 = off): for that long after RunInstances the new instance is invisible to the whole
+//!   real API: DescribeInstances by ID and by TagFilters do not return it, and
+//!   DeleteInstances (like every other action naming it) answers `InvalidInstance.NotFound`
+//!   without deleting it. That is the unfavourable case: a client that takes this NotFound
+//!   for "already gone" leaks the VM. The admin API always sees it.
 
 mod actions;
 mod admin;
@@ -97,6 +105,10 @@ pub struct EmulatorArgs {
     /// (0 = no limit).
     #[arg(long, default_value_t = DEFAULT_TAG_FILTER_LIMIT)]
     pub tag_filter_limit: usize,
+    /// Eventual consistency: a new instance stays invisible to the real API this long after
+    /// RunInstances (0 = visible at once).
+    #[arg(long, default_value_t = 0)]
+    pub visibility_lag_ms: u64,
 }
 
 /// Volcengine's documented TagFilters limit.
@@ -119,6 +131,8 @@ pub struct EmulatorConfig {
     pub call_log_limit: usize,
     /// Most instances a TagFilters query resolves (0 = no limit).
     pub tag_filter_limit: usize,
+    /// How long a new instance stays invisible to the real API after RunInstances.
+    pub visibility_lag_ms: u64,
 }
 
 impl Default for EmulatorConfig {
@@ -133,6 +147,7 @@ impl Default for EmulatorConfig {
             max_clock_skew_secs: 900,
             call_log_limit: 200_000,
             tag_filter_limit: DEFAULT_TAG_FILTER_LIMIT,
+            visibility_lag_ms: 0,
         }
     }
 }
@@ -157,6 +172,7 @@ impl From<&EmulatorArgs> for EmulatorConfig {
             replay: !a.no_replay,
             max_clock_skew_secs: a.max_clock_skew_secs,
             tag_filter_limit: a.tag_filter_limit,
+            visibility_lag_ms: a.visibility_lag_ms,
             ..Self::default()
         }
     }

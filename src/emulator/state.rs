@@ -92,9 +92,17 @@ pub struct InstanceRec {
     pub inst: Instance,
     /// When the current transitional state ends.
     pub due: Option<Timestamp>,
+    /// Eventual consistency after RunInstances: until then the real API does not see the
+    /// instance (the admin API always does). None: visible at once.
+    pub visible_at: Option<Timestamp>,
 }
 
 impl InstanceRec {
+    /// Whether the real API sees the instance yet (see `visible_at`).
+    pub fn visible(&self, now: Timestamp) -> bool {
+        self.visible_at.is_none_or(|t| t <= now)
+    }
+
     /// Applies a due transition; true when the instance is gone.
     fn settle(&mut self, now: Timestamp) -> bool {
         let Some(due) = self.due else {
@@ -341,6 +349,7 @@ mod tests {
                 ..Default::default()
             },
             due: None,
+            visible_at: None,
         }
     }
 
