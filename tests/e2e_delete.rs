@@ -173,22 +173,33 @@ async fn a_vm_already_gone_releases_the_resource_promptly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resource_without_a_vm_is_released_without_a_cloud_call() {
+    // A resource whose VM was never made (every RunInstances refused with a terminal code):
+    // deleting it looks the VM up by its uid tag, finds none, and releases the resource with
+    // no DeleteInstances. (An empty spec, which reached this path before, is now refused at
+    // admission: tests/e2e_admission.rs.)
     let client = client().await;
     let ns = namespace(&client, "e2e-novm").await;
     let emu = Emulator::start("novm", &[]);
+    emu.faults(
+        "RunInstances",
+        json!({"fail_next": 1000, "error_code": "InvalidParameter", "error_status": 400}),
+    )
+    .await;
     let _op = Operator::start("novm", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    create(&api, "empty", json!({})).await;
-    wait_for(20, "InvalidSpec condition", || async {
-        let o = api.get("empty").await.ok()?;
-        (o.condition("Ready")?.reason == "InvalidSpec").then_some(())
+    let spec = json!({"create": {"zoneId": "cn-beijing-a", "imageId": "image-abc",
+        "instanceTypeId": "ecs.g1ie.large", "subnetId": "subnet-1", "securityGroupIds": ["sg-1"],
+        "systemVolume": {"size": 40}}});
+    create(&api, "empty", spec).await;
+    wait_for(20, "RunInstances refused", || async {
+        (!emu.calls("RunInstances").await.is_empty()).then_some(())
     })
     .await;
     assert_eq!(has_finalizer(&api, "empty").await, Some(true));
     delete(&api, "empty").await;
-    wait_for(10, "resource gone", || gone(&api, "empty")).await;
+    wait_for(20, "resource gone", || gone(&api, "empty")).await;
     assert!(emu.calls("DeleteInstances").await.is_empty());
-    assert!(emu.calls("RunInstances").await.is_empty());
+    assert!(emu.instances().await.is_empty(), "no VM was ever made");
 }
 
 #[tokio::test(flavor = "multi_thread")]

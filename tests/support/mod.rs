@@ -185,6 +185,11 @@ impl Emulator {
         v["InstanceId"].as_str().expect("InstanceId").to_string()
     }
 
+    /// Every VM the emulator holds (deleted ones included until they expire).
+    pub async fn instances(&self) -> Vec<Value> {
+        self.get("instances").await.as_array().cloned().unwrap_or_default()
+    }
+
     pub async fn instance(&self, id: &str) -> Option<Value> {
         let all = self.get("instances").await;
         all.as_array()
