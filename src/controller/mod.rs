@@ -8,8 +8,8 @@ pub mod delete;
 pub mod events;
 pub mod finalizer;
 pub mod observe;
-pub mod policy;
 pub mod ownership;
+pub mod policy;
 pub mod reconcile;
 pub mod status;
 

@@ -187,7 +187,11 @@ impl Emulator {
 
     /// Every VM the emulator holds (deleted ones included until they expire).
     pub async fn instances(&self) -> Vec<Value> {
-        self.get("instances").await.as_array().cloned().unwrap_or_default()
+        self.get("instances")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn instance(&self, id: &str) -> Option<Value> {
