@@ -22,6 +22,16 @@ SUMMARY=()
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Checks a tier's output reports: cargo's "test result: ok. N passed", pytest's "N passed", the
+# Lua tests' "N/M passed", and the "CHECKS N" lines of the lint steps.
+count_checks() {
+  {
+    grep -Eo 'test result: [a-z]+\. [0-9]+ passed' "$1" | awk '{print $4}' || true
+    grep -Eo '^[0-9]+(/[0-9]+)? passed' "$1" | sed 's|/[0-9]*||' | awk '{print $1}' || true
+    grep -Eo '^CHECKS [0-9]+' "$1" | awk '{print $2}' || true
+  } | awk '{s+=$1} END {print s+0}' || true
+}
+
 # tier NAME COMMAND...: runs the tier, counts its checks (cargo's "test result" lines, pytest's
 # and Lua's "N passed" lines, and "CHECKS N" lines the lint steps print), records one summary line.
 tier() {
@@ -35,9 +45,7 @@ tier() {
   local rc=${PIPESTATUS[0]}
   set -e
   local passed
-  passed=$(grep -Eo 'test result: [a-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-  passed=$((passed + $(grep -Eo '^[0-9]+(/[0-9]+)? passed' "$log" | sed 's|/[0-9]*||' | awk '{s+=$1} END {print s+0}')))
-  passed=$((passed + $(grep -Eo '^CHECKS [0-9]+' "$log" | awk '{s+=$2} END {print s+0}')))
+  passed=$(count_checks "$log")
   rm -f "$log"
   TOTAL_PASSED=$((TOTAL_PASSED + passed))
   SUMMARY+=("$(printf 'tier %-11s %-4s %5d checks %5d s' "$name" "$([[ $rc -eq 0 ]] && echo ok || echo FAIL)" "$passed" $((SECONDS - t0)))")
