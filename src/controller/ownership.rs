@@ -219,8 +219,15 @@ mod tests {
         let claim = |s: Option<&str>| Claim {
             stale_owner: s.map(str::to_string),
         };
+        type Row<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a Others,
+            Verdict,
+        );
         #[rustfmt::skip]
-        let rows: Vec<(&str, Option<&str>, Option<&str>, &Others, Verdict)> = vec![
+        let rows: Vec<Row> = vec![
             // what                                 cluster tag   uid tag       others  verdict
             ("untagged, nobody else",               None,         None,         &none,  claim(None)),
             ("already ours",                        Some("c1"),   Some("me"),   &none,  Ours),
