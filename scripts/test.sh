@@ -81,6 +81,7 @@ lint() {
   cargo clippy --all-targets -q -- -D warnings
   echo "CHECKS 1"
   step "cargo deny check licenses bans sources"
+  cargo fetch -q # every platform's crates: cargo-deny's metadata needs them all offline
   cargo deny --offline --log-level error check licenses bans sources
   echo "CHECKS 1"
   step "shellcheck scripts/*.sh .ci/run"
