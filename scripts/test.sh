@@ -126,7 +126,7 @@ wire() {
 e2e_newest() {
   K8S_VERSION="$K8S_NEWEST" bash scripts/control-plane.sh up "$ECS_CP_DIR"
   # shellcheck disable=SC2046
-  cargo test -q $(e2e_targets) -- --test-threads "$E2E_THREADS"
+  cargo test -q --no-fail-fast $(e2e_targets) -- --test-threads "$E2E_THREADS"
 }
 
 # The oldest supported release runs the suites whose behaviour depends on the API server:
@@ -138,7 +138,7 @@ e2e_oldest() {
     [[ -f tests/$t.rs ]] && targets+=(--test "$t")
   done
   local rc=0
-  ECS_CP_DIR="$OLDEST_CP_DIR" cargo test -q "${targets[@]}" -- --test-threads "$E2E_THREADS" || rc=$?
+  ECS_CP_DIR="$OLDEST_CP_DIR" cargo test -q --no-fail-fast "${targets[@]}" -- --test-threads "$E2E_THREADS" || rc=$?
   bash scripts/control-plane.sh down "$OLDEST_CP_DIR" >/dev/null 2>&1 || true
   return "$rc"
 }

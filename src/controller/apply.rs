@@ -302,7 +302,7 @@ async fn appearing(
 }
 
 /// Claims the VM for this resource, or refuses it. `None`: the VM is ours, go on.
-async fn ensure_owned(
+pub(super) async fn ensure_owned(
     obj: &EcsInstance,
     ctx: &Arc<Context>,
     api: &Api<EcsInstance>,

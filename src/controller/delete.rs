@@ -336,6 +336,23 @@ async fn not_proven(
             status::event(ctx, obj, false, "AlreadyGone", "Delete", note);
             release(api, obj, ctx, uid).await
         }
+        Proof::NeverOwned if recorded_none(obj) => {
+            // Adopted, but no claim ever reached the cloud (say the credentials were broken
+            // until now): the same claim-or-refuse step as the apply path, then a fresh look.
+            // A claimed VM is then proven ours and deleted; a refused one is left alone.
+            let region = ctx.region_of(obj);
+            let inst = match ctx.describe_one(&region, id).await {
+                Ok(Some(inst)) => inst,
+                Ok(None) => return Ok(Action::requeue(ctx.backoff.next(uid))),
+                Err(e) => {
+                    let what = format!("claiming VM {id} before deleting it (DescribeInstances)");
+                    return keep_and_retry(api, obj, ctx, uid, &what, &e).await;
+                }
+            };
+            let mut st = obj.status.clone().unwrap_or_default();
+            let next = super::apply::ensure_owned(obj, ctx, api, &mut st, &region, &inst).await?;
+            Ok(next.unwrap_or_else(|| Action::requeue(ctx.backoff.next(uid))))
+        }
         Proof::NeverOwned => {
             let note = format!("this resource never owned VM {id} (its ownership tags name another resource, or none); the VM is left untouched");
             status::event(ctx, obj, false, "ReleasedWithoutVM", "Delete", note);
@@ -356,6 +373,11 @@ async fn not_proven(
 }
 
 const OWNERSHIP_UNPROVEN: &str = "OwnershipUnproven";
+
+/// No ownership verdict was ever recorded (neither `Claimed` nor `Refused`).
+fn recorded_none(obj: &EcsInstance) -> bool {
+    obj.status.as_ref().and_then(|s| s.ownership).is_none()
+}
 
 /// The VM was created moments ago and the cloud does not see it yet: keep the finalizer
 /// and look again (a new DeleteInstances token when `next_attempt` is given).
@@ -460,14 +482,10 @@ async fn hold(
     tracing::info!(namespace = ?obj.metadata.namespace, name = %obj.name_any(), reason, message = %msg, "deletion held");
     ctx.metrics.deletion_held(reason);
     let mut st = obj.status.clone().unwrap_or_default();
-    set_condition(
-        &mut st.conditions,
-        "Synced",
-        false,
-        reason,
-        &msg,
-        obj.metadata.generation,
-    );
+    let gen = obj.metadata.generation;
+    set_condition(&mut st.conditions, "Synced", false, reason, &msg, gen);
+    // Ready says the same as after a failed DeleteInstances: deleting, and why it waits.
+    set_condition(&mut st.conditions, "Ready", false, "Deleting", &msg, gen);
     status::patch(api, obj, &st).await?;
     status::event(ctx, obj, true, reason, "Delete", msg);
     Ok(Action::requeue(ctx.backoff.next(uid)))

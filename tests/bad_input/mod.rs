@@ -384,6 +384,10 @@ pub async fn expect_delete_failure(
     sees_calls: bool,
     ev: &Evidence,
 ) {
+    // Before DeleteInstances the operator proves ownership with DescribeInstances, so an
+    // error every action gets (credentials, region, endpoint) stops the deletion there.
+    let calls_before = emu.calls_naming("DescribeInstances", id).await
+        + emu.calls_naming("DeleteInstances", id).await;
     delete(api, name).await;
     let o = wait_for(
         40,
@@ -415,7 +419,7 @@ pub async fn expect_delete_failure(
                     t == "Warning"
                         && r == reason
                         && n.contains(code)
-                        && n.contains("DeleteInstances")
+                        && (n.contains("DeleteInstances") || n.contains("DescribeInstances"))
                 })
                 .then_some(())
         },
@@ -424,8 +428,12 @@ pub async fn expect_delete_failure(
     if sees_calls {
         wait_for(
             30,
-            &format!("{name}: a retried DeleteInstances"),
-            || async { (emu.calls_naming("DeleteInstances", id).await >= 2).then_some(()) },
+            &format!("{name}: a retried cloud call naming the VM"),
+            || async {
+                let n = emu.calls_naming("DescribeInstances", id).await
+                    + emu.calls_naming("DeleteInstances", id).await;
+                (n >= calls_before + 2).then_some(())
+            },
         )
         .await;
     } else {
