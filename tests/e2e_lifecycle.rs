@@ -372,6 +372,58 @@ async fn wait_for_termination_keeps_the_finalizer_until_the_vm_is_gone() {
     assert_eq!(emu.deletions_of(&id).await, 1);
 }
 
+/// The cloud accepts a deletion and then rolls it back (the VM returns to RUNNING): the
+/// operator sees the VM back, re-sends DeleteInstances with a new token, and releases the
+/// finalizer only once the VM is gone, deleted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reverted_deletion_is_sent_again_with_a_new_token() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-revert").await;
+    let emu = Emulator::start("revert", &["--delete-delay-ms", "1500"]);
+    let _op = Operator::start("revert", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "vm",
+        json!({"instanceId": id, "waitForTermination": true}),
+    )
+    .await;
+    ready(&api, "vm").await;
+    emu.faults("DeleteInstances", json!({"revert_next_deletions": 1}))
+        .await;
+    delete(&api, "vm").await;
+    wait_for(60, "gone", || async {
+        if emu.instance(&id).await.is_some() {
+            // The VM exists: the finalizer must be there.
+            assert_eq!(has_finalizer(&api, "vm").await.unwrap_or(true), true);
+        }
+        gone(&api, "vm").await
+    })
+    .await;
+    assert!(
+        emu.instance(&id).await.is_none(),
+        "released only after the VM is gone"
+    );
+    assert_eq!(emu.deletions_of(&id).await, 1, "deleted once in the end");
+    let log = emu.get("deletions").await;
+    let mine: Vec<&serde_json::Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["instance_id"] == id.as_str())
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[0]["reverted"], true);
+    assert_ne!(mine[0]["client_token"], mine[1]["client_token"], "{mine:?}");
+    let evs = events(&client, &ns, "vm").await;
+    assert!(
+        evs.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "DeletionReverted"),
+        "{evs:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn schema_rejects_malformed_specs() {
     let client = client().await;
