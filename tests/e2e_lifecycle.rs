@@ -424,6 +424,46 @@ async fn a_reverted_deletion_is_sent_again_with_a_new_token() {
     );
 }
 
+/// A VM that stays DELETING past --termination-timeout-secs: Stalled=True with a reason and
+/// a Warning Event, the finalizer kept, and the wait goes on until the VM is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_termination_reports_stalled_and_keeps_waiting() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-slowterm").await;
+    let emu = Emulator::start("slowterm", &["--delete-delay-ms", "8000"]);
+    let _op = Operator::start("slowterm", &ns, &emu, &["--termination-timeout-secs", "2"]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "vm",
+        json!({"instanceId": id, "waitForTermination": true}),
+    )
+    .await;
+    ready(&api, "vm").await;
+    delete(&api, "vm").await;
+    let stalled = wait_for(20, "Stalled TerminationTimeout", || async {
+        let o = api.get("vm").await.ok()?;
+        let c = o.condition("Stalled")?;
+        (c.status == "True" && c.reason == "TerminationTimeout").then_some(o)
+    })
+    .await;
+    assert!(stalled
+        .finalizers()
+        .iter()
+        .any(|f| f == ecs_operator::api::FINALIZER));
+    assert!(emu.instance(&id).await.is_some(), "still DELETING");
+    let evs = events(&client, &ns, "vm").await;
+    assert!(
+        evs.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "TerminationTimeout"),
+        "{evs:?}"
+    );
+    wait_for(30, "gone", || gone(&api, "vm")).await;
+    assert!(emu.instance(&id).await.is_none());
+    assert_eq!(emu.deletions_of(&id).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn schema_rejects_malformed_specs() {
     let client = client().await;
