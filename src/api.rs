@@ -264,6 +264,10 @@ pub struct EcsInstanceStatus {
     /// never vanished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_instances_at: Option<Time>,
+    /// `spec.waitForTermination`: when DeleteInstances was last accepted; the wait for the
+    /// VM to disappear is bounded from this time (`--termination-timeout-secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_accepted_at: Option<Time>,
     /// `Claimed`: the VM carries this resource's ownership tags (written by RunInstances, or
     /// by TagResources when adopting). `Refused`: another resource or cluster manages the
     /// VM; this resource never touches it and deleting it leaves the VM alone.

@@ -221,6 +221,11 @@ pub struct RunArgs {
     /// it), not vanished. Seconds.
     #[arg(long, env = "ECS_INSTANCE_APPEAR_WINDOW_SECS", default_value_t = 600)]
     pub instance_appear_window_secs: u64,
+    /// `spec.waitForTermination`: how long after an accepted DeleteInstances the VM may
+    /// still be listed (DELETING) before the resource reports Stalled=True
+    /// TerminationTimeout (it keeps its finalizer and keeps waiting). Seconds.
+    #[arg(long, env = "ECS_TERMINATION_TIMEOUT_SECS", default_value_t = 1800)]
+    pub termination_timeout_secs: u64,
     /// Leak sweeper: seconds between sweeps (0 = off).
     #[arg(long, env = "ECS_SWEEP_INTERVAL_SECS", default_value_t = 0)]
     pub sweep_interval_secs: u64,

@@ -210,6 +210,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .collect(),
         recreate_missing: args.on_missing_instance == OnMissing::Recreate,
         appear_window: Duration::from_secs(args.instance_appear_window_secs),
+        termination_timeout: Duration::from_secs(args.termination_timeout_secs),
     };
     tracing::info!(endpoint = %args.cloud.endpoint, region = %args.cloud.region, namespaces = ?settings.namespaces, "starting ecs-operator");
     let token = CancellationToken::new();

@@ -680,3 +680,74 @@ async fn deletion_during_the_visibility_lag_deletes_the_vm_once() {
     );
     assert_eq!(emu.calls("RunInstances").await.len(), 1);
 }
+
+/// One member of a DeleteInstances batch makes the cloud reject the whole call: the batch is
+/// split, every other member is deleted once, and only the poisoned one is held, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poisoned_member_never_holds_back_its_batch() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-poison").await;
+    let emu = Emulator::start("poison", &["--delete-delay-ms", "0"]);
+    // A long idle gap so that the five deletions share their batches.
+    let _op = Operator::start("poison", &ns, &emu, &["--batch-idle-ms", "500"]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = emu.seed(json!({"Status": "RUNNING"})).await;
+        adopt(&api, &format!("vm-{i}"), &id).await;
+        ids.push(id);
+    }
+    let bad = ids[2].clone();
+    for action in ["DeleteInstances", "DescribeInstances"] {
+        emu.faults(action, json!({"poison_ids": [bad]})).await;
+    }
+    for i in 0..5 {
+        delete(&api, &format!("vm-{i}")).await;
+    }
+    for i in [0, 1, 3, 4] {
+        let name = format!("vm-{i}");
+        wait_for(30, &format!("{name} gone"), || gone(&api, &name)).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let want = usize::from(i != 2);
+        assert_eq!(emu.deletions_of(id).await, want, "vm-{i} {id}");
+    }
+    // A batch naming the poisoned VM was refused as a whole at least once.
+    let refused = emu
+        .calls("DescribeInstances")
+        .await
+        .into_iter()
+        .chain(emu.calls("DeleteInstances").await)
+        .filter(|c| c["fault"] == "poisoned_id")
+        .count();
+    assert!(refused >= 1);
+    let held = wait_for(20, "poisoned resource says why", || async {
+        let o = api.get("vm-2").await.ok()?;
+        let c = o.condition("Synced")?;
+        (c.status == "False" && c.message.contains("InvalidInstanceId.Malformed")).then_some(o)
+    })
+    .await;
+    assert!(held
+        .finalizers()
+        .iter()
+        .any(|f| f == ecs_operator::api::FINALIZER));
+    let evs = events(&client, &ns, "vm-2").await;
+    assert!(
+        evs.iter()
+            .any(|(t, _, n)| t == "Warning" && n.contains("InvalidInstanceId.Malformed")),
+        "{evs:?}"
+    );
+    for action in ["DeleteInstances", "DescribeInstances"] {
+        emu.send(
+            reqwest::Method::DELETE,
+            &format!("faults/{action}"),
+            json!({}),
+        )
+        .await;
+    }
+    wait_for(60, "vm-2 gone once the fault is cleared", || {
+        gone(&api, "vm-2")
+    })
+    .await;
+    assert_eq!(emu.deletions_of(&bad).await, 1);
+}

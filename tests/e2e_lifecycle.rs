@@ -372,6 +372,102 @@ async fn wait_for_termination_keeps_the_finalizer_until_the_vm_is_gone() {
     assert_eq!(emu.deletions_of(&id).await, 1);
 }
 
+/// The cloud accepts a deletion and then rolls it back (the VM returns to RUNNING): the
+/// operator sees the VM back, re-sends DeleteInstances with a new token, and releases the
+/// finalizer only once the VM is gone, deleted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reverted_deletion_is_sent_again_with_a_new_token() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-revert").await;
+    let emu = Emulator::start("revert", &["--delete-delay-ms", "1500"]);
+    let _op = Operator::start("revert", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "vm",
+        json!({"instanceId": id, "waitForTermination": true}),
+    )
+    .await;
+    ready(&api, "vm").await;
+    emu.faults("DeleteInstances", json!({"revert_next_deletions": 1}))
+        .await;
+    delete(&api, "vm").await;
+    wait_for(60, "gone", || async {
+        let released = gone(&api, "vm").await;
+        if released.is_some() {
+            // Checked after the release: a VM still there now was there then.
+            assert!(
+                emu.instance(&id).await.is_none(),
+                "finalizer released while the VM exists"
+            );
+        }
+        released
+    })
+    .await;
+    assert!(
+        emu.instance(&id).await.is_none(),
+        "released only after the VM is gone"
+    );
+    assert_eq!(emu.deletions_of(&id).await, 1, "deleted once in the end");
+    let log = emu.get("deletions").await;
+    let mine: Vec<&serde_json::Value> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["instance_id"] == id.as_str())
+        .collect();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[0]["reverted"], true);
+    assert_ne!(mine[0]["client_token"], mine[1]["client_token"], "{mine:?}");
+    let evs = events(&client, &ns, "vm").await;
+    assert!(
+        evs.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "DeletionReverted"),
+        "{evs:?}"
+    );
+}
+
+/// A VM that stays DELETING past --termination-timeout-secs: Stalled=True with a reason and
+/// a Warning Event, the finalizer kept, and the wait goes on until the VM is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_termination_reports_stalled_and_keeps_waiting() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-slowterm").await;
+    let emu = Emulator::start("slowterm", &["--delete-delay-ms", "8000"]);
+    let _op = Operator::start("slowterm", &ns, &emu, &["--termination-timeout-secs", "2"]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "vm",
+        json!({"instanceId": id, "waitForTermination": true}),
+    )
+    .await;
+    ready(&api, "vm").await;
+    delete(&api, "vm").await;
+    let stalled = wait_for(20, "Stalled TerminationTimeout", || async {
+        let o = api.get("vm").await.ok()?;
+        let c = o.condition("Stalled")?;
+        (c.status == "True" && c.reason == "TerminationTimeout").then_some(o)
+    })
+    .await;
+    assert!(stalled
+        .finalizers()
+        .iter()
+        .any(|f| f == ecs_operator::api::FINALIZER));
+    assert!(emu.instance(&id).await.is_some(), "still DELETING");
+    let evs = events(&client, &ns, "vm").await;
+    assert!(
+        evs.iter()
+            .any(|(t, r, _)| t == "Warning" && r == "TerminationTimeout"),
+        "{evs:?}"
+    );
+    wait_for(30, "gone", || gone(&api, "vm")).await;
+    assert!(emu.instance(&id).await.is_none());
+    assert_eq!(emu.deletions_of(&id).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn schema_rejects_malformed_specs() {
     let client = client().await;

@@ -15,6 +15,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::cloud::{CloudError, ErrorClass};
+
 /// One resource's request: which region and instance, plus whatever the call needs
 /// (for deletions: the uid and attempt that make up the ClientToken).
 pub struct Pending<I, O> {
@@ -26,6 +28,25 @@ pub struct Pending<I, O> {
 /// Sends one batch; every member receives the same (shared) outcome and reads its own part.
 pub trait BatchCall<I, O>: Send + Sync + 'static {
     fn call(&self, region: String, items: Vec<I>) -> BoxFuture<'static, O>;
+
+    /// Whether this outcome is a call-level failure that one member may have caused: then
+    /// the batch is retried at once as two halves, each its own call (recursively, down to
+    /// single members), so no member holds back the others.
+    fn split(&self, _outcome: &O) -> bool {
+        false
+    }
+}
+
+/// Whether a failed batch call is split (see `BatchCall::split`). Pure.
+///
+/// Only a refusal of the request itself (class `Terminal`: a malformed or unknown ID, a
+/// parameter the cloud rejects, a VM in a state that fails the whole call) can be caused by
+/// one member. Throttling, 5xx, timeouts, network errors and bad bodies are the cloud's or
+/// the wire's state, and auth errors the credentials': splitting those would multiply the
+/// calls (up to 2n-1) exactly when the cloud is overloaded or refusing everyone. Only an
+/// answer the cloud gave (`CloudError::Api`) counts: a local failure sent nothing.
+pub fn split_after(e: &CloudError) -> bool {
+    matches!(e, CloudError::Api { .. }) && e.class() == ErrorClass::Terminal
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +81,7 @@ impl<I, O> Clone for Batcher<I, O> {
 /// Hook for the queue-depth metric.
 pub type DepthObserver = Arc<dyn Fn(i64) + Send + Sync>;
 
-impl<I: Send + 'static, O: Send + Sync + 'static> Batcher<I, O> {
+impl<I: Clone + Send + 'static, O: Send + Sync + 'static> Batcher<I, O> {
     pub fn spawn(
         cfg: BatchConfig,
         caller: Arc<dyn BatchCall<I, O>>,
@@ -85,7 +106,7 @@ impl<I: Send + 'static, O: Send + Sync + 'static> Batcher<I, O> {
     }
 }
 
-async fn run<I: Send + 'static, O: Send + Sync + 'static>(
+async fn run<I: Clone + Send + 'static, O: Send + Sync + 'static>(
     cfg: BatchConfig,
     caller: Arc<dyn BatchCall<I, O>>,
     mut rx: mpsc::UnboundedReceiver<Pending<I, O>>,
@@ -175,21 +196,41 @@ fn add<I, O>(open: &mut OpenBatches<I, O>, p: Pending<I, O>) {
         .push(p);
 }
 
-fn dispatch<I: Send + 'static, O: Send + Sync + 'static>(
+fn dispatch<I: Clone + Send + 'static, O: Send + Sync + 'static>(
     caller: &Arc<dyn BatchCall<I, O>>,
     region: String,
     batch: Vec<Pending<I, O>>,
 ) {
     let (items, replies): (Vec<I>, Vec<oneshot::Sender<Arc<O>>>) =
         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-    let fut = caller.call(region, items);
-    tokio::spawn(async move {
-        let out = Arc::new(fut.await);
+    tokio::spawn(send(caller.clone(), region, items, replies));
+}
+
+/// One call for `items`; on a failure `split` accepts, the two halves go out as separate
+/// calls (concurrently), so each member ends up with the answer of the smallest call that
+/// named it, and a member that alone fails the call is answered alone.
+fn send<I: Clone + Send + 'static, O: Send + Sync + 'static>(
+    caller: Arc<dyn BatchCall<I, O>>,
+    region: String,
+    mut items: Vec<I>,
+    mut replies: Vec<oneshot::Sender<Arc<O>>>,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let out = caller.call(region.clone(), items.clone()).await;
+        if items.len() > 1 && caller.split(&out) {
+            let mid = items.len() / 2;
+            let (items2, replies2) = (items.split_off(mid), replies.split_off(mid));
+            let a = send(caller.clone(), region.clone(), items, replies);
+            let b = send(caller, region, items2, replies2);
+            futures::future::join(a, b).await;
+            return;
+        }
+        let out = Arc::new(out);
         for r in replies {
             // A member that gave up (its reconcile was cancelled) just misses the answer.
             let _ = r.send(out.clone());
         }
-    });
+    })
 }
 
 #[cfg(test)]
@@ -207,6 +248,115 @@ mod tests {
             let n = items.len();
             self.0.lock().unwrap().push((region, items));
             Box::pin(async move { n })
+        }
+    }
+
+    /// Fails (call-level) every call naming 13.
+    struct Poisoned(Mutex<Calls>);
+
+    impl BatchCall<u32, Result<Vec<u32>, ()>> for Arc<Poisoned> {
+        fn call(
+            &self,
+            region: String,
+            items: Vec<u32>,
+        ) -> BoxFuture<'static, Result<Vec<u32>, ()>> {
+            self.0.lock().unwrap().push((region, items.clone()));
+            let out = if items.contains(&13) {
+                Err(())
+            } else {
+                Ok(items)
+            };
+            Box::pin(async move { out })
+        }
+        fn split(&self, outcome: &Result<Vec<u32>, ()>) -> bool {
+            outcome.is_err()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_level_failure_is_bisected_down_to_the_member_that_causes_it() {
+        let rec = Arc::new(Poisoned(Mutex::new(Vec::new())));
+        let b: Batcher<u32, Result<Vec<u32>, ()>> =
+            Batcher::spawn(BatchConfig::default(), Arc::new(rec.clone()), None);
+        let handles: Vec<_> = (0..20u32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.submit("r".into(), i).await.unwrap()) })
+            })
+            .collect();
+        for h in handles {
+            let (i, out) = h.await.unwrap();
+            match out.as_ref() {
+                Ok(ids) => assert!(i != 13 && ids.contains(&i) && !ids.contains(&13)),
+                Err(()) => assert_eq!(i, 13),
+            }
+        }
+        let calls = rec.0.lock().unwrap().clone();
+        // The first call, then a bisection path: two calls per level, 20 -> 10 -> 5 -> 3 -> 2 -> 1.
+        assert_eq!(calls[0].1.len(), 20);
+        assert!(calls.len() <= 1 + 2 * 5, "{calls:?}");
+        let failed_alone: Vec<_> = calls.iter().filter(|(_, v)| v == &vec![13]).collect();
+        assert_eq!(failed_alone.len(), 1, "{calls:?}");
+        // Every other member got an answer from a call that succeeded, exactly once.
+        let mut answered: Vec<u32> = calls
+            .iter()
+            .filter(|(_, v)| !v.contains(&13))
+            .flat_map(|(_, v)| v.clone())
+            .collect();
+        answered.sort();
+        assert_eq!(answered, (0..20).filter(|i| *i != 13).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn split_only_on_refusals_a_member_can_cause() {
+        use crate::cloud::model::Action;
+        let api = |code: &str, status: u16| CloudError::Api {
+            action: Action::DeleteInstances,
+            code: code.into(),
+            code_n: None,
+            message: "m".into(),
+            status,
+            request_id: "r".into(),
+        };
+        let rows: Vec<(CloudError, bool)> = vec![
+            (api("InvalidInstanceId.Malformed", 400), true),
+            (api("InvalidParameter", 400), true),
+            (api("InvalidInstance.NotFound", 404), true),
+            (api("IdempotentParameterMismatch", 400), true),
+            (api("FlowLimitExceeded", 429), false),
+            (api("AccountFlowLimitExceeded", 400), false),
+            (api("InternalError", 500), false),
+            (api("ServiceUnavailableTemp", 503), false),
+            (api("IdempotentProcessing", 412), false),
+            (api("SignatureDoesNotMatch", 401), false),
+            (api("AccessDenied", 403), false),
+            (
+                CloudError::Timeout {
+                    action: Action::DeleteInstances,
+                    after: Duration::from_secs(1),
+                },
+                false,
+            ),
+            (
+                CloudError::Network {
+                    action: Action::DeleteInstances,
+                    detail: "reset".into(),
+                },
+                false,
+            ),
+            (
+                CloudError::BadResponse {
+                    action: Action::DeleteInstances,
+                    status: 200,
+                    detail: "x".into(),
+                    request_id: None,
+                },
+                false,
+            ),
+            (CloudError::Config("bad endpoint".into()), false),
+        ];
+        for (i, (e, want)) in rows.iter().enumerate() {
+            assert_eq!(split_after(e), *want, "row {i}: {e}");
         }
     }
 

@@ -95,6 +95,16 @@ impl BatchCall<DeleteItem, DeleteOutcome> for DeleteCall {
             cloud.delete_instances(&region, ids, token).await
         })
     }
+
+    // A split batch is a different member set, so each half gets its own token by the same
+    // rule (a half of one gets the single-resource token): a token still names one
+    // parameter set, and an answer recorded for the whole batch is never replayed to a half.
+    fn split(&self, outcome: &DeleteOutcome) -> bool {
+        outcome
+            .as_ref()
+            .err()
+            .is_some_and(super::batch::split_after)
+    }
 }
 
 /// What the cloud's answer means for one resource.

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
@@ -13,9 +15,11 @@ use super::apply::OWNERSHIP_TAGS;
 use super::cleanup::{self, Decision, DeleteItem};
 use super::ownership::{self, Proof};
 use super::policy::{self, Doubt, NsAnnotation, Source};
+use super::termination::{self, Next, Seen};
 use super::{finalizer, status, Context};
 use crate::api::{
-    set_condition, DeletionPolicy, EcsInstance, CRD_NAME, MAX_COUNTER, RELEASE_ANNOTATION,
+    remove_condition, set_condition, DeletionPolicy, EcsInstance, CRD_NAME, MAX_COUNTER,
+    RELEASE_ANNOTATION,
 };
 use crate::cloud::CloudError;
 use crate::Error;
@@ -96,28 +100,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
 
     // wait-for-termination: the deletion was accepted earlier; wait until the VM is gone.
     if accepted {
-        return match ctx.describe_one(&region, &instance_id).await {
-            Ok(None) => {
-                status::event(
-                    ctx,
-                    obj,
-                    false,
-                    "Deleted",
-                    "Delete",
-                    format!("VM {instance_id} is gone"),
-                );
-                release(&api, obj, ctx, &uid).await
-            }
-            Ok(Some(inst)) => {
-                st.instance_status = Some(inst.status);
-                status::patch(&api, obj, &st).await?;
-                Ok(Action::requeue(ctx.settings.transition_poll))
-            }
-            Err(e) => {
-                tracing::info!(%instance_id, error = %e, "waiting for termination");
-                Ok(Action::requeue(ctx.backoff.next(&uid)))
-            }
-        };
+        return wait_for_termination(&api, obj, ctx, &uid, &region, &instance_id).await;
     }
 
     // The user turned protection off in the spec while the deletion waited for it: that is
@@ -194,6 +177,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             && obj.spec.wait_for_termination == Some(true)
         {
             st.instance_status = Some("DELETING".into());
+            st.deletion_accepted_at = Some(Time(Timestamp::now()));
             set_condition(
                 &mut st.conditions,
                 "Ready",
@@ -293,6 +277,96 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     status::event(ctx, obj, warning, reason, "Delete", msg);
     Ok(Action::requeue(delay))
 }
+
+/// wait-for-termination, after an accepted DeleteInstances (`termination::decide`): release
+/// once the VM is gone; a VM listed again in another state than DELETING had its deletion
+/// rolled back, so the deletion starts over with a new attempt (a new ClientToken, and a
+/// fresh ownership proof); past `--termination-timeout-secs` report Stalled and keep looking.
+async fn wait_for_termination(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    uid: &str,
+    region: &str,
+    id: &str,
+) -> Result<Action, Error> {
+    let mut st = obj.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    // Accepted by an operator that did not record the time: the wait starts now.
+    let since = st.deletion_accepted_at.clone().unwrap_or(Time(now));
+    let waited = (now - since.0)
+        .total(k8s_openapi::jiff::Unit::Second)
+        .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s.max(0.0)));
+    st.deletion_accepted_at = Some(since);
+    let described = ctx.describe_one(region, id).await;
+    let seen = match &described {
+        Ok(None) => Seen::Gone,
+        Ok(Some(inst)) => Seen::Listed(&inst.status),
+        Err(_) => Seen::Unknown,
+    };
+    let observed = match &described {
+        Ok(Some(inst)) => inst.status.clone(),
+        Ok(None) => String::new(),
+        Err(e) => format!("unknown ({})", e.code()),
+    };
+    let gen = obj.metadata.generation;
+    match termination::decide(seen, waited, ctx.settings.termination_timeout) {
+        Next::Release => {
+            let note = format!("VM {id} is gone");
+            status::event(ctx, obj, false, "Deleted", "Delete", note);
+            release(api, obj, ctx, uid).await
+        }
+        Next::Wait => {
+            if let Err(e) = &described {
+                tracing::info!(%id, error = %e, "waiting for termination");
+            } else {
+                st.instance_status = Some(observed);
+            }
+            status::patch(api, obj, &st).await?;
+            Ok(Action::requeue(ctx.settings.transition_poll))
+        }
+        Next::Resend => {
+            let reason = "DeletionReverted";
+            let msg = format!("VM {id} is {observed} again after its deletion was accepted (the cloud rolled it back); DeleteInstances is sent again with a new ClientToken");
+            st.instance_status = Some(observed);
+            st.deletion_accepted_at = None;
+            st.deletion_attempt = Some(next_attempt(obj.deletion_attempt()));
+            if obj
+                .condition("Stalled")
+                .is_some_and(|c| c.reason == TERMINATION_TIMEOUT)
+            {
+                remove_condition(&mut st.conditions, "Stalled");
+            }
+            set_condition(&mut st.conditions, "Ready", false, reason, &msg, gen);
+            set_condition(&mut st.conditions, "Synced", false, reason, &msg, gen);
+            status::patch(api, obj, &st).await?;
+            status::event(ctx, obj, true, reason, "Delete", msg);
+            Ok(Action::requeue(ctx.backoff.next(uid)))
+        }
+        Next::Stalled => {
+            let msg = format!("VM {id} is still listed ({observed}) {}s after DeleteInstances was accepted (limit --termination-timeout-secs {}); the finalizer stays and the operator keeps watching for the VM to disappear", waited.as_secs(), ctx.settings.termination_timeout.as_secs());
+            let first = obj
+                .condition("Stalled")
+                .is_none_or(|c| c.reason != TERMINATION_TIMEOUT || c.status != "True");
+            set_condition(
+                &mut st.conditions,
+                "Stalled",
+                true,
+                TERMINATION_TIMEOUT,
+                &msg,
+                gen,
+            );
+            status::patch(api, obj, &st).await?;
+            if first {
+                ctx.metrics.deletion_held(TERMINATION_TIMEOUT);
+                status::event(ctx, obj, true, TERMINATION_TIMEOUT, "Delete", msg);
+            }
+            Ok(Action::requeue(ctx.settings.transition_poll))
+        }
+    }
+}
+
+const TERMINATION_TIMEOUT: &str = "TerminationTimeout";
 
 /// Whether this resource's VM may still be invisible to the cloud's API (just created).
 fn appearing(obj: &EcsInstance, ctx: &Context) -> bool {

@@ -12,6 +12,7 @@ pub mod ownership;
 pub mod policy;
 pub mod reconcile;
 pub mod status;
+pub mod termination;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -54,6 +55,9 @@ pub struct Settings {
     pub recreate_missing: bool,
     /// After RunInstances, how long a VM the cloud does not list is still appearing.
     pub appear_window: Duration,
+    /// wait-for-termination: how long a VM may stay listed after an accepted deletion
+    /// before the resource reports Stalled.
+    pub termination_timeout: Duration,
 }
 
 pub struct Context {

@@ -27,4 +27,11 @@ impl BatchCall<String, DescribeOutcome> for DescribeCall {
             cloud.describe_instances(&region, q).await
         })
     }
+
+    fn split(&self, outcome: &DescribeOutcome) -> bool {
+        outcome
+            .as_ref()
+            .err()
+            .is_some_and(super::batch::split_after)
+    }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Ctx<'a> {
     pub details: &'a DetailOverrides,
     /// Most instances a TagFilters query resolves (0 = no limit).
     pub tag_filter_limit: usize,
+    /// Injected fault: the deletions this call accepts are rolled back after DELETING.
+    pub revert_deletions: bool,
 }
 
 /// A successful call: the `Result` object and, for batch actions, per-instance codes.
@@ -196,6 +198,7 @@ fn run_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, A
             due: None,
             visible_at: (ctx.visibility_lag_ms > 0)
                 .then(|| state::after(ctx.now, ctx.visibility_lag_ms)),
+            revert_to: None,
         });
         store.enter(&id, state::CREATING, &ctx.delays, ctx.now);
         instance_ids.push(id);
@@ -368,7 +371,14 @@ fn check_deletable(store: &mut Store, ctx: &Ctx<'_>, id: &str) -> Result<(), Api
 
 fn delete_one(store: &mut Store, ctx: &Ctx<'_>, id: &str, action: Action) -> Result<(), ApiError> {
     check_deletable(store, ctx, id)?;
+    if ctx.revert_deletions {
+        let back = find(store, ctx, id)?.inst.status.clone();
+        if let Some(r) = store.get_mut(id, ctx.now) {
+            r.revert_to = Some(back);
+        }
+    }
     store.record_deletion(Deletion {
+        reverted: ctx.revert_deletions,
         instance_id: id.to_string(),
         region: ctx.region.to_string(),
         time: rfc3339(ctx.now),
@@ -588,6 +598,7 @@ mod tests {
             visibility_lag_ms: 0,
             details: &NO_OVERRIDES,
             tag_filter_limit: 0,
+            revert_deletions: false,
         }
     }
 

@@ -206,6 +206,7 @@ fn build(
         region,
         due: None,
         visible_at: None,
+        revert_to: None,
     }
 }
 

@@ -154,7 +154,13 @@ async fn process(
     };
     let (decision, details) = {
         let mut inner = emu.lock();
-        let d = inner.faults.decide(action, std::time::Instant::now());
+        let d = match inner.faults.decide(action, std::time::Instant::now()) {
+            d @ Decision::Proceed { .. } => inner
+                .faults
+                .poisoned(action, &params.list("InstanceIds"))
+                .unwrap_or(d),
+            d => d,
+        };
         (d, inner.faults.detail_overrides(action))
     };
     let (latency, lose) = match decision {
@@ -345,6 +351,7 @@ async fn execute(
     }
     let now = Timestamp::now();
     let mut inner = emu.lock();
+    let revert_deletions = inner.faults.take_revert(action);
     let ctx = Ctx {
         now,
         region: &meta.region,
@@ -354,6 +361,7 @@ async fn execute(
         visibility_lag_ms: inner.cfg.visibility_lag_ms,
         details: &details,
         tag_filter_limit: inner.cfg.tag_filter_limit,
+        revert_deletions,
     };
     let (status, body, instance_codes) =
         match actions::dispatch(&mut inner.store, &ctx, action, &params) {

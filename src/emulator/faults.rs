@@ -49,6 +49,14 @@ pub struct FaultSpec {
     /// Batch actions: these instance IDs are left alone and the answer has two conflicting
     /// entries for each (a success, then `InvalidInstanceStatus`). Until cleared.
     pub conflicting_details: Vec<String>,
+    /// Any call whose `InstanceIds` names one of these IDs fails as a whole (call-level, not
+    /// per instance) with `error_code`/`error_status`, default 400
+    /// `InvalidInstanceId.Malformed`, before anything is applied. Until cleared.
+    pub poison_ids: Vec<String>,
+    /// DeleteInstances: the next N applied (not replayed) calls are accepted, recorded in the
+    /// deletions log as `reverted`, and every VM they accepted goes DELETING and then back to
+    /// the state it was in (a deletion the cloud rolled back).
+    pub revert_next_deletions: u32,
 }
 
 /// How a batch action's `OperationDetails` are falsified (see `FaultSpec::omit_details`).
@@ -158,6 +166,31 @@ impl Faults {
                 conflicting: f.spec.conflicting_details.clone(),
             })
             .unwrap_or_default()
+    }
+
+    /// A call-level rejection when the request names a poisoned instance ID.
+    pub fn poisoned(&self, action: Action, ids: &[String]) -> Option<Decision> {
+        let spec = &self.per_action.get(&action)?.spec;
+        let hit = ids.iter().find(|id| spec.poison_ids.contains(id))?;
+        let code = spec
+            .error_code
+            .as_deref()
+            .unwrap_or("InvalidInstanceId.Malformed");
+        let msg = format!("The specified instance id {hit} is invalid (injected fault).");
+        let e = ApiError::new(spec.error_status.unwrap_or(400), code, msg);
+        Some(Decision::Reject(e, "poisoned_id"))
+    }
+
+    /// Whether the DeleteInstances about to be applied is to be rolled back (and counts it).
+    pub fn take_revert(&mut self, action: Action) -> bool {
+        let Some(f) = self.per_action.get_mut(&action) else {
+            return false;
+        };
+        if action != Action::DeleteInstances || f.spec.revert_next_deletions == 0 {
+            return false;
+        }
+        f.spec.revert_next_deletions -= 1;
+        true
     }
 
     pub fn decide(&mut self, action: Action, now: Instant) -> Decision {
@@ -394,6 +427,34 @@ mod tests {
         assert!(f.detail_overrides(Action::StopInstances).is_empty());
         f.remove(Action::DeleteInstances);
         assert!(f.detail_overrides(Action::DeleteInstances).is_empty());
+    }
+
+    #[test]
+    fn poisoned_ids_fail_the_whole_call_until_cleared() {
+        let mut f = Faults::default();
+        f.set(
+            Action::DeleteInstances,
+            serde_json::from_str(r#"{"poison_ids":["i-bad"],"revert_next_deletions":1}"#).unwrap(),
+        );
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(f
+            .poisoned(Action::DeleteInstances, &ids(&["i-a", "i-b"]))
+            .is_none());
+        for _ in 0..2 {
+            match f.poisoned(Action::DeleteInstances, &ids(&["i-a", "i-bad"])) {
+                Some(Decision::Reject(e, "poisoned_id")) => assert_eq!(
+                    (e.status, e.code.as_str()),
+                    (400, "InvalidInstanceId.Malformed")
+                ),
+                d => panic!("{d:?}"),
+            }
+        }
+        assert!(f
+            .poisoned(Action::DescribeInstances, &ids(&["i-bad"]))
+            .is_none());
+        assert!(!f.take_revert(Action::StopInstances));
+        assert!(f.take_revert(Action::DeleteInstances));
+        assert!(!f.take_revert(Action::DeleteInstances));
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct InstanceRec {
     /// Eventual consistency after RunInstances: until then the real API does not see the
     /// instance (the admin API always does). None: visible at once.
     pub visible_at: Option<Timestamp>,
+    /// Injected fault: when DELETING ends the instance returns to this state instead of
+    /// vanishing (a deletion the cloud rolled back).
+    pub revert_to: Option<String>,
 }
 
 impl InstanceRec {
@@ -118,7 +121,15 @@ impl InstanceRec {
                 self.due = None;
                 false
             }
-            Some(Next::Gone) => true,
+            Some(Next::Gone) => match self.revert_to.take() {
+                Some(back) => {
+                    self.inst.status = back;
+                    self.inst.updated_at = Some(super::wire::rfc3339(due));
+                    self.due = None;
+                    false
+                }
+                None => true,
+            },
             None => {
                 self.due = None;
                 false
@@ -140,6 +151,8 @@ impl InstanceRec {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Deletion {
+    /// Injected fault `revert_next_deletions`: accepted, then rolled back (the VM stayed).
+    pub reverted: bool,
     pub instance_id: String,
     pub region: String,
     pub time: String,
@@ -204,7 +217,11 @@ impl Store {
             let done = self
                 .instances
                 .get(&id)
-                .is_some_and(|r| r.inst.status == DELETING && r.due == Some(due));
+                .is_some_and(|r| r.inst.status == DELETING && r.due == Some(due))
+                && self
+                    .instances
+                    .get(&id)
+                    .is_some_and(|r| r.revert_to.is_none());
             if done {
                 self.instances.remove(&id);
             }
@@ -350,6 +367,7 @@ mod tests {
             },
             due: None,
             visible_at: None,
+            revert_to: None,
         }
     }
 

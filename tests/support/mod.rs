@@ -209,13 +209,14 @@ impl Emulator {
         v.as_array().cloned().unwrap_or_default()
     }
 
-    /// Accepted deletions of one VM (each is one real deletion).
+    /// Accepted deletions of one VM (each is one real deletion; rolled-back ones, from the
+    /// `revert_next_deletions` fault, are not counted).
     pub async fn deletions_of(&self, id: &str) -> usize {
         let v = self.get("deletions").await;
         v.as_array()
             .unwrap()
             .iter()
-            .filter(|d| d["instance_id"] == id)
+            .filter(|d| d["instance_id"] == id && d["reverted"] != true)
             .count()
     }
 
