@@ -117,6 +117,12 @@ async fn process(
     }
     let params = Params::from_pairs(all);
     rec.params = params.map().clone();
+    rec.user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     rec.client_token = params.non_empty("ClientToken").map(str::to_string);
     meta.action = params.get("Action").unwrap_or("").to_string();
     meta.version = params.get("Version").unwrap_or("").to_string();

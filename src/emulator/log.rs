@@ -11,6 +11,8 @@ pub struct CallRecord {
     /// RFC 3339, when the request arrived.
     pub time: String,
     pub method: String,
+    /// The User-Agent header (the operator appends its replica identity).
+    pub user_agent: String,
     /// As sent (may be empty or an unknown action).
     pub action: String,
     /// From the credential scope; empty when the Authorization header was unusable.
