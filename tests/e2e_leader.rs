@@ -104,3 +104,136 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     .await;
     assert!(c.is_running());
 }
+
+/// Cloud mutations (by action) that replica `who` sent, as (action, arrival in Unix ms).
+async fn mutations_by(emu: &Emulator, who: &str) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for action in [
+        "RunInstances",
+        "DeleteInstances",
+        "ModifyInstanceAttribute",
+        "TagResources",
+        "UntagResources",
+        "StopInstances",
+        "StartInstances",
+    ] {
+        for c in emu.calls(action).await {
+            if c["user_agent"].as_str().unwrap_or("").contains(who) {
+                out.push((action.to_string(), c["at_ms"].as_i64().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn unix_ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime) -> i64 {
+    t.0.as_millisecond()
+}
+
+/// The leader is cut off from the API server while its deletions wait on the cloud
+/// (DescribeInstances slowed): it cannot renew its Lease, so it must stop every cloud
+/// mutation before the Lease expires, and its in-flight reconciles must not go on to send
+/// DeleteInstances. The standby takes over after the expiry and deletes each VM once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_from_the_apiserver_stops_mutating_before_its_lease_expires() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-cut").await;
+    let emu = Emulator::start("leader-cut", &["--delete-delay-ms", "0"]);
+    let proxy = CutProxy::to_apiserver().await;
+    let kc_a = proxy.kubeconfig("leader-cut-a");
+    let kc_a = kc_a.to_str().unwrap();
+    let args = |id: &'static str| -> Vec<&'static str> {
+        vec![
+            "--leader-elect",
+            "--lease-duration-secs",
+            "4",
+            "--identity",
+            id,
+        ]
+    };
+    let env_a = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+        ("KUBECONFIG", kc_a),
+    ];
+    let env_b = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let mut a = Operator::start_with_env("leader-cut-a", &ns, &emu, &args("replica-a"), &env_a);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let first = wait_for(30, "a leader", || holder(&leases)).await;
+    assert_eq!(first, "replica-a");
+    let _b = Operator::start_with_env("leader-cut-b", &ns, &emu, &args("replica-b"), &env_b);
+
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let id = emu.seed(json!({"Status": "RUNNING"})).await;
+        create(&api, &format!("vm-{i}"), json!({"instanceId": id})).await;
+        ids.push(id);
+    }
+    wait_for(30, "all adopted", || async {
+        let l = api.list(&Default::default()).await.ok()?;
+        (l.items.len() == 6
+            && l.items
+                .iter()
+                .all(|o| o.condition("Ready").is_some_and(|c| c.status == "True")))
+        .then_some(())
+    })
+    .await;
+
+    // A's deletions pass the policy reads, then wait on DescribeInstances (the ownership
+    // proof) well past the Lease's expiry.
+    emu.faults("DescribeInstances", json!({"latency_ms": 7000}))
+        .await;
+    for i in 0..6 {
+        delete(&api, &format!("vm-{i}")).await;
+    }
+    // The ownership proofs' DescribeInstances leaves the batcher within its 2 s linger.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    proxy.cut();
+    let lease = leases.get("ecs-operator-leader").await.unwrap();
+    let spec = lease.spec.unwrap();
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+    // A cannot renew any more: its Lease ends here at the latest.
+    let expiry = unix_ms(spec.renew_time.as_ref().unwrap())
+        + 1000 * i64::from(spec.lease_duration_seconds.unwrap());
+
+    wait_for(30, "b leads", || async {
+        (holder(&leases).await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    emu.faults("DescribeInstances", json!({})).await;
+    wait_for(60, "all resources gone", || async {
+        (count(&api).await == 0).then_some(())
+    })
+    .await;
+    // An ungated A sends its DeleteInstances as soon as its slowed DescribeInstances answer
+    // (7 s after they were sent); a gated A exits instead. Wait for one of the two.
+    let late = || async {
+        mutations_by(&emu, "replica-a")
+            .await
+            .into_iter()
+            .filter(|(_, at)| *at >= expiry)
+            .collect::<Vec<_>>()
+    };
+    let t = std::time::Instant::now();
+    while a.is_running() && late().await.is_empty() && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let late = late().await;
+    assert!(
+        late.is_empty(),
+        "replica-a mutated the cloud after its Lease expired at {expiry}: {late:?}"
+    );
+    assert!(!a.is_running(), "replica-a still runs without its Lease");
+    assert!(
+        a.log().contains("mutation gate closed"),
+        "{}",
+        a.log()
+    );
+    for id in &ids {
+        assert_eq!(emu.deletions_of(id).await, 1, "{id} deleted exactly once");
+    }
+}

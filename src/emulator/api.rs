@@ -49,6 +49,7 @@ pub(crate) async fn handle(State(emu): State<Arc<Emulator>>, req: Request) -> Re
     let body = axum::body::to_bytes(body, MAX_BODY).await;
     let mut rec = CallRecord {
         time: rfc3339(now),
+        at_ms: now.as_millisecond(),
         method: parts.method.to_string(),
         request_id: request_id.clone(),
         ..Default::default()
