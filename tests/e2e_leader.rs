@@ -228,12 +228,50 @@ async fn a_leader_cut_off_from_the_apiserver_stops_mutating_before_its_lease_exp
         "replica-a mutated the cloud after its Lease expired at {expiry}: {late:?}"
     );
     assert!(!a.is_running(), "replica-a still runs without its Lease");
-    assert!(
-        a.log().contains("mutation gate closed"),
-        "{}",
-        a.log()
-    );
+    assert!(a.log().contains("mutation gate closed"), "{}", a.log());
     for id in &ids {
         assert_eq!(emu.deletions_of(id).await, 1, "{id} deleted exactly once");
     }
+}
+
+/// RunInstances goes out only after a status write guarded by the resourceVersion the
+/// reconcile read: a resource deleted while its reconcile looked for an earlier VM (a
+/// slowed DescribeInstances) gets no VM; the stale write is refused (409) instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_instances_needs_a_write_proving_the_current_version() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-stale-run").await;
+    let emu = Emulator::start("stale-run", &["--delete-delay-ms", "0"]);
+    emu.faults("DescribeInstances", json!({"latency_ms": 3000}))
+        .await;
+    let op = Operator::start("stale-run", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(
+        &api,
+        "web",
+        json!({"create": {
+            "zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
+            "subnetId": "subnet-1", "securityGroupIds": ["sg-1"], "systemVolume": {"size": 40}
+        }}),
+    )
+    .await;
+    wait_for(20, "finalizer", || async {
+        has_finalizer(&api, "web").await.filter(|h| *h).map(|_| ())
+    })
+    .await;
+    // The reconcile now waits in DescribeInstances (find_by_uid) with the version it read.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    delete(&api, "web").await;
+    emu.faults("DescribeInstances", json!({})).await;
+    wait_for(40, "resource gone", || gone(&api, "web")).await;
+    let runs = emu.calls("RunInstances").await;
+    assert!(
+        runs.is_empty(),
+        "RunInstances sent for a stale view: {runs:?}"
+    );
+    assert!(
+        op.log().contains("409 Conflict"),
+        "the guarded write was not refused: {}",
+        op.log()
+    );
 }
