@@ -79,27 +79,6 @@ pub async fn patch_replace(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_guarded_write_carries_the_version_read_or_is_not_made() {
-        let mut o = EcsInstance::new("web", Default::default());
-        let st = EcsInstanceStatus {
-            create_requested: Some(true),
-            ..Default::default()
-        };
-        assert_eq!(guarded_body(&o, &st), None);
-        o.metadata.resource_version = Some(String::new());
-        assert_eq!(guarded_body(&o, &st), None);
-        o.metadata.resource_version = Some("42".into());
-        let b = guarded_body(&o, &st).unwrap();
-        assert_eq!(b["metadata"]["resourceVersion"], "42");
-        assert_eq!(b["status"]["createRequested"], true);
-    }
-}
-
 /// Publishes an Event without holding up the reconcile; a failed Event is logged, never
 /// fatal.
 pub fn event(
@@ -135,4 +114,25 @@ pub fn event(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guarded_write_carries_the_version_read_or_is_not_made() {
+        let mut o = EcsInstance::new("web", Default::default());
+        let st = EcsInstanceStatus {
+            create_requested: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(guarded_body(&o, &st), None);
+        o.metadata.resource_version = Some(String::new());
+        assert_eq!(guarded_body(&o, &st), None);
+        o.metadata.resource_version = Some("42".into());
+        let b = guarded_body(&o, &st).unwrap();
+        assert_eq!(b["metadata"]["resourceVersion"], "42");
+        assert_eq!(b["status"]["createRequested"], true);
+    }
 }
