@@ -130,6 +130,132 @@ fn unix_ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime) -> i64
     t.0.as_millisecond()
 }
 
+/// Replica A (API server traffic through a cuttable proxy) leads, replica B stands by, and
+/// `n` adopted VMs are Ready.
+struct CutSetup {
+    proxy: CutProxy,
+    a: Operator,
+    _b: Operator,
+    api: Api<EcsInstance>,
+    leases: Api<Lease>,
+    ids: Vec<String>,
+}
+
+async fn cut_setup(
+    client: &kube::Client,
+    name: &str,
+    emu: &Emulator,
+    a_extra: &[&str],
+    n: usize,
+) -> CutSetup {
+    let ns = namespace(client, name).await;
+    let proxy = CutProxy::to_apiserver().await;
+    let kc_a = proxy.kubeconfig(&format!("{name}-a"));
+    let kc_a = kc_a.to_str().unwrap();
+    let lease_args = ["--leader-elect", "--lease-duration-secs", "4", "--identity"];
+    let mut args_a: Vec<&str> = lease_args.to_vec();
+    args_a.push("replica-a");
+    args_a.extend_from_slice(a_extra);
+    let mut args_b: Vec<&str> = lease_args.to_vec();
+    args_b.push("replica-b");
+    let env_b = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let env_a = [env_b[0], env_b[1], ("KUBECONFIG", kc_a)];
+    let a = Operator::start_with_env(&format!("{name}-a"), &ns, emu, &args_a, &env_a);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let first = wait_for(30, "a leader", || holder(&leases)).await;
+    assert_eq!(first, "replica-a");
+    let b = Operator::start_with_env(&format!("{name}-b"), &ns, emu, &args_b, &env_b);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = emu.seed(json!({"Status": "RUNNING"})).await;
+        create(&api, &format!("vm-{i}"), json!({"instanceId": id})).await;
+        ids.push(id);
+    }
+    wait_for(30, "all adopted", || async {
+        let l = api.list(&Default::default()).await.ok()?;
+        (l.items.len() == n
+            && l.items
+                .iter()
+                .all(|o| o.condition("Ready").is_some_and(|c| c.status == "True")))
+        .then_some(())
+    })
+    .await;
+    CutSetup {
+        proxy,
+        a,
+        _b: b,
+        api,
+        leases,
+        ids,
+    }
+}
+
+impl CutSetup {
+    /// Cuts A off and returns when its Lease expires at the latest (Unix ms): A cannot
+    /// renew it any more.
+    async fn cut(&self) -> i64 {
+        self.proxy.cut();
+        let spec = self
+            .leases
+            .get("ecs-operator-leader")
+            .await
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+        unix_ms(spec.renew_time.as_ref().unwrap())
+            + 1000 * i64::from(spec.lease_duration_seconds.unwrap())
+    }
+
+    async fn b_leads(&self) {
+        wait_for(30, "b leads", || async {
+            (holder(&self.leases).await.as_deref() == Some("replica-b")).then_some(())
+        })
+        .await;
+    }
+
+    /// Until A exits (a gated A does once its gate closes) or is seen mutating after
+    /// `expiry` (an ungated A does once its slowed calls answer), at most 30 s; then
+    /// asserts A did neither mutate late nor stay alive, and each VM was deleted once.
+    async fn assert_a_stopped_in_time(&mut self, emu: &Emulator, expiry: i64) {
+        let late = || async {
+            mutations_by(emu, "replica-a")
+                .await
+                .into_iter()
+                .filter(|(_, at)| *at >= expiry)
+                .collect::<Vec<_>>()
+        };
+        let t = std::time::Instant::now();
+        while self.a.is_running()
+            && late().await.is_empty()
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let late = late().await;
+        assert!(
+            late.is_empty(),
+            "replica-a mutated the cloud after its Lease expired at {expiry}: {late:?}"
+        );
+        assert!(
+            !self.a.is_running(),
+            "replica-a still runs without its Lease"
+        );
+        assert!(
+            self.a.log().contains("mutation gate closed"),
+            "{}",
+            self.a.log()
+        );
+        for id in &self.ids {
+            assert_eq!(emu.deletions_of(id).await, 1, "{id} deleted exactly once");
+        }
+    }
+}
+
 /// The leader is cut off from the API server while its deletions wait on the cloud
 /// (DescribeInstances slowed): it cannot renew its Lease, so it must stop every cloud
 /// mutation before the Lease expires, and its in-flight reconciles must not go on to send
@@ -137,101 +263,53 @@ fn unix_ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime) -> i64
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_cut_off_from_the_apiserver_stops_mutating_before_its_lease_expires() {
     let client = client().await;
-    let ns = namespace(&client, "e2e-cut").await;
     let emu = Emulator::start("leader-cut", &["--delete-delay-ms", "0"]);
-    let proxy = CutProxy::to_apiserver().await;
-    let kc_a = proxy.kubeconfig("leader-cut-a");
-    let kc_a = kc_a.to_str().unwrap();
-    let args = |id: &'static str| -> Vec<&'static str> {
-        vec![
-            "--leader-elect",
-            "--lease-duration-secs",
-            "4",
-            "--identity",
-            id,
-        ]
-    };
-    let env_a = [
-        ("VOLCENGINE_SECRET_KEY", SK),
-        ("POD_NAMESPACE", ns.as_str()),
-        ("KUBECONFIG", kc_a),
-    ];
-    let env_b = [
-        ("VOLCENGINE_SECRET_KEY", SK),
-        ("POD_NAMESPACE", ns.as_str()),
-    ];
-    let mut a = Operator::start_with_env("leader-cut-a", &ns, &emu, &args("replica-a"), &env_a);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let first = wait_for(30, "a leader", || holder(&leases)).await;
-    assert_eq!(first, "replica-a");
-    let _b = Operator::start_with_env("leader-cut-b", &ns, &emu, &args("replica-b"), &env_b);
-
-    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        let id = emu.seed(json!({"Status": "RUNNING"})).await;
-        create(&api, &format!("vm-{i}"), json!({"instanceId": id})).await;
-        ids.push(id);
-    }
-    wait_for(30, "all adopted", || async {
-        let l = api.list(&Default::default()).await.ok()?;
-        (l.items.len() == 6
-            && l.items
-                .iter()
-                .all(|o| o.condition("Ready").is_some_and(|c| c.status == "True")))
-        .then_some(())
-    })
-    .await;
-
+    let mut s = cut_setup(&client, "leader-cut", &emu, &[], 6).await;
     // A's deletions pass the policy reads, then wait on DescribeInstances (the ownership
     // proof) well past the Lease's expiry.
     emu.faults("DescribeInstances", json!({"latency_ms": 7000}))
         .await;
     for i in 0..6 {
-        delete(&api, &format!("vm-{i}")).await;
+        delete(&s.api, &format!("vm-{i}")).await;
     }
     // The ownership proofs' DescribeInstances leaves the batcher within its 2 s linger.
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    proxy.cut();
-    let lease = leases.get("ecs-operator-leader").await.unwrap();
-    let spec = lease.spec.unwrap();
-    assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
-    // A cannot renew any more: its Lease ends here at the latest.
-    let expiry = unix_ms(spec.renew_time.as_ref().unwrap())
-        + 1000 * i64::from(spec.lease_duration_seconds.unwrap());
-
-    wait_for(30, "b leads", || async {
-        (holder(&leases).await.as_deref() == Some("replica-b")).then_some(())
-    })
-    .await;
+    let expiry = s.cut().await;
+    s.b_leads().await;
     emu.faults("DescribeInstances", json!({})).await;
     wait_for(60, "all resources gone", || async {
-        (count(&api).await == 0).then_some(())
+        (count(&s.api).await == 0).then_some(())
     })
     .await;
-    // An ungated A sends its DeleteInstances as soon as its slowed DescribeInstances answer
-    // (7 s after they were sent); a gated A exits instead. Wait for one of the two.
-    let late = || async {
-        mutations_by(&emu, "replica-a")
-            .await
-            .into_iter()
-            .filter(|(_, at)| *at >= expiry)
-            .collect::<Vec<_>>()
-    };
-    let t = std::time::Instant::now();
-    while a.is_running() && late().await.is_empty() && t.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    s.assert_a_stopped_in_time(&emu, expiry).await;
+}
+
+/// The leader's DeleteInstances batch is in flight (slowed past the client's timeout) when
+/// it is cut off: the client's retries of it would reach the cloud after the Lease expired,
+/// so the call is abandoned when the gate closes. B deletes each VM exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_flight_deletion_is_not_retried_after_the_lease_is_lost() {
+    let client = client().await;
+    let emu = Emulator::start("leader-retry", &["--delete-delay-ms", "0"]);
+    let a_extra = ["--request-timeout-secs", "2", "--max-attempts", "5"];
+    let mut s = cut_setup(&client, "leader-retry", &emu, &a_extra, 4).await;
+    emu.faults("DeleteInstances", json!({"latency_ms": 10000}))
+        .await;
+    for i in 0..4 {
+        delete(&s.api, &format!("vm-{i}")).await;
     }
-    let late = late().await;
-    assert!(
-        late.is_empty(),
-        "replica-a mutated the cloud after its Lease expired at {expiry}: {late:?}"
-    );
-    assert!(!a.is_running(), "replica-a still runs without its Lease");
-    assert!(a.log().contains("mutation gate closed"), "{}", a.log());
-    for id in &ids {
-        assert_eq!(emu.deletions_of(id).await, 1, "{id} deleted exactly once");
-    }
+    wait_for(20, "A sent its DeleteInstances batch", || async {
+        s.a.log().contains("DeleteInstances batch").then_some(())
+    })
+    .await;
+    let expiry = s.cut().await;
+    s.b_leads().await;
+    emu.faults("DeleteInstances", json!({})).await;
+    wait_for(60, "all resources gone", || async {
+        (count(&s.api).await == 0).then_some(())
+    })
+    .await;
+    s.assert_a_stopped_in_time(&emu, expiry).await;
 }
 
 /// RunInstances goes out only after a status write guarded by the resourceVersion the
