@@ -26,6 +26,13 @@ pub enum Error {
     Serde(#[from] serde_json::Error),
     #[error("the operator is shutting down")]
     ShuttingDown,
+    /// This replica lost its Lease (or could not renew it): its reconciles are cancelled.
+    #[error("this replica no longer holds the lease")]
+    LeaseLost,
+    /// A write guarded by the resource's resourceVersion found a newer version: this
+    /// replica acted on a stale view, so it requeues instead of acting.
+    #[error("the resource changed since it was read (409 Conflict)")]
+    Stale,
 }
 
 impl Error {
@@ -36,6 +43,8 @@ impl Error {
             Error::Cloud(_) => "cloud_error",
             Error::Serde(_) => "serialization_error",
             Error::ShuttingDown => "shutting_down",
+            Error::LeaseLost => "lease_lost",
+            Error::Stale => "stale",
         }
     }
 }

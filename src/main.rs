@@ -7,6 +7,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use ecs_operator::cloud::client::EcsClient;
+use ecs_operator::cloud::gated::{GatedCloud, MutationGate};
+use ecs_operator::cloud::Cloud;
 use ecs_operator::config::{Cli, Command, OnMissing, RunArgs, SweepArgs};
 use ecs_operator::controller::batch::BatchConfig;
 use ecs_operator::controller::{self, Context, Settings};
@@ -177,10 +179,16 @@ fn log_identity(id: &ClusterIdentity) {
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Arc::new(Metrics::default());
-    let cloud = Arc::new(EcsClient::new(
-        args.cloud.client_config(),
-        Some(metrics.clone()),
-    )?);
+    let replica = args
+        .identity
+        .clone()
+        .unwrap_or_else(leader::default_identity);
+    let mut cloud_cfg = args.cloud.client_config();
+    cloud_cfg.caller = args.leader_elect.then(|| replica.clone());
+    // Every mutation, from the controller, its batches and the sweeper, passes the gate.
+    let gate = MutationGate::default();
+    let raw: Arc<dyn Cloud> = Arc::new(EcsClient::new(cloud_cfg, Some(metrics.clone()))?);
+    let cloud: Arc<dyn Cloud> = Arc::new(GatedCloud::new(raw, gate.clone()));
     let client = kube::Client::try_default().await?;
     // Never start with a guessed identity: it decides which VMs the sweeper may delete.
     let sweep_deletes = args.sweep_interval_secs > 0 && args.sweep_mode == SweepMode::Delete;
@@ -239,15 +247,18 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             tokio::spawn(sweeper::run_periodic(client, cloud, metrics, cfg, stop))
         }
     });
-    let ctx = Arc::new(Context::new(client.clone(), cloud, metrics, settings));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cloud,
+        metrics,
+        settings,
+        gate.clone(),
+    ));
     let result = if args.leader_elect {
         let cfg = LeaderConfig {
             lease_name: args.lease_name.clone(),
             namespace: args.lease_namespace.clone(),
-            identity: args
-                .identity
-                .clone()
-                .unwrap_or_else(leader::default_identity),
+            identity: replica,
             duration_secs: args.lease_duration_secs,
         };
         // A standby replica is ready: it serves probes and waits for the Lease.
@@ -257,6 +268,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             client,
             cfg,
             token.clone(),
+            gate,
             move || standby_ready.store(true, Ordering::SeqCst),
             |stop| {
                 if let Some(start) = sweeper {

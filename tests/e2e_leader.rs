@@ -104,3 +104,252 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     .await;
     assert!(c.is_running());
 }
+
+/// Cloud mutations (by action) that replica `who` sent, as (action, arrival in Unix ms).
+async fn mutations_by(emu: &Emulator, who: &str) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for action in [
+        "RunInstances",
+        "DeleteInstances",
+        "ModifyInstanceAttribute",
+        "TagResources",
+        "UntagResources",
+        "StopInstances",
+        "StartInstances",
+    ] {
+        for c in emu.calls(action).await {
+            if c["user_agent"].as_str().unwrap_or("").contains(who) {
+                out.push((action.to_string(), c["at_ms"].as_i64().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+fn unix_ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime) -> i64 {
+    t.0.as_millisecond()
+}
+
+/// Replica A (API server traffic through a cuttable proxy) leads, replica B stands by, and
+/// `n` adopted VMs are Ready.
+struct CutSetup {
+    proxy: CutProxy,
+    a: Operator,
+    _b: Operator,
+    api: Api<EcsInstance>,
+    leases: Api<Lease>,
+    ids: Vec<String>,
+}
+
+async fn cut_setup(
+    client: &kube::Client,
+    name: &str,
+    emu: &Emulator,
+    a_extra: &[&str],
+    n: usize,
+) -> CutSetup {
+    let ns = namespace(client, name).await;
+    let proxy = CutProxy::to_apiserver().await;
+    let kc_a = proxy.kubeconfig(&format!("{name}-a"));
+    let kc_a = kc_a.to_str().unwrap();
+    let lease_args = ["--leader-elect", "--lease-duration-secs", "4", "--identity"];
+    let mut args_a: Vec<&str> = lease_args.to_vec();
+    args_a.push("replica-a");
+    args_a.extend_from_slice(a_extra);
+    let mut args_b: Vec<&str> = lease_args.to_vec();
+    args_b.push("replica-b");
+    let env_b = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let env_a = [env_b[0], env_b[1], ("KUBECONFIG", kc_a)];
+    let a = Operator::start_with_env(&format!("{name}-a"), &ns, emu, &args_a, &env_a);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let first = wait_for(30, "a leader", || holder(&leases)).await;
+    assert_eq!(first, "replica-a");
+    let b = Operator::start_with_env(&format!("{name}-b"), &ns, emu, &args_b, &env_b);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = emu.seed(json!({"Status": "RUNNING"})).await;
+        create(&api, &format!("vm-{i}"), json!({"instanceId": id})).await;
+        ids.push(id);
+    }
+    wait_for(30, "all adopted", || async {
+        let l = api.list(&Default::default()).await.ok()?;
+        (l.items.len() == n
+            && l.items
+                .iter()
+                .all(|o| o.condition("Ready").is_some_and(|c| c.status == "True")))
+        .then_some(())
+    })
+    .await;
+    CutSetup {
+        proxy,
+        a,
+        _b: b,
+        api,
+        leases,
+        ids,
+    }
+}
+
+impl CutSetup {
+    /// Cuts A off and returns when its Lease expires at the latest (Unix ms): A cannot
+    /// renew it any more.
+    async fn cut(&self) -> i64 {
+        self.proxy.cut();
+        let spec = self
+            .leases
+            .get("ecs-operator-leader")
+            .await
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some("replica-a"));
+        unix_ms(spec.renew_time.as_ref().unwrap())
+            + 1000 * i64::from(spec.lease_duration_seconds.unwrap())
+    }
+
+    async fn b_leads(&self) {
+        wait_for(30, "b leads", || async {
+            (holder(&self.leases).await.as_deref() == Some("replica-b")).then_some(())
+        })
+        .await;
+    }
+
+    /// Until A exits (a gated A does once its gate closes) or is seen mutating after
+    /// `expiry` (an ungated A does once its slowed calls answer), at most 30 s; then
+    /// asserts A did neither mutate late nor stay alive, and each VM was deleted once.
+    async fn assert_a_stopped_in_time(&mut self, emu: &Emulator, expiry: i64) {
+        let late = || async {
+            mutations_by(emu, "replica-a")
+                .await
+                .into_iter()
+                .filter(|(_, at)| *at >= expiry)
+                .collect::<Vec<_>>()
+        };
+        let t = std::time::Instant::now();
+        while self.a.is_running()
+            && late().await.is_empty()
+            && t.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let late = late().await;
+        assert!(
+            late.is_empty(),
+            "replica-a mutated the cloud after its Lease expired at {expiry}: {late:?}"
+        );
+        assert!(
+            !self.a.is_running(),
+            "replica-a still runs without its Lease"
+        );
+        assert!(
+            self.a.log().contains("mutation gate closed"),
+            "{}",
+            self.a.log()
+        );
+        for id in &self.ids {
+            assert_eq!(emu.deletions_of(id).await, 1, "{id} deleted exactly once");
+        }
+    }
+}
+
+/// The leader is cut off from the API server while its deletions wait on the cloud
+/// (DescribeInstances slowed): it cannot renew its Lease, so it must stop every cloud
+/// mutation before the Lease expires, and its in-flight reconciles must not go on to send
+/// DeleteInstances. The standby takes over after the expiry and deletes each VM once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_from_the_apiserver_stops_mutating_before_its_lease_expires() {
+    let client = client().await;
+    let emu = Emulator::start("leader-cut", &["--delete-delay-ms", "0"]);
+    let mut s = cut_setup(&client, "leader-cut", &emu, &[], 6).await;
+    // A's deletions pass the policy reads, then wait on DescribeInstances (the ownership
+    // proof) well past the Lease's expiry.
+    emu.faults("DescribeInstances", json!({"latency_ms": 7000}))
+        .await;
+    for i in 0..6 {
+        delete(&s.api, &format!("vm-{i}")).await;
+    }
+    // The ownership proofs' DescribeInstances leaves the batcher within its 2 s linger.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let expiry = s.cut().await;
+    s.b_leads().await;
+    emu.faults("DescribeInstances", json!({})).await;
+    wait_for(60, "all resources gone", || async {
+        (count(&s.api).await == 0).then_some(())
+    })
+    .await;
+    s.assert_a_stopped_in_time(&emu, expiry).await;
+}
+
+/// The leader's DeleteInstances batch is in flight (slowed past the client's timeout) when
+/// it is cut off: the client's retries of it would reach the cloud after the Lease expired,
+/// so the call is abandoned when the gate closes. B deletes each VM exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_in_flight_deletion_is_not_retried_after_the_lease_is_lost() {
+    let client = client().await;
+    let emu = Emulator::start("leader-retry", &["--delete-delay-ms", "0"]);
+    let a_extra = ["--request-timeout-secs", "2", "--max-attempts", "5"];
+    let mut s = cut_setup(&client, "leader-retry", &emu, &a_extra, 4).await;
+    emu.faults("DeleteInstances", json!({"latency_ms": 10000}))
+        .await;
+    for i in 0..4 {
+        delete(&s.api, &format!("vm-{i}")).await;
+    }
+    wait_for(20, "A sent its DeleteInstances batch", || async {
+        s.a.log().contains("DeleteInstances batch").then_some(())
+    })
+    .await;
+    let expiry = s.cut().await;
+    s.b_leads().await;
+    emu.faults("DeleteInstances", json!({})).await;
+    wait_for(60, "all resources gone", || async {
+        (count(&s.api).await == 0).then_some(())
+    })
+    .await;
+    s.assert_a_stopped_in_time(&emu, expiry).await;
+}
+
+/// RunInstances goes out only after a status write guarded by the resourceVersion the
+/// reconcile read: a resource deleted while its reconcile looked for an earlier VM (a
+/// slowed DescribeInstances) gets no VM; the stale write is refused (409) instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_instances_needs_a_write_proving_the_current_version() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-stale-run").await;
+    let emu = Emulator::start("stale-run", &["--delete-delay-ms", "0"]);
+    emu.faults("DescribeInstances", json!({"latency_ms": 3000}))
+        .await;
+    let op = Operator::start("stale-run", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(
+        &api,
+        "web",
+        json!({"create": {
+            "zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
+            "subnetId": "subnet-1", "securityGroupIds": ["sg-1"], "systemVolume": {"size": 40}
+        }}),
+    )
+    .await;
+    wait_for(20, "finalizer", || async {
+        has_finalizer(&api, "web").await.filter(|h| *h).map(|_| ())
+    })
+    .await;
+    // The reconcile now waits in DescribeInstances (find_by_uid) with the version it read.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    delete(&api, "web").await;
+    emu.faults("DescribeInstances", json!({})).await;
+    wait_for(40, "resource gone", || gone(&api, "web")).await;
+    let runs = emu.calls("RunInstances").await;
+    assert!(
+        runs.is_empty(),
+        "RunInstances sent for a stale view: {runs:?}"
+    );
+    assert!(
+        op.log().contains("409 Conflict"),
+        "the guarded write was not refused: {}",
+        op.log()
+    );
+}

@@ -35,6 +35,9 @@ pub struct ClientConfig {
     pub rate_limit: RateLimit,
     /// Allow `http://` to a non-loopback host (never needed outside tests).
     pub allow_insecure_http: bool,
+    /// Appended to the User-Agent (the replica's Lease identity), so the cloud's own logs
+    /// tell which replica made a call.
+    pub caller: Option<String>,
 }
 
 impl ClientConfig {
@@ -54,7 +57,24 @@ impl ClientConfig {
                 burst: 10,
             },
             allow_insecure_http: false,
+            caller: None,
         }
+    }
+}
+
+fn user_agent(caller: Option<&str>) -> String {
+    let base = concat!("volcengine-ecs-operator/", env!("CARGO_PKG_VERSION"));
+    // Only visible ASCII: a header value must not carry control characters.
+    let caller: String = caller
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect();
+    if caller.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base} ({caller})")
     }
 }
 
@@ -115,10 +135,7 @@ impl EcsClient {
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!(
-                "volcengine-ecs-operator/",
-                env!("CARGO_PKG_VERSION")
-            ))
+            .user_agent(user_agent(cfg.caller.as_deref()))
             .build()
             .map_err(|e| CloudError::Config(format!("http client: {e}")))?;
         Ok(Self {

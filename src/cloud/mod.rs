@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod gated;
 pub mod limiter;
 pub mod model;
 pub mod signer;

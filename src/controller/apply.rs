@@ -594,7 +594,9 @@ async fn create_or_adopt(
         );
     }
     st.run_instances_at = Some(now());
-    status::patch(api, obj, st).await?;
+    // Guarded by the resourceVersion read: only a replica that acts on the current version
+    // of the resource (not a stale cache, not a resource since deleted or changed) creates.
+    status::patch_if_current(api, obj, st).await?;
     match ctx.cloud.run_instances(region, req).await {
         Ok(c) => {
             let Some(id) = c.value.first().cloned() else {

@@ -35,6 +35,7 @@ use self::policy::{CrdState, Fresh, FreshMap, NsAnnotation};
 use crate::api::{
     DeletionPolicy, EcsInstance, CRD_NAME, NAMESPACE_POLICY_ANNOTATION, RELEASE_ANNOTATION,
 };
+use crate::cloud::gated::MutationGate;
 use crate::cloud::{Cloud, CloudError, Instance};
 use crate::metrics::Metrics;
 
@@ -69,6 +70,9 @@ pub struct Context {
     pub describer: Batcher<String, DescribeOutcome>,
     pub backoff: Backoff,
     pub settings: Settings,
+    /// Closes when this replica loses (or cannot renew) its Lease: every cloud mutation
+    /// is refused from then on and in-flight reconciles are cancelled.
+    pub gate: MutationGate,
     ns_annotation: FreshMap<NsAnnotation>,
     crd_state: Fresh<CrdState>,
     /// Namespaces seen terminating (an Event create was refused): Events there are skipped
@@ -86,6 +90,7 @@ impl Context {
         cloud: Arc<dyn Cloud>,
         metrics: Arc<Metrics>,
         settings: Settings,
+        gate: MutationGate,
     ) -> Self {
         let m = metrics.clone();
         let deleter = Batcher::spawn(
@@ -122,6 +127,7 @@ impl Context {
             describer,
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
             settings,
+            gate,
             ns_annotation: FreshMap::default(),
             crd_state: Fresh::default(),
             terminating: std::sync::Mutex::new(HashMap::new()),

@@ -17,7 +17,13 @@ pub async fn reconcile(obj: Arc<EcsInstance>, ctx: Arc<Context>) -> Result<Actio
     let span = tracing::info_span!("reconcile", namespace = %obj.namespace().unwrap_or_default(), name = %obj.name_any());
     let _e = span.enter();
     drop(_e);
-    let res = route(&obj, &ctx).await;
+    // Losing the lease cancels the reconcile at its next await, not at its end: whatever it
+    // would still do (a cloud call, a status write) is left to the new leader.
+    let res = tokio::select! {
+        biased;
+        _ = ctx.gate.closed() => Err(Error::LeaseLost),
+        r = route(&obj, &ctx) => r,
+    };
     let label = match &res {
         Ok(_) => "ok",
         Err(e) => e.metric_label(),

@@ -28,6 +28,37 @@ pub async fn patch(
     super::tolerate_gone(api.patch_status(&obj.name_any(), &pp, &patch).await)
 }
 
+/// Writes the status only if the resource is still at the version `obj` was read at: the
+/// resourceVersion in a merge patch is a precondition, and the API server answers 409
+/// Conflict to a newer one. Success proves this replica acted on the current version;
+/// a conflict or a resource gone is `Error::Stale` (requeue, act on nothing).
+pub async fn patch_if_current(
+    api: &Api<EcsInstance>,
+    obj: &EcsInstance,
+    status: &EcsInstanceStatus,
+) -> Result<(), Error> {
+    let body = guarded_body(obj, status).ok_or(Error::Stale)?;
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api
+        .patch_status(&obj.name_any(), &pp, &Patch::Merge(body))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Err(Error::Stale),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The merge patch of `patch_if_current`; `None` without a resourceVersion (a patch
+/// without one would be unconditional).
+pub fn guarded_body(obj: &EcsInstance, status: &EcsInstanceStatus) -> Option<serde_json::Value> {
+    let rv = obj.resource_version().filter(|v| !v.is_empty())?;
+    Some(json!({ "metadata": { "resourceVersion": rv }, "status": status }))
+}
+
 /// Writes the whole status, clearing fields that are now unset (a merge patch would keep
 /// them): a JSON patch replacing `/status`.
 pub async fn patch_replace(
@@ -83,4 +114,25 @@ pub fn event(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guarded_write_carries_the_version_read_or_is_not_made() {
+        let mut o = EcsInstance::new("web", Default::default());
+        let st = EcsInstanceStatus {
+            create_requested: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(guarded_body(&o, &st), None);
+        o.metadata.resource_version = Some(String::new());
+        assert_eq!(guarded_body(&o, &st), None);
+        o.metadata.resource_version = Some("42".into());
+        let b = guarded_body(&o, &st).unwrap();
+        assert_eq!(b["metadata"]["resourceVersion"], "42");
+        assert_eq!(b["status"]["createRequested"], true);
+    }
 }

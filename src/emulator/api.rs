@@ -49,6 +49,7 @@ pub(crate) async fn handle(State(emu): State<Arc<Emulator>>, req: Request) -> Re
     let body = axum::body::to_bytes(body, MAX_BODY).await;
     let mut rec = CallRecord {
         time: rfc3339(now),
+        at_ms: now.as_millisecond(),
         method: parts.method.to_string(),
         request_id: request_id.clone(),
         ..Default::default()
@@ -117,6 +118,12 @@ async fn process(
     }
     let params = Params::from_pairs(all);
     rec.params = params.map().clone();
+    rec.user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     rec.client_token = params.non_empty("ClientToken").map(str::to_string);
     meta.action = params.get("Action").unwrap_or("").to_string();
     meta.version = params.get("Version").unwrap_or("").to_string();

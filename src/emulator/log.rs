@@ -10,7 +10,11 @@ pub struct CallRecord {
     pub seq: u64,
     /// RFC 3339, when the request arrived.
     pub time: String,
+    /// When the request arrived, in Unix milliseconds (`time` has whole seconds).
+    pub at_ms: i64,
     pub method: String,
+    /// The User-Agent header (the operator appends its replica identity).
+    pub user_agent: String,
     /// As sent (may be empty or an unknown action).
     pub action: String,
     /// From the credential scope; empty when the Authorization header was unusable.

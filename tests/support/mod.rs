@@ -468,3 +468,73 @@ pub async fn delete_namespace(client: &Client, ns: &str) {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let _ = api.delete(ns, &DeleteParams::default()).await;
 }
+
+/// A TCP proxy in front of the API server for one replica, which the test can cut: every
+/// open connection is dropped and new ones are refused, as in a network partition.
+pub struct CutProxy {
+    pub port: u16,
+    accept: tokio::task::JoinHandle<()>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl CutProxy {
+    /// Proxies to the control plane's API server.
+    pub async fn to_apiserver() -> Self {
+        let text = std::fs::read_to_string(control_plane()).unwrap();
+        let server = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: https://"))
+            .expect("server in kubeconfig")
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c2 = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let server = server.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c2.lock().unwrap().push(h);
+            }
+        });
+        Self {
+            port,
+            accept,
+            conns,
+        }
+    }
+
+    /// A kubeconfig that reaches the API server through this proxy (same certificate:
+    /// the proxy listens on 127.0.0.1 too).
+    pub fn kubeconfig(&self, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(control_plane()).unwrap();
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| match l.trim().strip_prefix("server: https://") {
+                Some(_) => format!("    server: https://127.0.0.1:{}", self.port),
+                None => l.to_string(),
+            })
+            .collect();
+        let p = log_dir().join(format!("{name}-kubeconfig"));
+        std::fs::write(&p, out.join("\n")).unwrap();
+        p
+    }
+
+    /// Drops every connection and refuses new ones (the listener is closed).
+    pub fn cut(&self) {
+        self.accept.abort();
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
