@@ -4,9 +4,12 @@
 //! `SOAK_RESOURCES=1000 SOAK_SECS=1800 cargo test --release --test soak -- --ignored --nocapture`.
 //!
 //! A churn of creates and deletes while the emulator injects 10% InternalError, 5% throttling,
-//! 5% lost responses and added latency on every action, the operator is SIGKILLed and
-//! restarted every 30 s, and the kube-apiserver is restarted once. Then everything is
-//! deleted and the invariants are checked and printed.
+//! 5% lost responses and added latency on every action, hides every new VM from the API for
+//! 1.5 s after RunInstances (eventual consistency), the operator is SIGKILLed and restarted
+//! every 30 s, and the kube-apiserver is restarted once. Then everything is deleted and the
+//! invariants are checked and printed: each accepted deletion is compared with the moment
+//! its resource's DELETE was issued (a VM deleted before is a wrongful deletion), and VMs are
+//! counted per resource by their uid tag.
 
 mod support;
 
@@ -37,7 +40,14 @@ async fn soak_under_faults() {
     let ns = namespace(&client, "soak").await;
     let emu = Emulator::start(
         "soak",
-        &["--create-delay-ms", "300", "--delete-delay-ms", "300"],
+        &[
+            "--create-delay-ms",
+            "300",
+            "--delete-delay-ms",
+            "300",
+            "--visibility-lag-ms",
+            "1500",
+        ],
     );
     for action in [
         "RunInstances",
@@ -67,6 +77,9 @@ async fn soak_under_faults() {
     let mut apiserver_restarted = false;
     let mut created = 0usize;
     let mut deleted_uids: HashSet<String> = HashSet::new();
+    // uid -> when its DELETE was issued (ms since the epoch, the emulator's clock too).
+    let mut delete_issued: HashMap<String, i64> = HashMap::new();
+    let now_ms = || k8s_openapi::jiff::Timestamp::now().as_millisecond();
     let mut live: Vec<(String, String)> = Vec::new(); // (name, uid)
     let mut kills = 0;
     let mut rng = rand::rng();
@@ -84,9 +97,11 @@ async fn soak_under_faults() {
         } else if !live.is_empty() && rng.random_bool(0.5) {
             let i = rng.random_range(0..live.len());
             let (name, uid) = live.swap_remove(i);
+            delete_issued.insert(uid.clone(), now_ms());
             if api.delete(&name, &DeleteParams::default()).await.is_ok() {
                 deleted_uids.insert(uid);
             } else {
+                delete_issued.remove(&uid);
                 live.push((name, uid));
             }
         }
@@ -112,19 +127,9 @@ async fn soak_under_faults() {
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
     }
-    // Snapshot: VMs deleted while their resource still existed would show up here.
-    let deletions = emu.get("deletions").await;
-    let live_vms: HashSet<String> = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .filter_map(|o| o.status.as_ref()?.instance_id.clone())
-        .collect();
     // Everything left is deleted; the operator must finish under the same faults.
     for (name, uid) in &live {
+        delete_issued.insert(uid.clone(), now_ms());
         if api.delete(name, &DeleteParams::default()).await.is_ok() {
             deleted_uids.insert(uid.clone());
         }
@@ -156,31 +161,41 @@ async fn soak_under_faults() {
         .collect();
     let all_calls = emu.get("calls").await;
     let calls = all_calls.as_array().unwrap();
-    // VM -> owner uid, from the RunInstances calls that created VMs (tags carry the uid).
-    let mut runs_applied: HashMap<String, usize> = HashMap::new();
+    // VMs per resource, by the uid tag each applied RunInstances carried (an applied call is
+    // answered OK or lost after applying, and is not a replay of a recorded answer).
+    let mut vms_per_uid: HashMap<String, usize> = HashMap::new();
     for c in calls.iter().filter(|c| c["action"] == "RunInstances") {
         let applied = (c["code"] == "OK" || c["lost"] == true) && c["replayed"] != true;
-        if applied {
-            *runs_applied
-                .entry(
-                    c["params"]["ClientToken"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                )
-                .or_default() += 1;
+        let params = c["params"].as_object().unwrap();
+        let uid = params.iter().find_map(|(k, v)| {
+            let n = k.strip_prefix("Tag.")?.strip_suffix(".Key")?;
+            (v == "ecs.volcengine.io/uid")
+                .then(|| params.get(&format!("Tag.{n}.Value"))?.as_str())
+                .flatten()
+        });
+        if let (true, Some(uid)) = (applied, uid) {
+            *vms_per_uid.entry(uid.to_string()).or_default() += 1;
         }
     }
-    let created_twice = runs_applied.values().filter(|n| **n > 1).count();
+    let created_twice = vms_per_uid.values().filter(|n| **n > 1).count();
     let mismatches = calls
         .iter()
         .filter(|c| c["code"] == "IdempotentParameterMismatch")
         .count();
-    let wrongful: Vec<&serde_json::Value> = deletions
+    // A deletion (not reverted) before its resource's DELETE was issued, or of a VM whose
+    // resource was never deleted, deleted a VM a live resource referred to.
+    let wrongful: Vec<&serde_json::Value> = deletions_after
         .as_array()
         .unwrap()
         .iter()
-        .filter(|d| live_vms.contains(d["instance_id"].as_str().unwrap_or("")))
+        .filter(|d| d["reverted"] != true)
+        .filter(|d| {
+            let issued = d["owner_uid"].as_str().and_then(|u| delete_issued.get(u));
+            match (issued, d["at_ms"].as_i64()) {
+                (Some(issued), Some(at)) => at < *issued,
+                _ => true,
+            }
+        })
         .collect();
     let mut tokens_per_vm: BTreeMap<String, HashSet<String>> = BTreeMap::new();
     for c in calls.iter().filter(|c| c["action"] == "DeleteInstances") {
@@ -217,16 +232,24 @@ async fn soak_under_faults() {
     );
     println!("VMs left whose resource is gone (leaks): {}", leaked.len());
     println!(
-        "VMs deleted while their resource existed: {}",
+        "VMs deleted while a live resource referred to them: {}",
         wrongful.len()
     );
     println!("resources stuck with the finalizer: {stuck}");
     println!("IdempotentParameterMismatch answers: {mismatches}");
-    println!("VMs created more than once for one resource: {created_twice}");
+    let mut per_resource: BTreeMap<usize, usize> = BTreeMap::new();
+    for n in vms_per_uid.values() {
+        *per_resource.entry(*n).or_default() += 1;
+    }
+    println!("VMs created per resource, by uid tag (VMs: resources): {per_resource:?}");
+    println!("resources with more than one VM: {created_twice}");
     println!("distinct ClientTokens per deleted VM (tokens: VMs): {dist:?}");
     // The soak must have exercised the operator, or the invariants above mean nothing.
-    let vms_created = runs_applied.len();
-    let deleted_vms = deletions_after.as_array().map(Vec::len).unwrap_or(0);
+    let vms_created: usize = vms_per_uid.values().sum();
+    let deleted_vms = deletions_after
+        .as_array()
+        .map(|d| d.iter().filter(|d| d["reverted"] != true).count())
+        .unwrap_or(0);
     println!("VMs created: {vms_created}; accepted deletions: {deleted_vms}");
     assert!(
         vms_created >= total / 2,
@@ -241,6 +264,38 @@ async fn soak_under_faults() {
     assert_eq!(stuck, 0, "resources stuck");
     assert_eq!(mismatches, 0);
     assert_eq!(created_twice, 0);
-    assert!(kills >= 1 || secs < 30);
+    // Every injected fault kind fired (or the soak proved nothing about it).
+    let actions = stats["actions"].as_object().cloned().unwrap_or_default();
+    let code_count = |code: &str| -> u64 {
+        actions
+            .values()
+            .map(|a| a["codes"][code].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let lost: u64 = actions
+        .values()
+        .map(|a| a["lost"].as_u64().unwrap_or(0))
+        .sum();
+    println!(
+        "faults fired: InternalError {}, FlowLimitExceeded {}, lost responses {lost}",
+        code_count("InternalError"),
+        code_count("FlowLimitExceeded")
+    );
+    assert!(code_count("InternalError") > 0, "no InternalError fired");
+    assert!(code_count("FlowLimitExceeded") > 0, "no throttling fired");
+    assert!(lost > 0, "no response was lost");
+    // The short form in CI must be big enough to mean something.
+    assert!(
+        kills >= 1,
+        "the operator was never killed: SOAK_SECS too small"
+    );
+    assert!(
+        apiserver_restarted,
+        "the kube-apiserver was never restarted"
+    );
+    assert!(
+        total >= 50,
+        "SOAK_RESOURCES={total} is too small to prove anything"
+    );
     op.kill();
 }

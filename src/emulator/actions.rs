@@ -371,6 +371,12 @@ fn check_deletable(store: &mut Store, ctx: &Ctx<'_>, id: &str) -> Result<(), Api
 
 fn delete_one(store: &mut Store, ctx: &Ctx<'_>, id: &str, action: Action) -> Result<(), ApiError> {
     check_deletable(store, ctx, id)?;
+    let owner_uid = find(store, ctx, id)?
+        .inst
+        .tags
+        .iter()
+        .find(|t| t.key == "ecs.volcengine.io/uid")
+        .map(|t| t.value.clone());
     if ctx.revert_deletions {
         let back = find(store, ctx, id)?.inst.status.clone();
         if let Some(r) = store.get_mut(id, ctx.now) {
@@ -382,6 +388,8 @@ fn delete_one(store: &mut Store, ctx: &Ctx<'_>, id: &str, action: Action) -> Res
         instance_id: id.to_string(),
         region: ctx.region.to_string(),
         time: rfc3339(ctx.now),
+        at_ms: ctx.now.as_millisecond(),
+        owner_uid,
         action: action.as_str().to_string(),
         client_token: ctx.client_token.map(str::to_string),
         request_id: ctx.request_id.to_string(),

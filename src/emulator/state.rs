@@ -156,6 +156,10 @@ pub struct Deletion {
     pub instance_id: String,
     pub region: String,
     pub time: String,
+    /// Milliseconds since the Unix epoch (tests compare it with when a resource was deleted).
+    pub at_ms: i64,
+    /// The VM's `ecs.volcengine.io/uid` tag when it was deleted (tests map VMs to resources).
+    pub owner_uid: Option<String>,
     pub action: String,
     pub client_token: Option<String>,
     pub request_id: String,
