@@ -198,3 +198,106 @@ async fn orphan_of_a_vm_describe_no_longer_returns_is_released() {
         "{evs:?}"
     );
 }
+
+/// A ClusterRole with every rule of `deploy/rbac/cluster-role.yaml` except reading
+/// Namespaces, bound to a user the operator then impersonates: its namespace reads fail
+/// (403) while everything else works.
+async fn namespace_blind_user(client: &kube::Client, tag: &str, with_namespaces: bool) -> String {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::api::PostParams;
+    let user = format!("nsblind-{tag}");
+    let text = std::fs::read_to_string(repo().join("deploy/rbac/cluster-role.yaml")).unwrap();
+    // The file holds the ClusterRole, then its binding.
+    let first = text.split("\n---").next().unwrap();
+    let mut role: serde_json::Value = serde_yaml::from_str(first).unwrap();
+    if !with_namespaces {
+        role["rules"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|r| !r["resources"].to_string().contains("\"namespaces\""));
+    }
+    role["metadata"] = json!({"name": user});
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role: ClusterRole = serde_json::from_value(role).unwrap();
+    let pp = PatchParams::apply("e2e").force();
+    roles.patch(&user, &pp, &Patch::Apply(&role)).await.unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }))
+    .unwrap();
+    let _ = Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await;
+    user
+}
+
+/// The admin kubeconfig, impersonating `user`.
+fn impersonating_kubeconfig(dir: &std::path::Path, user: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(control_plane()).unwrap();
+    let mut kc: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    kc["users"][0]["user"]["as"] = json!(user);
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_namespace_keeps_the_vm_until_it_can_be_read() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-nsread").await;
+    let emu = Emulator::start("nsread", &[]);
+    let user = namespace_blind_user(&client, &ns, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kc = impersonating_kubeconfig(dir.path(), &user);
+    let op = Operator::start_with_env(
+        "nsread",
+        &ns,
+        &emu,
+        &["--cluster-id", "e2e-nsread"],
+        &[
+            ("KUBECONFIG", kc.to_str().unwrap()),
+            ("VOLCENGINE_SECRET_KEY", SK),
+        ],
+    );
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    adopted(&api, "vm", &id).await;
+    delete(&api, "vm").await;
+
+    // The namespace cannot be read (403): that is doubt, not "no annotation" (Delete).
+    wait_for(30, "NamespaceUnreadable condition", || async {
+        let o = api.get("vm").await.ok()?;
+        let c = o.condition("Synced")?;
+        (c.status == "False" && c.reason == "NamespaceUnreadable").then_some(())
+    })
+    .await;
+    wait_for(20, "Warning Event NamespaceUnreadable", || async {
+        events(&client, &ns, "vm")
+            .await
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "NamespaceUnreadable")
+            .then_some(())
+    })
+    .await;
+    // Progress, not a sleep: the operator retried the read and held again, three times.
+    wait_for(60, "three held deletions", || async {
+        let held = op
+            .log()
+            .lines()
+            .filter(|l| l.contains("deletion held") && l.contains("NamespaceUnreadable"))
+            .count();
+        (held >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(has_finalizer(&api, "vm").await, Some(true));
+    assert_eq!(emu.deletions_of(&id).await, 0, "VM kept while in doubt");
+    assert!(emu.calls("DeleteInstances").await.is_empty());
+
+    // The permission is restored: the deletion completes, exactly once.
+    namespace_blind_user(&client, &ns, true).await;
+    wait_for(60, "resource gone", || gone(&api, "vm")).await;
+    assert_eq!(emu.deletions_of(&id).await, 1);
+}
