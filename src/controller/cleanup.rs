@@ -8,7 +8,8 @@
 //! got `InvalidInstanceStatus` would get `InvalidInstanceStatus` forever, even after the VM
 //! became deletable. Both properties hold when the token is derived from the resource alone:
 //!
-//!   `ecsop-del-<metadata.uid>-<status.deletionAttempt>`   (at most 11 + 36 + 1 + 10 = 58 ASCII)
+//!   `ecsop-del-<metadata.uid>-<status.deletionAttempt>`   (at most 10 + 40 + 1 + 7 = 58 ASCII:
+//!   the uid is cut to 40 characters, the attempt stops at 1,000,000)
 //!
 //! `status.deletionAttempt` is bumped (and persisted) only after a definitive answer (an
 //! `OperationDetails` entry, or `IdempotentParameterMismatch`); call-level failures keep it.
@@ -35,7 +36,10 @@ pub struct DeleteItem {
 
 pub type DeleteOutcome = Result<Called<Vec<OperationDetail>>, CloudError>;
 
-pub const MAX_TOKEN_LEN: usize = 64;
+/// The longest ClientToken the operator sends (README "How deletion works"): a batch token,
+/// `ecsop-delb-` + 48 hex. The emulator accepts up to 64 (the length the documentation leaves
+/// open is listed among its choices).
+pub const MAX_TOKEN_LEN: usize = 59;
 
 /// Keeps the token ASCII even if a uid were not a UUID.
 fn sanitize(s: &str) -> String {
@@ -433,8 +437,28 @@ mod tests {
         assert_eq!(t, "ecsop-del-3f2504e0-4f89-11d3-9a0c-0305e82c3301-0");
         assert_eq!(t, delete_token(uid, 0));
         assert_ne!(t, delete_token(uid, 1));
-        assert!(delete_token(uid, u32::MAX).len() <= MAX_TOKEN_LEN);
+        let longest_uid = "x".repeat(100);
+        let max = crate::api::MAX_COUNTER;
+        assert_eq!(delete_token(&longest_uid, max).len(), 58);
         assert!(delete_token("ü/ weird", 3).is_ascii());
+    }
+
+    #[test]
+    fn batch_token_is_the_documented_sha256() {
+        // Expected value computed outside this code (Python's hashlib) over the documented
+        // input: one "uid/attempt/instance id\n" line per member, sorted.
+        let item = |uid: &str, attempt, id: &str| DeleteItem {
+            uid: uid.into(),
+            attempt,
+            instance_id: id.into(),
+        };
+        let (token, ids) = batch_request(&[item("u2", 2, "i-2"), item("u1", 0, "i-1")]);
+        assert_eq!(
+            token,
+            "ecsop-delb-7a583b83693684f8d4df909c72861810f68ba77cff79e678"
+        );
+        assert_eq!(token.len(), MAX_TOKEN_LEN);
+        assert_eq!(ids, ["i-1", "i-2"]);
     }
 
     #[test]
