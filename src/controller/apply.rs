@@ -624,8 +624,17 @@ async fn create_or_adopt(
             );
             Ok(Step::Have(id))
         }
-        Err(e) => Ok(Step::Wait(
-            cloud_failure(obj, ctx, api, st.clone(), "RunInstances", e).await?,
-        )),
+        Err(e) => {
+            // A refused request created nothing (an earlier attempt that was applied would be
+            // replayed as a success for this token, not refused): no VM is appearing.
+            // (`obj` predates the guarded write above, so a merge patch cannot clear it.)
+            if e.class() == crate::cloud::ErrorClass::Terminal {
+                st.run_instances_at = None;
+                status::patch_replace(api, obj, st).await?;
+            }
+            Ok(Step::Wait(
+                cloud_failure(obj, ctx, api, st.clone(), "RunInstances", e).await?,
+            ))
+        }
     }
 }

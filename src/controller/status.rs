@@ -24,8 +24,22 @@ pub async fn patch(
         return Ok(());
     }
     let pp = PatchParams::apply(FIELD_MANAGER);
-    let patch = Patch::Merge(json!({ "status": status }));
+    let patch = Patch::Merge(json!({ "status": merge_status(obj, status) }));
     super::tolerate_gone(api.patch_status(&obj.name_any(), &pp, &patch).await)
+}
+
+/// The status as a merge patch body: a field set before and unset now is sent as `null`,
+/// which removes it (omitting it would keep the old value: a cleared `runInstancesAt` would
+/// stay and keep a never-made VM "appearing").
+pub fn merge_status(obj: &EcsInstance, status: &EcsInstanceStatus) -> serde_json::Value {
+    let mut body = json!(status);
+    let old = obj.status.as_ref().map(|s| json!(s));
+    if let (Some(serde_json::Value::Object(old)), Some(new)) = (old, body.as_object_mut()) {
+        for k in old.keys() {
+            new.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    body
 }
 
 /// Writes the status only if the resource is still at the version `obj` was read at: the
@@ -56,7 +70,7 @@ pub async fn patch_if_current(
 /// without one would be unconditional).
 pub fn guarded_body(obj: &EcsInstance, status: &EcsInstanceStatus) -> Option<serde_json::Value> {
     let rv = obj.resource_version().filter(|v| !v.is_empty())?;
-    Some(json!({ "metadata": { "resourceVersion": rv }, "status": status }))
+    Some(json!({ "metadata": { "resourceVersion": rv }, "status": merge_status(obj, status) }))
 }
 
 /// Writes the whole status, clearing fields that are now unset (a merge patch would keep
@@ -77,6 +91,35 @@ pub async fn patch_replace(
         )
         .await,
     )
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    #[test]
+    fn a_field_unset_since_the_last_write_is_sent_as_null() {
+        let mut obj = EcsInstance::new("x", Default::default());
+        obj.status = Some(EcsInstanceStatus {
+            instance_id: Some("i-1".into()),
+            create_requested: Some(true),
+            ..Default::default()
+        });
+        let new = EcsInstanceStatus {
+            instance_id: Some("i-1".into()),
+            ..Default::default()
+        };
+        let body = merge_status(&obj, &new);
+        assert_eq!(body["instanceId"], "i-1");
+        assert!(body["createRequested"].is_null());
+        assert!(body.as_object().unwrap().contains_key("createRequested"));
+        // Nothing set before: nothing to clear.
+        obj.status = None;
+        assert!(!merge_status(&obj, &new)
+            .as_object()
+            .unwrap()
+            .contains_key("createRequested"));
+    }
 }
 
 /// Publishes an Event without holding up the reconcile; a failed Event is logged, never
