@@ -352,10 +352,27 @@ pub async fn sweep_once(
     let mut live = live_resources(client).await?;
     let regions = tracker.regions_to_sweep(cloud.default_region(), &live.regions, extra_regions);
     let mut vms = Vec::new();
+    // A region whose listing fails (or may be incomplete) is left out of this sweep, not
+    // guessed: its VMs are neither candidates nor confirmed. The other regions still count
+    // (a VM's references come from Kubernetes, not from other regions), so one resource
+    // naming a region that does not exist cannot stop every sweep. All regions failing
+    // skips the sweep.
+    let mut failed = None;
+    let mut listed = 0;
     for region in &regions {
-        for vm in list_cluster_vms(cloud, region, cluster_id).await? {
-            vms.push((region.clone(), vm));
+        match list_cluster_vms(cloud, region, cluster_id).await {
+            Ok(found) => {
+                listed += 1;
+                vms.extend(found.into_iter().map(|vm| (region.clone(), vm)));
+            }
+            Err(e) => {
+                tracing::warn!(%region, error = %e, "leak sweep of this region skipped");
+                failed = Some(e);
+            }
         }
+    }
+    if let (0, Some(e)) = (listed, failed) {
+        return Err(e);
     }
     // Re-list resources after the cloud listing: a resource created meanwhile is not a leak.
     live.extend(live_resources(client).await?);

@@ -464,9 +464,16 @@ async fn operator_killed_mid_deletion_finishes_with_the_same_token() {
     // The cloud is slow: the operator dies while its DeleteInstances is in flight.
     emu.faults("DeleteInstances", json!({"latency_ms": 3000}))
         .await;
+    let described_before = emu.calls("DescribeInstances").await.len();
     delete(&api, "vm").await;
-    // The call log records a call when it is answered: give the operator time to send it.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The ownership check (DescribeInstances) is answered first; the DeleteInstances that
+    // follows is then held 3 s by the emulator. The call log records a call when it is
+    // answered, so the check's answer is the last thing observable before the kill.
+    wait_for(20, "the ownership check answered", || async {
+        (emu.calls("DescribeInstances").await.len() > described_before).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     op.kill();
     assert_eq!(has_finalizer(&api, "vm").await, Some(true));
     emu.faults("DeleteInstances", json!({})).await;
@@ -591,11 +598,12 @@ async fn adopting_a_stale_owners_vm_transfers_ownership() {
     let client = client().await;
     let ns = namespace(&client, "e2e-stale").await;
     let emu = Emulator::start("stale", &["--delete-delay-ms", "0"]);
-    let _op = Operator::start("stale", &ns, &emu, &[]);
+    // The stale owner was of this cluster (a VM of another cluster is refused instead).
+    let _op = Operator::start("stale", &ns, &emu, &["--cluster-id", "stale-cluster"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu
         .seed(json!({"Status": "RUNNING", "Tags": [
-            {"Key": "ecs.volcengine.io/cluster", "Value": "default"},
+            {"Key": "ecs.volcengine.io/cluster", "Value": "stale-cluster"},
             {"Key": "ecs.volcengine.io/namespace", "Value": "old-ns"},
             {"Key": "ecs.volcengine.io/name", "Value": "old"},
             {"Key": "ecs.volcengine.io/uid", "Value": "00000000-dead-beef-0000-000000000000"},

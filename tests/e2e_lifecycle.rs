@@ -312,19 +312,35 @@ async fn immutable_field_change_is_reported_and_ignored() {
     let b = emu.seed(json!({"Status": "RUNNING"})).await;
     create(&api, "vm", json!({"instanceId": a})).await;
     ready(&api, "vm").await;
+    // The API server refuses the edit (CEL, tests/e2e_admission.rs has every rule).
+    let refused = api
+        .patch(
+            "vm",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"instanceId": b}})),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 422
+            && s.message.contains("spec.instanceId cannot be added, changed or removed")),
+        "{refused:?}"
+    );
+    // A creation field the API server lets through is reported by the operator instead.
+    create(&api, "made", create_spec()).await;
+    ready(&api, "made").await;
     api.patch(
-        "vm",
+        "made",
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"instanceId": b}})),
+        &Patch::Merge(json!({"spec": {"create": {"instanceName": "renamed"}}})),
     )
     .await
     .unwrap();
     wait_for(30, "ImmutableFieldChanged", || async {
-        let o = api.get("vm").await.ok()?;
+        let o = api.get("made").await.ok()?;
         (o.condition("Synced")?.reason == "ImmutableFieldChanged").then_some(())
     })
     .await;
-    let evs = events(&client, &ns, "vm").await;
+    let evs = events(&client, &ns, "made").await;
     assert!(
         evs.iter()
             .any(|(t, r, _)| t == "Warning" && r == "ImmutableFieldChanged"),
