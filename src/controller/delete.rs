@@ -439,6 +439,7 @@ async fn not_proven(
             for t in ["Synced", "Ready"] {
                 set_condition(&mut st.conditions, t, false, OWNERSHIP_UNPROVEN, &msg, gen);
             }
+            ctx.metrics.deletion_held(OWNERSHIP_UNPROVEN);
             status::patch(api, obj, &st).await?;
             status::event(ctx, obj, true, OWNERSHIP_UNPROVEN, "Delete", msg);
             Ok(Action::requeue(ctx.backoff.next(uid)))
@@ -467,6 +468,7 @@ async fn still_appearing(
         st.deletion_attempt = next_attempt;
     }
     let msg = format!("{what} was created moments ago and the cloud does not list it yet (eventual consistency); the deletion waits for it");
+    ctx.metrics.deletion_held("InstanceAppearing");
     let gen = obj.metadata.generation;
     set_condition(
         &mut st.conditions,
