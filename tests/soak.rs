@@ -168,9 +168,9 @@ async fn soak_under_faults() {
         let applied = (c["code"] == "OK" || c["lost"] == true) && c["replayed"] != true;
         let params = c["params"].as_object().unwrap();
         let uid = params.iter().find_map(|(k, v)| {
-            let n = k.strip_prefix("Tag.")?.strip_suffix(".Key")?;
+            let n = k.strip_prefix("Tags.")?.strip_suffix(".Key")?;
             (v == "ecs.volcengine.io/uid")
-                .then(|| params.get(&format!("Tag.{n}.Value"))?.as_str())
+                .then(|| params.get(&format!("Tags.{n}.Value"))?.as_str())
                 .flatten()
         });
         if let (true, Some(uid)) = (applied, uid) {
@@ -251,19 +251,6 @@ async fn soak_under_faults() {
         .map(|d| d.iter().filter(|d| d["reverted"] != true).count())
         .unwrap_or(0);
     println!("VMs created: {vms_created}; accepted deletions: {deleted_vms}");
-    assert!(
-        vms_created >= total / 2,
-        "only {vms_created} VMs created for {total} resources"
-    );
-    assert_eq!(
-        deleted_vms, vms_created,
-        "every created VM deleted exactly once"
-    );
-    assert!(leaked.is_empty(), "leaked VMs: {leaked:?}");
-    assert!(wrongful.is_empty(), "wrongful deletions: {wrongful:?}");
-    assert_eq!(stuck, 0, "resources stuck");
-    assert_eq!(mismatches, 0);
-    assert_eq!(created_twice, 0);
     // Every injected fault kind fired (or the soak proved nothing about it).
     let actions = stats["actions"].as_object().cloned().unwrap_or_default();
     let code_count = |code: &str| -> u64 {
@@ -284,6 +271,19 @@ async fn soak_under_faults() {
     assert!(code_count("InternalError") > 0, "no InternalError fired");
     assert!(code_count("FlowLimitExceeded") > 0, "no throttling fired");
     assert!(lost > 0, "no response was lost");
+    assert!(
+        vms_created >= total / 2,
+        "only {vms_created} VMs created for {total} resources"
+    );
+    assert_eq!(
+        deleted_vms, vms_created,
+        "every created VM deleted exactly once"
+    );
+    assert!(leaked.is_empty(), "leaked VMs: {leaked:?}");
+    assert!(wrongful.is_empty(), "wrongful deletions: {wrongful:?}");
+    assert_eq!(stuck, 0, "resources stuck");
+    assert_eq!(mismatches, 0);
+    assert_eq!(created_twice, 0);
     // The short form in CI must be big enough to mean something.
     assert!(
         kills >= 1,
