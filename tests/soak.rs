@@ -66,7 +66,17 @@ async fn soak_under_faults() {
         "soak",
         &ns,
         &emu,
-        &["--rate-limit", "50", "--rate-burst", "50"],
+        // The appear window must outlast the emulator's 1.5 s visibility lag; the default
+        // (10 minutes) would hold a resource whose RunInstances answer was lost longer than
+        // the drain below waits.
+        &[
+            "--rate-limit",
+            "50",
+            "--rate-burst",
+            "50",
+            "--instance-appear-window-secs",
+            "30",
+        ],
     );
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let spec = json!({"create": {"zoneId": "cn-beijing-a", "imageId": "image-abc", "instanceTypeId": "ecs.g1ie.large",
