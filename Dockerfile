@@ -14,7 +14,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin ecs-operator \
+    cargo build --release --locked -p ecs-operator --bin ecs-operator \
     && cp target/release/ecs-operator /ecs-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot
@@ -22,5 +22,6 @@ COPY --from=build /ecs-operator /ecs-operator
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/ecs-operator"]
-# `run` is the controller; the same image also runs `crd` (print the CRD) and `emulator`.
+# `run` is the controller; the same image also runs `crd` (print the CRD) and `sweep`. The
+# emulator is a test tool in its own crate and binary: it is not in this image.
 CMD ["run"]

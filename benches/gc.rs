@@ -19,8 +19,7 @@
 //! `--latency K` measures single-resource `delete` -> gone latency over K deletions.
 //! The emulator throttles DeleteInstances at 10 requests/s (429 FlowLimitExceeded above).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use ecs_test_harness as support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

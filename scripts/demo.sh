@@ -17,9 +17,10 @@ finish() {
 trap finish EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "building ecs-operator"
-cargo build -q --bins
+say "building ecs-operator and ecs-emulator"
+cargo build -q -p ecs-operator -p ecs-emulator --bins
 BIN="$CARGO_TARGET_DIR/debug/ecs-operator"
+EMU_BIN="$CARGO_TARGET_DIR/debug/ecs-emulator"
 
 say "starting the local control plane (first run builds Kubernetes from its Go modules, ~12 min)"
 bash scripts/control-plane.sh up "$ECS_CP_DIR"
@@ -32,7 +33,7 @@ k create namespace "$NS" >/dev/null
 
 say "starting the ECS emulator and the operator"
 export VOLCENGINE_ACCESS_KEY=AKLTdemo VOLCENGINE_SECRET_KEY=demo-secret VOLCENGINE_REGION=cn-beijing
-"$BIN" emulator --listen 127.0.0.1:0 --access-key "$VOLCENGINE_ACCESS_KEY" --secret-key "$VOLCENGINE_SECRET_KEY" \
+"$EMU_BIN" --listen 127.0.0.1:0 --access-key "$VOLCENGINE_ACCESS_KEY" --secret-key "$VOLCENGINE_SECRET_KEY" \
   --create-delay-ms 1500 >"$WORK/emulator.out" 2>"$WORK/emulator.log" &
 pids+=($!)
 for _ in $(seq 50); do grep -q listening "$WORK/emulator.out" && break; sleep 0.1; done

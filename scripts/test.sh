@@ -77,8 +77,8 @@ lint() {
   step "cargo fmt --check"
   cargo fmt --all -- --check
   echo "CHECKS 1"
-  step "cargo clippy --all-targets -- -D warnings"
-  cargo clippy --all-targets -q -- -D warnings
+  step "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -q -- -D warnings
   echo "CHECKS 1"
   step "cargo deny check licenses bans sources"
   cargo fetch -q # every platform's crates: cargo-deny's metadata needs them all offline
@@ -99,7 +99,7 @@ lint() {
 }
 
 # Test binaries by what they need: none (unit), the emulator (wire), a control plane (e2e).
-unit_targets() { echo --lib --bins --test crd_drift --test signer_vectors; }
+unit_targets() { echo --workspace --lib --bins --test crd_drift --test signer_vectors; }
 wire_targets() { echo --test emulator_api --test emulator_client; }
 e2e_targets() {
   local f
@@ -120,7 +120,7 @@ wire() {
   # shellcheck disable=SC2046
   cargo test -q $(wire_targets)
   step "official Python SDK against the emulator"
-  ECS_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/ecs-operator" "$venv/bin/pytest" -q tests/python
+  ECS_EMULATOR_BIN="$CARGO_TARGET_DIR/debug/ecs-emulator" "$venv/bin/pytest" -q tests/python
 }
 
 e2e_newest() {
@@ -157,7 +157,7 @@ SUMMARY+=("$(printf 'provision            %5s        %5d s' ok $((SECONDS - t0))
 
 tier lint lint
 step "cargo build"
-cargo build -q --bins --tests
+cargo build -q --workspace --bins --tests
 tier unit unit
 tier wire wire
 tier e2e-newest e2e_newest

@@ -5,7 +5,7 @@ use std::process::Command;
 
 #[test]
 fn committed_crd_matches_generated() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ecs-operator"))
+    let out = Command::new(ecs_test_harness::operator_bin())
         .arg("crd")
         .output()
         .unwrap();
@@ -24,7 +24,7 @@ fn committed_crd_matches_generated() {
 
 #[test]
 fn schema_constrains_what_the_api_server_must_reject() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ecs-operator"))
+    let out = Command::new(ecs_test_harness::operator_bin())
         .arg("crd")
         .output()
         .unwrap();
@@ -54,7 +54,7 @@ fn schema_constrains_what_the_api_server_must_reject() {
 
 #[test]
 fn counters_are_bounded_integers_without_unknown_formats() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ecs-operator"))
+    let out = Command::new(ecs_test_harness::operator_bin())
         .arg("crd")
         .output()
         .unwrap();

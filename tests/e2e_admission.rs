@@ -2,7 +2,7 @@
 //! through `kubectl`, on the real API server, with the message users see. A good edit next to
 //! each bad one is accepted, so a rule that rejects everything fails here too.
 
-mod support;
+use ecs_test_harness as support;
 
 use serde_json::{json, Value};
 use support::*;

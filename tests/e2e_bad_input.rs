@@ -6,7 +6,7 @@
 //! schema rejects are covered by `e2e_lifecycle.rs::schema_rejects_malformed_specs`.
 
 mod bad_input;
-mod support;
+use ecs_test_harness as support;
 
 use bad_input::*;
 

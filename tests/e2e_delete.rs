@@ -2,7 +2,7 @@
 //! kube-controller-manager, and the emulator; assertions on Kubernetes objects and on what
 //! the cloud saw.
 
-mod support;
+use ecs_test_harness as support;
 
 use std::time::Duration;
 

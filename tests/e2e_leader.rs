@@ -1,7 +1,7 @@
 //! Two replicas with leader election on the real control plane: only the holder reconciles;
 //! the leader killed mid-run is replaced within the lease duration; SIGTERM releases the Lease.
 
-mod support;
+use ecs_test_harness as support;
 
 use std::time::Duration;
 

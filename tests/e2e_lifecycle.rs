@@ -1,7 +1,7 @@
 //! The rest of a VM's life, end to end: create, crash before the status write, adopt,
 //! orphan, deletion protection, prepaid, out-of-band deletion, immutable fields.
 
-mod support;
+use ecs_test_harness as support;
 
 use std::collections::HashSet;
 use std::time::Duration;

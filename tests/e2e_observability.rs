@@ -1,6 +1,6 @@
 //! /metrics, /healthz and /readyz of a running operator, and JSON logs.
 
-mod support;
+use ecs_test_harness as support;
 
 use ecs_operator::api::EcsInstance;
 use kube::api::Api;

@@ -2,7 +2,7 @@
 //! does not recognise keeps the VM until it is fixed, and the release-without-delete escape
 //! hatch lets a stuck deletion go without any cloud call.
 
-mod support;
+use ecs_test_harness as support;
 
 use ecs_operator::api::{EcsInstance, NAMESPACE_POLICY_ANNOTATION, RELEASE_ANNOTATION};
 use k8s_openapi::api::core::v1::Namespace;

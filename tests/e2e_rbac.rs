@@ -4,7 +4,7 @@
 //! only where the opt-in RoleBinding exists, publishes Events and holds its Lease, without
 //! one "forbidden"; and the ServiceAccount can do exactly what deploy/rbac lists, nothing more.
 
-mod support;
+use ecs_test_harness as support;
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -5,7 +5,7 @@
 //! configuration and the client, `--help` and clap's errors are checked as well.
 
 mod bad_input;
-mod support;
+use ecs_test_harness as support;
 
 use std::process::Command;
 
@@ -126,20 +126,29 @@ fn debug_output_of_config_and_client_never_shows_credentials() {
     let client = EcsClient::new(cfg, None).unwrap();
     assert_debug_clean("EcsClient", &format!("{client:?}"));
 
-    let emu = Cli::try_parse_from(["ecs-operator", "emulator", "--secret-key", sk]).unwrap();
+    let emu = EmulatorCli::try_parse_from(["ecs-emulator", "--secret-key", sk]).unwrap();
     assert_debug_clean("emulator args", &format!("{emu:?}"));
+}
+
+/// The emulator binary's command line, as its main parses it.
+#[derive(Parser, Debug)]
+struct EmulatorCli {
+    #[command(flatten)]
+    args: ecs_emulator::EmulatorArgs,
 }
 
 /// `--help` shows no environment values, and clap's own errors do not echo them.
 #[test]
 fn help_and_usage_errors_never_show_credentials() {
-    for args in [
-        &["run", "--help"][..],
-        &["emulator", "--help"],
-        &["run", "--no-such-flag"],
-        &["run", "--max-attempts", "many"],
+    let operator = support::operator_bin();
+    let emulator = support::emulator_bin();
+    for (bin, args) in [
+        (&operator, &["run", "--help"][..]),
+        (&emulator, &["--help"]),
+        (&operator, &["run", "--no-such-flag"]),
+        (&operator, &["run", "--max-attempts", "many"]),
     ] {
-        let out = Command::new(support::BIN)
+        let out = Command::new(bin)
             .args(args)
             .env_clear()
             .env("VOLCENGINE_ACCESS_KEY", AK)

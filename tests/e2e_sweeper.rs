@@ -5,7 +5,7 @@
 //! names by ID is safe whatever uid it carries; refusals are retried under new tokens;
 //! flagged regions are swept; the TagFilters limit is survived.
 
-mod support;
+use ecs_test_harness as support;
 
 use std::time::Duration;
 
@@ -207,7 +207,7 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
     );
 
     // The command-line dry run prints the same verdicts.
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(operator_bin())
         .args([
             "sweep",
             "--dry-run",
@@ -458,7 +458,7 @@ async fn delete_mode_refuses_an_identity_not_unique_by_construction() {
     })
     .await;
     drop(op);
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(operator_bin())
         .args([
             "sweep",
             "--mode",

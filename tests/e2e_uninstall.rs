@@ -3,7 +3,7 @@
 //! runs on a control plane of its own (ECS_CP_DIR is pointed at a dedicated state dir before
 //! the harness starts one) and stops it at the end.
 
-mod support;
+use ecs_test_harness as support;
 
 use std::process::Command;
 

@@ -3,12 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use ecs_emulator::{serve, Delays, EmulatorConfig};
 use ecs_operator::cloud::client::{ClientConfig, EcsClient};
 use ecs_operator::cloud::limiter::RateLimit;
 use ecs_operator::cloud::model::DescribeQuery;
 use ecs_operator::cloud::signer::{canonical_query, sign, Credentials, Secret, SignRequest};
-use ecs_operator::cloud::Cloud;
-use ecs_operator::emulator::{serve, Delays, EmulatorConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

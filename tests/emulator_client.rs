@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ecs_emulator::{serve, Delays, EmulatorConfig};
 use ecs_operator::cloud::client::{ClientConfig, EcsClient};
 use ecs_operator::cloud::limiter::RateLimit;
 use ecs_operator::cloud::model::{
@@ -10,11 +11,10 @@ use ecs_operator::cloud::model::{
     VolumeSpec,
 };
 use ecs_operator::cloud::signer::{Credentials, Secret};
-use ecs_operator::cloud::{Cloud, CloudError, ErrorClass};
-use ecs_operator::emulator::{serve, Delays, EmulatorConfig};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use volcengine_ecs::{CloudError, ErrorClass};
 
 const AK: &str = "AKLTtest-client";
 const SK: &str = "test-secret";

@@ -1,7 +1,7 @@
 //! Every vector the official Python SDK produced must come out byte for byte.
 
-use ecs_operator::cloud::signer::{self, Credentials, Secret, SignRequest};
 use serde_json::Value;
+use volcengine_ecs::signer::{self, Credentials, Secret, SignRequest};
 
 fn s(v: &Value, k: &str) -> String {
     v[k].as_str()

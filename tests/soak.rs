@@ -11,7 +11,7 @@
 //! its resource's DELETE was issued (a VM deleted before is a wrongful deletion), and VMs are
 //! counted per resource by their uid tag.
 
-mod support;
+use ecs_test_harness as support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};

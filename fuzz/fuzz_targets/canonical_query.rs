@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use ecs_operator::cloud::signer::{canonical_query, encode};
+use volcengine_ecs::signer::{canonical_query, encode};
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::percent_decode_str;
 

@@ -6,11 +6,11 @@
 
 #![no_main]
 
-use ecs_operator::cloud::client::parse_response;
-use ecs_operator::cloud::model::{
+use volcengine_ecs::client::parse_response;
+use volcengine_ecs::model::{
     Action, DescribeInstancesResult, EmptyResult, OperationDetailsResult, RunInstancesResult,
 };
-use ecs_operator::cloud::{CloudError, ErrorClass};
+use volcengine_ecs::{CloudError, ErrorClass};
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use ecs_operator::cloud::signer::{
+use volcengine_ecs::signer::{
     expected_signature, parse_authorization, sha256_hex, sign, Credentials, Secret, SignRequest,
     VerifyRequest,
 };

@@ -25,7 +25,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::support::{self, create, delete, gone, wait_for, BIN};
+use crate::support::{self, create, delete, emulator_bin, gone, operator_bin, wait_for};
 
 pub const AK: &str = "AKLTbadinput";
 pub const BOGUS_AK: &str = "AKLTnobodyhasthiskey";
@@ -126,8 +126,8 @@ pub struct Emu {
 impl Emu {
     pub fn start(name: &str, mode: &Mode) -> Self {
         let log = std::fs::File::create(log_dir().join(format!("{name}-emulator.log"))).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["emulator", "--listen", "127.0.0.1:0", "--access-key", AK])
+        let mut child = Command::new(emulator_bin())
+            .args(["--listen", "127.0.0.1:0", "--access-key", AK])
             .args(["--secret-key", mode.sk, "--delete-delay-ms", "0"])
             .stdout(Stdio::piped())
             .stderr(log)
@@ -259,7 +259,7 @@ impl Op {
     ) -> Self {
         let log_path = log_dir().join(format!("{name}-operator.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(operator_bin());
         cmd.args(["run", "--namespaces", ns, "--metrics-addr", "127.0.0.1:0"])
             .args(["--backoff-base-secs", "1", "--backoff-max-secs", "3"])
             .args(["--transition-poll-secs", "1"])
@@ -888,7 +888,7 @@ pub const STARTUP_CASES: &[(&str, &[&str])] = &[
 /// Runs the operator against each endpoint and expects a prompt, clear, non-zero exit.
 pub fn run_startup_cases(mode: &Mode, ev: &Evidence) {
     for (endpoint, needles) in STARTUP_CASES {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(operator_bin())
             .args(["run", "--metrics-addr", "127.0.0.1:0"])
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -1,8 +1,8 @@
 """The official Volcengine Python SDK (volcenginesdk-ecs) against the emulator binary.
 
 Needs: pip install volcenginesdk-ecs pytest (this file installs nothing), and a built
-binary: $ECS_OPERATOR_BIN, default target/debug/ecs-operator. The emulator is started with
-`emulator --listen 127.0.0.1:0` and its first stdout line gives the address.
+binary: $ECS_EMULATOR_BIN, default target/debug/ecs-emulator. The emulator is started with
+`--listen 127.0.0.1:0` and its first stdout line gives the address.
 """
 
 import json
@@ -20,7 +20,7 @@ import volcenginesdkecs
 from volcenginesdkcore.rest import ApiException
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("ECS_OPERATOR_BIN", os.path.join(REPO, "target", "debug", "ecs-operator"))
+BIN = os.environ.get("ECS_EMULATOR_BIN", os.path.join(REPO, "target", "debug", "ecs-emulator"))
 AK = "AKLTpython"
 SK = "python-secret"
 REGION = "cn-beijing"
@@ -39,9 +39,9 @@ def _first_line(proc, timeout):
 @pytest.fixture(scope="module")
 def emulator():
     if not os.access(BIN, os.X_OK):
-        pytest.fail(f"emulator binary {BIN} not found; run `cargo build` or set ECS_OPERATOR_BIN")
+        pytest.fail(f"emulator binary {BIN} not found; run `cargo build --bins` or set ECS_EMULATOR_BIN")
     proc = subprocess.Popen(
-        [BIN, "emulator", "--listen", "127.0.0.1:0",
+        [BIN, "--listen", "127.0.0.1:0",
          "--access-key", AK, "--secret-key", SK,
          "--create-delay-ms", str(DELAY_MS), "--stop-delay-ms", str(DELAY_MS),
          "--start-delay-ms", str(DELAY_MS), "--delete-delay-ms", str(DELAY_MS)],

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::cloud::model::{
+use volcengine_ecs::model::{
     Action, DescribeInstancesResult, EmptyResult, Instance, NetworkInterface, OperationDetail,
     OperationDetailsResult, OperationError, RunInstancesResult, Tag,
 };
@@ -594,7 +594,7 @@ fn tag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::params::decode_pairs;
+    use crate::params::decode_pairs;
 
     fn ctx(now: Timestamp) -> Ctx<'static> {
         Ctx {

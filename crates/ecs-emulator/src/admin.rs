@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::cloud::model::{Action, Instance, NetworkInterface, Tag};
+use volcengine_ecs::model::{Action, Instance, NetworkInterface, Tag};
 
 use super::faults::FaultSpec;
 use super::state::{InstanceRec, Store, RUNNING};

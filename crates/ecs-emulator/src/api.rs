@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::cloud::model::{Action, API_VERSION};
+use volcengine_ecs::model::{Action, API_VERSION};
 
 use super::actions::{self, Ctx};
 use super::auth::{self, Incoming};

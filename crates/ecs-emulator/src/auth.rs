@@ -4,7 +4,7 @@
 use axum::http::HeaderMap;
 use jiff::Timestamp;
 
-use crate::cloud::signer::{expected_signature, parse_authorization, sha256_hex, VerifyRequest};
+use volcengine_ecs::signer::{expected_signature, parse_authorization, sha256_hex, VerifyRequest};
 
 use super::wire::ApiError;
 use super::EmulatorConfig;
@@ -83,7 +83,7 @@ fn check(
             ),
         ));
     }
-    if auth.service != crate::cloud::model::SERVICE {
+    if auth.service != volcengine_ecs::model::SERVICE {
         return Err(ApiError::new(
             404,
             "ServiceNotFound",
@@ -167,7 +167,7 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::signer::{sign, Credentials, Secret, SignRequest};
+    use volcengine_ecs::signer::{sign, Credentials, Secret, SignRequest};
 
     fn cfg() -> EmulatorConfig {
         EmulatorConfig {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::cloud::model::Action;
+use volcengine_ecs::model::Action;
 
 use super::wire::ApiError;
 

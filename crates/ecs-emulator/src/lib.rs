@@ -1,7 +1,8 @@
 //! A local, in-memory Volcengine ECS endpoint (API 2020-04-01, service `ecs`) that speaks the
 //! real wire protocol: signed GET (or POST form) requests on `/`, the `ResponseMetadata`
 //! envelope, batch `OperationDetails`, ClientToken idempotency. It backs the integration and
-//! end-to-end tests, demos and offline pipelines (`ecs-operator emulator`).
+//! end-to-end tests, demos and offline pipelines (the `ecs-emulator` binary). It is a test
+//! tool: the operator crate does not depend on it and its image does not contain it.
 //!
 //! Besides the real API there is an unsigned admin JSON API under `/_emulator/` (see
 //! `admin.rs`) to seed instances, inject faults and read the call and deletion logs.
@@ -48,7 +49,7 @@ use axum::routing::any;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::cloud::signer::Secret;
+use volcengine_ecs::signer::Secret;
 
 pub use faults::{FaultSpec, GarbageKind};
 pub use log::{ActionStats, CallRecord};
@@ -65,7 +66,7 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
     Ok(Secret::new(s))
 }
 
-/// `ecs-operator emulator` flags.
+/// `ecs-emulator` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EmulatorArgs {
     /// Address to listen on; with port 0 a free port is picked. The first stdout line is
@@ -242,7 +243,7 @@ pub async fn serve(
         .await
 }
 
-/// `ecs-operator emulator`: binds, announces the address on stdout, serves until Ctrl-C or
+/// `ecs-emulator`: binds, announces the address on stdout, serves until Ctrl-C or
 /// SIGTERM.
 pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
     let cfg = EmulatorConfig::from(&args);

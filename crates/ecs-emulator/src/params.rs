@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::cloud::signer::{canonical_query, sha256_hex};
+use volcengine_ecs::signer::{canonical_query, sha256_hex};
 
 use super::wire::ApiError;
 

@@ -10,7 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cloud::model::{Action, Instance};
+use volcengine_ecs::model::{Action, Instance};
 
 pub const RUNNING: &str = "RUNNING";
 pub const STOPPED: &str = "STOPPED";

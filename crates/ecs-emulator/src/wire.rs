@@ -5,7 +5,7 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cloud::model::{ApiErrorBody, Envelope, ResponseMetadata, API_VERSION, SERVICE};
+use volcengine_ecs::model::{ApiErrorBody, Envelope, ResponseMetadata, API_VERSION, SERVICE};
 
 /// A call-level error: HTTP status plus the `ResponseMetadata.Error` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]

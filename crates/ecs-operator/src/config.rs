@@ -45,8 +45,6 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the EcsInstance CustomResourceDefinition (YAML).
     Crd,
-    /// Run the local Volcengine ECS emulator.
-    Emulator(crate::emulator::EmulatorArgs),
     /// Find VMs this cluster created whose EcsInstance no longer exists; print or delete them.
     Sweep(Box<SweepArgs>),
 }

@@ -6,7 +6,6 @@ pub mod api;
 pub mod cloud;
 pub mod config;
 pub mod controller;
-pub mod emulator;
 pub mod identity;
 pub mod leader;
 pub mod metrics;

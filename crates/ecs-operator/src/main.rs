@@ -16,7 +16,7 @@ use ecs_operator::identity::{self, ClusterIdentity};
 use ecs_operator::leader::{self, LeaderConfig};
 use ecs_operator::metrics::Metrics;
 use ecs_operator::sweeper::{self, SweepMode, Tracker};
-use ecs_operator::{emulator, server, telemetry};
+use ecs_operator::{server, telemetry};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
 /// otherwise spread the cache of 10,000 resources over many arenas. Two arenas keep
 /// contention low for a process this size. An explicit MALLOC_ARENA_MAX in the environment
 /// wins.
+#[allow(unsafe_code)] // the workspace's one documented exception (SAFETY below)
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -62,13 +63,6 @@ async fn async_main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Emulator(args) => match emulator::run(args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: emulator: {e}");
                 ExitCode::FAILURE
             }
         },

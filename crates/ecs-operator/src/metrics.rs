@@ -217,3 +217,14 @@ impl Metrics {
         }
     }
 }
+
+/// The cloud client reports each call and each rate-limiter wait here.
+impl volcengine_ecs::CallObserver for Metrics {
+    fn cloud_call(&self, action: &str, code: &str, seconds: f64) {
+        Metrics::cloud_call(self, action, code, seconds)
+    }
+
+    fn throttle_wait(&self, action: &str, seconds: f64) {
+        Metrics::throttle_wait(self, action, seconds)
+    }
+}

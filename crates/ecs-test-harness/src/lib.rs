@@ -1,7 +1,9 @@
-//! End-to-end harness: one real control plane per test run (scripts/control-plane.sh), and
-//! per test its own namespace, its own emulator process and its own operator process.
-
-#![allow(dead_code)]
+//! The test harness: one real control plane per test run (scripts/control-plane.sh), and per
+//! test its own namespace, its own emulator process (`ecs-emulator`) and its own operator
+//! process (`ecs-operator`). Shared by every test binary and the benchmark, compiled once.
+//!
+//! The binaries are built on first use (`cargo build --bins`, a no-op when they are fresh), so
+//! `cargo test --test e2e_delete` never runs a stale operator.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -15,12 +17,81 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{json, Value};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ecs-operator");
+/// The operator binary (`ECS_OPERATOR_BIN` overrides), built first if needed.
+pub fn operator_bin() -> PathBuf {
+    binary("ECS_OPERATOR_BIN", "ecs-operator")
+}
+
+/// The emulator binary (`ECS_EMULATOR_BIN` overrides), built first if needed.
+pub fn emulator_bin() -> PathBuf {
+    binary("ECS_EMULATOR_BIN", "ecs-emulator")
+}
+
+fn binary(var: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
+    let dir = profile_dir();
+    build_binaries(&dir);
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found after cargo build",
+        path.display()
+    );
+    path
+}
+
+/// target/<profile>, from this test executable's path (target/<profile>/deps/<test>-<hash>).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let deps = exe.parent().expect("test executable has a directory");
+    match deps.file_name().and_then(|n| n.to_str()) {
+        Some("deps") => deps.parent().expect("deps has a parent").to_path_buf(),
+        _ => deps.to_path_buf(),
+    }
+}
+
+/// One `cargo build` of both binaries per test process, in the profile of the test itself.
+fn build_binaries(profile_dir: &std::path::Path) {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(repo()).args([
+            "build",
+            "-q",
+            "-p",
+            "ecs-operator",
+            "-p",
+            "ecs-emulator",
+            "--bins",
+        ]);
+        if profile != "debug" {
+            cmd.args(["--profile", &profile]);
+        }
+        if let Some(target) = profile_dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let st = cmd.status().expect("run cargo build");
+        assert!(
+            st.success(),
+            "cargo build of ecs-operator and ecs-emulator failed"
+        );
+    });
+}
 pub const AK: &str = "AKLTe2etest";
 pub const SK: &str = "e2e-secret-key";
 
+/// The repository root (this crate lives in crates/ecs-test-harness).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.join("../..").canonicalize().unwrap_or(here)
 }
 
 pub fn state_dir() -> PathBuf {
@@ -123,9 +194,8 @@ pub struct Emulator {
 impl Emulator {
     pub fn start(name: &str, extra: &[&str]) -> Self {
         let log = std::fs::File::create(log_dir().join(format!("{name}-emulator.log"))).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(emulator_bin())
             .args([
-                "emulator",
                 "--listen",
                 "127.0.0.1:0",
                 "--access-key",
@@ -299,7 +369,7 @@ impl Operator {
             log_dir().join(format!("{}-operator-{}.log", self.name, self.runs)),
         )
         .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(operator_bin())
             .args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

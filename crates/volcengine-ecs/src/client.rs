@@ -14,8 +14,15 @@ use super::error::{CloudError, ErrorClass};
 use super::limiter::{RateLimit, RateLimiter};
 use super::model::*;
 use super::signer::{self, Credentials, SignRequest};
-use super::{Called, Cloud, CloudFuture};
-use crate::metrics::Metrics;
+use super::Called;
+
+/// Where the client reports what it did (the operator's Prometheus metrics implement it).
+/// `code` is the cloud's error code, a local code, or "OK".
+pub trait CallObserver: Send + Sync + std::fmt::Debug {
+    fn cloud_call(&self, action: &str, code: &str, seconds: f64);
+    /// Time spent waiting for the client-side rate limiter before a call was sent.
+    fn throttle_wait(&self, action: &str, seconds: f64);
+}
 
 pub const DEFAULT_ENDPOINT: &str = "https://open.volcengineapi.com";
 
@@ -85,7 +92,7 @@ pub struct EcsClient {
     host: String,
     cfg: ClientConfig,
     limiter: RateLimiter,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<dyn CallObserver>>,
 }
 
 fn is_loopback(host: &url::Host<&str>) -> bool {
@@ -97,7 +104,10 @@ fn is_loopback(host: &url::Host<&str>) -> bool {
 }
 
 impl EcsClient {
-    pub fn new(cfg: ClientConfig, metrics: Option<Arc<Metrics>>) -> Result<Self, CloudError> {
+    pub fn new(
+        cfg: ClientConfig,
+        metrics: Option<Arc<dyn CallObserver>>,
+    ) -> Result<Self, CloudError> {
         let endpoint = Url::parse(&cfg.endpoint)
             .map_err(|e| CloudError::Config(format!("endpoint {:?}: {e}", cfg.endpoint)))?;
         let host = endpoint.host().ok_or_else(|| {
@@ -431,124 +441,109 @@ pub fn parse_response<T: DeserializeOwned>(
     })
 }
 
-impl Cloud for EcsClient {
-    fn default_region(&self) -> &str {
-        &self.cfg.region
-    }
-
-    fn describe_instances<'a>(
-        &'a self,
-        region: &'a str,
+/// One method per action the operator uses, with typed parameters and answers.
+impl EcsClient {
+    pub async fn describe_instances(
+        &self,
+        region: &str,
         query: DescribeQuery,
-    ) -> CloudFuture<'a, DescribeInstancesResult> {
-        Box::pin(async move {
-            self.call(
-                region,
-                Action::DescribeInstances,
-                query.to_params().into_vec(),
-            )
-            .await
-        })
+    ) -> Result<Called<DescribeInstancesResult>, CloudError> {
+        self.call(
+            region,
+            Action::DescribeInstances,
+            query.to_params().into_vec(),
+        )
+        .await
     }
 
-    fn delete_instances<'a>(
-        &'a self,
-        region: &'a str,
+    pub async fn delete_instances(
+        &self,
+        region: &str,
         instance_ids: Vec<String>,
         client_token: String,
-    ) -> CloudFuture<'a, Vec<OperationDetail>> {
-        Box::pin(async move {
-            let mut p = Params::new();
-            p.list("InstanceIds", &instance_ids)
-                .set("ClientToken", client_token);
-            let r: Called<OperationDetailsResult> = self
-                .call(region, Action::DeleteInstances, p.into_vec())
-                .await?;
-            Ok(Called {
-                request_id: r.request_id,
-                value: r.value.operation_details,
-            })
+    ) -> Result<Called<Vec<OperationDetail>>, CloudError> {
+        let mut p = Params::new();
+        p.list("InstanceIds", &instance_ids)
+            .set("ClientToken", client_token);
+        let r: Called<OperationDetailsResult> = self
+            .call(region, Action::DeleteInstances, p.into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: r.value.operation_details,
         })
     }
 
-    fn run_instances<'a>(
-        &'a self,
-        region: &'a str,
+    pub async fn run_instances(
+        &self,
+        region: &str,
         req: RunInstancesRequest,
-    ) -> CloudFuture<'a, Vec<String>> {
-        Box::pin(async move {
-            let r: Called<RunInstancesResult> = self
-                .call(region, Action::RunInstances, req.to_params().into_vec())
-                .await?;
-            Ok(Called {
-                request_id: r.request_id,
-                value: r.value.instance_ids,
-            })
+    ) -> Result<Called<Vec<String>>, CloudError> {
+        let r: Called<RunInstancesResult> = self
+            .call(region, Action::RunInstances, req.to_params().into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: r.value.instance_ids,
         })
     }
 
-    fn set_deletion_protection<'a>(
-        &'a self,
-        region: &'a str,
+    pub async fn set_deletion_protection(
+        &self,
+        region: &str,
         instance_id: String,
         enabled: bool,
-    ) -> CloudFuture<'a, ()> {
-        Box::pin(async move {
-            let mut p = Params::new();
-            p.set("InstanceId", instance_id)
-                .set("DeletionProtection", enabled);
-            let r: Called<EmptyResult> = self
-                .call(region, Action::ModifyInstanceAttribute, p.into_vec())
-                .await?;
-            Ok(Called {
-                request_id: r.request_id,
-                value: (),
-            })
+    ) -> Result<Called<()>, CloudError> {
+        let mut p = Params::new();
+        p.set("InstanceId", instance_id)
+            .set("DeletionProtection", enabled);
+        let r: Called<EmptyResult> = self
+            .call(region, Action::ModifyInstanceAttribute, p.into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: (),
         })
     }
 
-    fn untag_instances<'a>(
-        &'a self,
-        region: &'a str,
+    pub async fn untag_instances(
+        &self,
+        region: &str,
         instance_ids: Vec<String>,
         tag_keys: Vec<String>,
-    ) -> CloudFuture<'a, ()> {
-        Box::pin(async move {
-            let mut p = Params::new();
-            p.list("ResourceIds", &instance_ids)
-                .set("ResourceType", "instance")
-                .list("TagKeys", &tag_keys);
-            let r: Called<EmptyResult> = self
-                .call(region, Action::UntagResources, p.into_vec())
-                .await?;
-            Ok(Called {
-                request_id: r.request_id,
-                value: (),
-            })
+    ) -> Result<Called<()>, CloudError> {
+        let mut p = Params::new();
+        p.list("ResourceIds", &instance_ids)
+            .set("ResourceType", "instance")
+            .list("TagKeys", &tag_keys);
+        let r: Called<EmptyResult> = self
+            .call(region, Action::UntagResources, p.into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: (),
         })
     }
 
-    fn tag_instances<'a>(
-        &'a self,
-        region: &'a str,
+    pub async fn tag_instances(
+        &self,
+        region: &str,
         instance_ids: Vec<String>,
         tags: Vec<Tag>,
-    ) -> CloudFuture<'a, ()> {
-        Box::pin(async move {
-            let mut p = Params::new();
-            p.list("ResourceIds", &instance_ids)
-                .set("ResourceType", "instance");
-            for (i, t) in tags.iter().enumerate() {
-                p.set(format!("Tags.{}.Key", i + 1), &t.key)
-                    .set(format!("Tags.{}.Value", i + 1), &t.value);
-            }
-            let r: Called<EmptyResult> = self
-                .call(region, Action::TagResources, p.into_vec())
-                .await?;
-            Ok(Called {
-                request_id: r.request_id,
-                value: (),
-            })
+    ) -> Result<Called<()>, CloudError> {
+        let mut p = Params::new();
+        p.list("ResourceIds", &instance_ids)
+            .set("ResourceType", "instance");
+        for (i, t) in tags.iter().enumerate() {
+            p.set(format!("Tags.{}.Key", i + 1), &t.key)
+                .set(format!("Tags.{}.Value", i + 1), &t.value);
+        }
+        let r: Called<EmptyResult> = self
+            .call(region, Action::TagResources, p.into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: (),
         })
     }
 }

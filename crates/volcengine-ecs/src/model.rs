@@ -392,7 +392,7 @@ mod tests {
             client_token: "tok-3".into(),
             ..Default::default()
         };
-        let q = crate::cloud::signer::canonical_query(&r.to_params().into_vec());
+        let q = crate::signer::canonical_query(&r.to_params().into_vec());
         assert_eq!(
             q,
             "ClientToken=tok-3&Count=1&DeletionProtection=true&ImageId=image-abc&InstanceName=k8s-node&InstanceTypeId=ecs.g1.large&NetworkInterfaces.1.SecurityGroupIds.1=sg-1&NetworkInterfaces.1.SecurityGroupIds.2=sg-2&NetworkInterfaces.1.SubnetId=subnet-1&Tags.1.Key=owner&Tags.1.Value=my%20operator&Volumes.1.Size=40&Volumes.1.VolumeType=ESSD_PL0&ZoneId=cn-beijing-a"
@@ -407,7 +407,7 @@ mod tests {
             max_results: Some(50),
             next_token: Some("tok".into()),
         };
-        let got = crate::cloud::signer::canonical_query(&q.to_params().into_vec());
+        let got = crate::signer::canonical_query(&q.to_params().into_vec());
         // Same parameters the official SDK sent (shared/volcengine/sdk_raw_requests.txt).
         assert_eq!(got, "InstanceIds.1=i-abc&InstanceIds.2=i-def&MaxResults=50&NextToken=tok&TagFilters.1.Key=owner&TagFilters.1.Values.1=a&TagFilters.1.Values.2=b");
     }

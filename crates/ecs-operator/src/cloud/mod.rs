@@ -1,26 +1,18 @@
 //! The cloud as the controller sees it: a narrow trait (observe, create, delete, protect)
-//! so the reconciler is independent of HTTP and testable with a fake.
+//! so the reconciler is independent of HTTP and testable with a fake. The wire protocol
+//! (signing, model, errors, the HTTP client) is the `volcengine-ecs` crate, re-exported here
+//! under the paths the controller has always used.
 
-pub mod client;
-pub mod error;
+mod ecs;
 pub mod gated;
-pub mod limiter;
-pub mod model;
-pub mod signer;
 
 use futures::future::BoxFuture;
 
-pub use error::{CloudError, ErrorClass};
-pub use model::{
-    DescribeInstancesResult, DescribeQuery, Instance, OperationDetail, RunInstancesRequest,
+pub use volcengine_ecs::{client, error, limiter, model, signer, Called};
+pub use volcengine_ecs::{
+    CloudError, DescribeInstancesResult, DescribeQuery, ErrorClass, Instance, OperationDetail,
+    RunInstancesRequest,
 };
-
-/// A successful answer and the request id the cloud gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Called<T> {
-    pub request_id: String,
-    pub value: T,
-}
 
 pub type CloudFuture<'a, T> = BoxFuture<'a, Result<Called<T>, CloudError>>;
 

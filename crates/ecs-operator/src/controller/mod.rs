@@ -165,17 +165,15 @@ impl Context {
         }
     }
 
-    /// Every EcsInstance in the cluster, all namespaces: the watch cache when it covers
-    /// them all and has synced, else a paged cluster-wide list.
+    /// Every EcsInstance in the cluster, all namespaces: the cluster-wide watch cache once it
+    /// has synced, else a paged cluster-wide list.
     pub async fn all_instances(&self) -> Result<Vec<Arc<EcsInstance>>, kube::Error> {
-        if self.settings.namespaces.is_empty() {
-            let caches = match self.caches.lock() {
-                Ok(c) => c.clone(),
-                Err(p) => p.into_inner().clone(),
-            };
-            if let Some(stores) = caches {
-                return Ok(stores.iter().flat_map(|s| s.state()).collect());
-            }
+        let caches = match self.caches.lock() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        if let Some(stores) = caches {
+            return Ok(stores.iter().flat_map(|s| s.state()).collect());
         }
         let api: Api<EcsInstance> = Api::all(self.client.clone());
         let mut lp = kube::api::ListParams::default().limit(500);
@@ -342,9 +340,12 @@ pub async fn run(
                 }
                 tracing::info!("cache synced");
                 if synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
-                    match ctx2.caches.lock() {
-                        Ok(mut c) => *c = Some(readers),
-                        Err(p) => *p.into_inner() = Some(readers),
+                    // A namespaced watch's cache is not the cluster's (`watch_cluster_wide`).
+                    if ctx2.settings.namespaces.is_empty() {
+                        match ctx2.caches.lock() {
+                            Ok(mut c) => *c = Some(readers),
+                            Err(p) => *p.into_inner() = Some(readers),
+                        }
                     }
                     ready.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -361,8 +362,50 @@ pub async fn run(
                 .await;
         }));
     }
+    if !ctx.settings.namespaces.is_empty() {
+        runs.push(tokio::spawn(watch_cluster_wide(
+            ctx.clone(),
+            shutdown.clone(),
+        )));
+    }
     for r in runs {
         let _ = r.await;
+    }
+}
+
+/// With `--namespaces`, the ownership check (`apply::ensure_owned`) still needs every
+/// EcsInstance in the cluster (another namespace may name the same VM). Without this cache
+/// each adoption listed the whole cluster: 1,000 adoptions were 1,000 concurrent paged
+/// LISTs, and the API server answered 504 to most of them. One cluster-wide watch costs the
+/// memory of the other namespaces' resources instead.
+async fn watch_cluster_wide(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store();
+    let stream = watcher(
+        Api::<EcsInstance>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(slim)
+    .reflect(writer)
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    let publish = async {
+        if reader.wait_until_ready().await.is_ok() {
+            tracing::info!("cluster-wide cache synced");
+            match ctx.caches.lock() {
+                Ok(mut c) => *c = Some(vec![reader.clone()]),
+                Err(p) => *p.into_inner() = Some(vec![reader.clone()]),
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = stream => {}
+        _ = publish => {}
+        _ = shutdown => {}
     }
 }
 
