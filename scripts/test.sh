@@ -157,7 +157,7 @@ SUMMARY+=("$(printf 'provision            %5s        %5d s' ok $((SECONDS - t0))
 
 tier lint lint
 step "cargo build"
-cargo build -q --workspace --bins --tests
+cargo build -q --workspace --bins --tests --benches
 tier unit unit
 tier wire wire
 tier e2e-newest e2e_newest

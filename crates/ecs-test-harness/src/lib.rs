@@ -52,7 +52,10 @@ fn profile_dir() -> PathBuf {
     }
 }
 
-/// One `cargo build` of both binaries per test process, in the profile of the test itself.
+/// One `cargo build` of the binaries per test process, in the profile of the test itself and
+/// with the same feature resolution as the test build (`--workspace --benches` activates the
+/// dev-dependencies as `cargo test` does), so a fresh tree is a no-op and never a second build
+/// of the dependency tree.
 fn build_binaries(profile_dir: &std::path::Path) {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
@@ -63,15 +66,8 @@ fn build_binaries(profile_dir: &std::path::Path) {
             .to_string();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(repo()).args([
-            "build",
-            "-q",
-            "-p",
-            "ecs-operator",
-            "-p",
-            "ecs-emulator",
-            "--bins",
-        ]);
+        cmd.current_dir(repo())
+            .args(["build", "-q", "--workspace", "--bins", "--benches"]);
         if profile != "debug" {
             cmd.args(["--profile", &profile]);
         }
