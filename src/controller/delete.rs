@@ -229,9 +229,10 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             code,
             message,
             request_id,
-            slow,
+            kind,
         } => {
-            if code.contains("DeletionProtection") {
+            let slow = &kind.slow();
+            if *kind == cleanup::RefusalKind::Protection {
                 st.deletion_protection = Some(true);
             }
             let msg = format!("DeleteInstances refused VM {instance_id}: {code}: {message} (RequestId {request_id})");
