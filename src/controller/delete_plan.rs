@@ -843,9 +843,9 @@ fn report_pending(f: &Facts, id: &str) -> Report {
 mod tests {
     use super::*;
     use crate::api::{DeletionPolicy::*, Ownership};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use crate::cloud::model::Action as CloudAction;
     use crate::cloud::ErrorClass;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
     use Outcome as O;
 
     const UID: &str = "u-1";
