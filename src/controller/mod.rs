@@ -1,6 +1,7 @@
 //! Controller wiring: the shared `Context`, the watch with its event filter, and startup.
 
 pub mod apply;
+pub mod apply_plan;
 pub mod backoff;
 pub mod batch;
 pub mod cleanup;
