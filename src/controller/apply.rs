@@ -344,21 +344,8 @@ async fn create(
     let user_data = match user_data(obj, ctx, create).await? {
         Ok(data) => data,
         Err((reason, msg)) => {
-            let mut st = f.status.clone();
-            for t in [Cond::Ready, Cond::Synced] {
-                set_condition(
-                    &mut st.conditions,
-                    t.as_str(),
-                    false,
-                    reason.as_str(),
-                    &msg,
-                    f.generation,
-                );
-            }
-            f.status = st;
-            status::patch(api, obj, &f.status).await?;
-            event(ctx, obj, Some(EventNote::warning(reason, "Create", msg)));
-            return Ok(Some(Action::requeue(ctx.backoff.next(uid))));
+            let report = apply_plan::create_refused(f, reason, msg);
+            return finish(obj, ctx, api, report).await.map(Some);
         }
     };
     let token = run_token(uid, f.status.create_generation.unwrap_or(0));
@@ -366,19 +353,7 @@ async fn create(
     let st = &mut f.status;
     // Persist the intent first: from here on a VM may exist, so deletion must look for it
     // (and, while the cloud may not list it yet, keep looking: `run_instances_at`).
-    if st.create_requested != Some(true) {
-        st.create_requested = Some(true);
-        st.create_hash = Some(create.fingerprint());
-        let r = Reason::Creating.as_str();
-        set_condition(
-            &mut st.conditions,
-            Cond::Ready.as_str(),
-            false,
-            r,
-            "RunInstances sent",
-            f.generation,
-        );
-    }
+    apply_plan::record_intent(st, &create.fingerprint(), f.generation);
     st.run_instances_at = Some(now());
     // Guarded by the resourceVersion read: only a replica that acts on the current version
     // of the resource (not a stale cache, not a resource since deleted or changed) creates.

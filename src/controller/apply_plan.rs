@@ -351,6 +351,37 @@ pub fn report(f: &ApplyFacts, o: ApplyOutcome) -> ApplyReport {
     }
 }
 
+/// spec.create cannot be sent (its user data cannot be read): condition, Warning Event,
+/// backoff.
+pub fn create_refused(f: &ApplyFacts, reason: Reason, msg: String) -> ApplyReport {
+    let mut st = f.status.clone();
+    for t in [Cond::Ready, Cond::Synced] {
+        cond(&mut st, f, t, false, reason, &msg);
+    }
+    merge(
+        st,
+        vec![EventNote::warning(reason, "Create", msg)],
+        ApplyThen::Backoff,
+    )
+}
+
+/// The first RunInstances of this generation: the status says a VM may exist from now on.
+pub fn record_intent(st: &mut EcsInstanceStatus, create_hash: &str, generation: Option<i64>) {
+    if st.create_requested != Some(true) {
+        st.create_requested = Some(true);
+        st.create_hash = Some(create_hash.to_string());
+        let (ready, creating) = (Cond::Ready.as_str(), Reason::Creating.as_str());
+        set_condition(
+            &mut st.conditions,
+            ready,
+            false,
+            creating,
+            "RunInstances sent",
+            generation,
+        );
+    }
+}
+
 /// A cloud call failed while applying: condition, Warning Event, backoff. Never fatal.
 pub fn failure(
     f: &ApplyFacts,
@@ -643,6 +674,17 @@ mod tests {
         (t.into(), s.into(), r.as_str().into())
     }
 
+    /// (what, facts, outcome, conditions, Events (warning, reason), requeue, write)
+    type Row = (
+        &'static str,
+        ApplyFacts,
+        ApplyOutcome,
+        Vec<(String, String, String)>,
+        Vec<(bool, Reason)>,
+        ApplyThen,
+        Write,
+    );
+
     #[test]
     fn apply_report_table() {
         use ApplyOutcome as O;
@@ -658,7 +700,7 @@ mod tests {
             f
         };
         #[rustfmt::skip]
-        let rows: Vec<(&str, ApplyFacts, ApplyOutcome, Vec<(String, String, String)>, Vec<(bool, Reason)>, ApplyThen, Write)> = vec![
+        let rows: Vec<Row> = vec![
             ("invalid spec", facts(&obj(None, false)), O::InvalidSpec,
                 vec![c("Ready", "False", R::InvalidSpec), c("Synced", "False", R::InvalidSpec), c("Stalled", "True", R::InvalidSpec)], vec![], ApplyThen::AwaitChange, Write::Merge),
             ("describe failed", failed_describe, O::Failed(Call::Describe),
@@ -727,6 +769,26 @@ mod tests {
         let r = failure(&f, f.status.clone(), "ModifyInstanceAttribute", &err());
         assert_eq!(conds(&r), vec![c("Synced", "False", Reason::CloudError)]);
         assert_eq!(r.events[0].action, "ModifyInstanceAttribute");
+        // Unreadable user data: nothing is sent, the condition says why.
+        let f = facts(&obj(None, true));
+        let r = create_refused(&f, Reason::UserDataForbidden, "m".into());
+        assert_eq!(
+            conds(&r),
+            vec![
+                c("Ready", "False", Reason::UserDataForbidden),
+                c("Synced", "False", Reason::UserDataForbidden)
+            ]
+        );
+        assert_eq!((r.events[0].warning, r.then), (true, ApplyThen::Backoff));
+        // The intent is recorded once per generation (the hash of the first send stays).
+        let mut st = EcsInstanceStatus::default();
+        record_intent(&mut st, "h1", Some(1));
+        record_intent(&mut st, "h2", Some(1));
+        assert_eq!(
+            (st.create_requested, st.create_hash.as_deref()),
+            (Some(true), Some("h1"))
+        );
+        assert_eq!(st.conditions[0].reason, "Creating");
     }
 
     #[test]

@@ -309,6 +309,7 @@ mod tests {
         })
     }
 
+    /// One row per kind of answer (a table; long for that reason).
     #[test]
     fn decision_table() {
         use ErrorClass::*;

@@ -756,7 +756,8 @@ fn report_termination(f: &Facts, next: Next, id: &str) -> Report {
 }
 
 /// DeleteInstances did not delete the VM: the attempt moves on after a definitive answer,
-/// the conditions say why, and the retry pace follows the kind of answer.
+/// the conditions say why, and the retry pace follows the kind of answer. (One arm per kind
+/// of answer, kept together so the three messages can be compared; about 80 lines.)
 fn report_pending(f: &Facts, id: &str) -> Report {
     let Some(d) = &f.delete else {
         return Report::then(Then::Backoff);
@@ -996,7 +997,8 @@ mod tests {
         Step::Done(o)
     }
 
-    /// One row per branch of the README's deletion diagram, in its order.
+    /// One row per branch of the README's deletion diagram, in its order (a table: as long
+    /// as the diagram, which is why it is over 80 lines).
     #[test]
     fn deletion_plan_table() {
         let doubt = |d: Doubt| {
@@ -1181,6 +1183,7 @@ mod tests {
             .collect()
     }
 
+    /// One row per final outcome (a table; long for that reason).
     #[test]
     fn deletion_report_table() {
         use Reason as R;

@@ -204,6 +204,7 @@ mod tests {
     use super::*;
     use DeletionPolicy::*;
 
+    /// One row per combination that matters (a table; long for that reason).
     #[test]
     fn resolution_table() {
         let live = CrdState::Live;
