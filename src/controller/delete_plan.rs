@@ -1411,4 +1411,148 @@ mod tests {
         assert_eq!(outcome, O::Pending);
         assert_eq!(steps.len(), 7);
     }
+
+    /// The answers a step can get, for `every_schedule_ends_and_deletes_only_on_proof`.
+    fn answers(step: &Step) -> Vec<Answer> {
+        let e500 = || cloud_err("InternalError", 500);
+        match step {
+            Step::ReadReleaseRequest => vec![
+                Answer::Release(ReleaseCheck::Vanished),
+                Answer::Release(ReleaseCheck::Honoured {
+                    who: "w".into(),
+                    stated: "s".into(),
+                }),
+                Answer::Release(ReleaseCheck::Ignored { why: "w" }),
+            ],
+            Step::ResolvePolicy => vec![
+                Answer::Policy(Ok((Delete, Source::Spec))),
+                Answer::Policy(Ok((Orphan, Source::CrdDeleting))),
+                Answer::Policy(Err(Doubt::NamespaceNotFound {
+                    namespace: "n".into(),
+                })),
+            ],
+            Step::LookUpByUid => vec![
+                Answer::Lookup(Ok(None)),
+                Answer::Lookup(Ok(Some(ID.into()))),
+                Answer::Lookup(Err(e500())),
+            ],
+            Step::CheckOwnership { .. } => {
+                let mut v: Vec<Answer> = [
+                    Proof::Proven,
+                    Proof::Appearing,
+                    Proof::Gone,
+                    Proof::NeverOwned,
+                    Proof::Unproven,
+                ]
+                .into_iter()
+                .map(|p| Answer::Ownership(Ok(p)))
+                .collect();
+                v.push(Answer::Ownership(Err(e500())));
+                v
+            }
+            Step::Claim { .. } => vec![Answer::Claim(Ok(())), Answer::Claim(Err(e500()))],
+            Step::Untag { .. } => vec![
+                Answer::Untag(Ok("r".into())),
+                Answer::Untag(Err(cloud_err("InvalidInstance.NotFound", 404))),
+                Answer::Untag(Err(e500())),
+            ],
+            Step::CheckGone { .. } => vec![Answer::UntagGone(true), Answer::UntagGone(false)],
+            Step::AwaitTermination { .. } => vec![
+                Answer::Termination(Ok(None)),
+                Answer::Termination(Ok(Some("DELETING".into()))),
+                Answer::Termination(Ok(Some("RUNNING".into()))),
+                Answer::Termination(Err("InternalError".into())),
+            ],
+            Step::DisableProtection { .. } => {
+                vec![
+                    Answer::ProtectionOff(Ok("r".into())),
+                    Answer::ProtectionOff(Err("x".into())),
+                ]
+            }
+            Step::Delete { .. } => [
+                deleted(),
+                gone(),
+                busy(),
+                refused("OperationDenied.DeletionProtection"),
+                refused("InvalidChargeType"),
+                retry(),
+            ]
+            .into_iter()
+            .map(Answer::Delete)
+            .collect(),
+            Step::ObserveBusy { .. } => {
+                vec![
+                    Answer::BusyStatus(Some("STOPPING".into())),
+                    Answer::BusyStatus(None),
+                ]
+            }
+            Step::Done(_) => vec![],
+        }
+    }
+
+    /// Walks every schedule of answers; returns how many ended.
+    fn walk(f: &Facts, depth: usize) -> usize {
+        assert!(depth < 12, "no end after {depth} steps: {f:?}");
+        let step = plan(f);
+        if let Step::Delete { .. } = step {
+            // The safety rule: DeleteInstances only under policy Delete and a current proof
+            // (or a VM appearing, whose NotFound is then no proof).
+            assert!(matches!(f.policy, Some(Ok((Delete, _)))), "{f:?}");
+            let proven = matches!(f.proof, Some(Ok(Proof::Proven | Proof::Appearing)));
+            assert!(proven, "{f:?}");
+        }
+        if let Step::Done(o) = &step {
+            let r = report(f, o);
+            if matches!(r.then, Then::Release) {
+                let why = matches!(
+                    o,
+                    O::NothingToDo | O::Gone | O::NeverOwned | O::Orphaned | O::Released
+                ) || matches!(o, O::Termination(Next::Release));
+                assert!(why, "released on {o:?}: {f:?}");
+            }
+            if r.held.is_some() || r.event.as_ref().is_some_and(|e| e.warning) {
+                assert!(!matches!(r.then, Then::Release), "{o:?}");
+            }
+            return 1;
+        }
+        answers(&step)
+            .into_iter()
+            .map(|a| {
+                let mut g = f.clone();
+                g.absorb(a);
+                walk(&g, depth + 1)
+            })
+            .sum()
+    }
+
+    /// Every start state and every schedule of answers ends in a report within a few
+    /// steps, and never plans a DeleteInstances without policy Delete and current proof.
+    #[test]
+    fn every_schedule_ends_and_deletes_only_on_proof() {
+        let mut ended = 0;
+        for bits in 0..(1u32 << 8) {
+            let mut f = base();
+            let on = |i: u32| bits & (1 << i) != 0;
+            f.release_annotation = on(0);
+            if on(1) {
+                f.instance_id = None;
+                f.create_requested = on(2);
+            }
+            f.appearing = on(3);
+            if on(4) {
+                with_ready(&mut f, Reason::DeletionAccepted);
+            }
+            if on(5) {
+                f.spec_protection = Some(false);
+                f.status.deletion_protection = Some(true);
+            }
+            f.wait_for_termination = on(6);
+            if on(7) {
+                f.status.deletion_attempt = Some(MAX_COUNTER);
+                f.status.ownership = None;
+            }
+            ended += walk(&f, 0);
+        }
+        assert!(ended > 4_000, "{ended}");
+    }
 }
