@@ -24,72 +24,17 @@ use crate::Error;
 pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
     let mut x = Exec::new(obj, ctx);
     let s = &ctx.settings;
-    let mut facts = Facts::of(
-        obj,
-        &x.uid,
-        s.appear_window,
-        s.termination_timeout,
-        Timestamp::now(),
-    );
+    let (window, timeout) = (s.appear_window, s.termination_timeout);
+    let mut facts = Facts::of(obj, &x.uid, window, timeout, Timestamp::now());
     loop {
-        let answer = match delete_plan::plan(&facts) {
-            Step::Done(outcome) => {
-                let report = delete_plan::report(&facts, &outcome);
-                return x.finish(report).await;
-            }
-            Step::ReadReleaseRequest => Answer::Release(x.release_request().await?),
-            Step::ResolvePolicy => Answer::Policy(deletion_policy(obj, ctx).await),
-            Step::LookUpByUid => {
-                let found = super::apply::find_by_uid(ctx, &x.region, &x.uid).await;
-                Answer::Lookup(found.map(|i| i.map(|i| i.instance_id)))
-            }
-            Step::CheckOwnership { id } => Answer::Ownership(x.ownership_proof(&facts, &id).await),
-            Step::Claim { id } => match ctx.describe_one(&x.region, &id).await {
-                Ok(Some(inst)) => return x.claim(&inst).await,
-                Ok(None) => Answer::Claim(Ok(())),
-                Err(e) => Answer::Claim(Err(e)),
+        let step = delete_plan::plan(&facts);
+        let answer = match step {
+            Step::Done(outcome) => return x.finish(delete_plan::report(&facts, &outcome)).await,
+            step => match x.carry_out(step, &facts).await? {
+                Ok(answer) => answer,
+                // The claim step of the apply path reported on its own.
+                Err(action) => return Ok(action),
             },
-            Step::Untag { id } => {
-                let keys = OWNERSHIP_TAGS.iter().map(|k| k.to_string()).collect();
-                let r = ctx.cloud.untag_instances(&x.region, vec![id], keys).await;
-                Answer::Untag(r.map(|c| c.request_id))
-            }
-            Step::CheckGone { id } => {
-                Answer::UntagGone(matches!(ctx.describe_one(&x.region, &id).await, Ok(None)))
-            }
-            Step::AwaitTermination { id } => {
-                let seen = ctx.describe_one(&x.region, &id).await;
-                if let Err(e) = &seen {
-                    tracing::info!(%id, error = %e, "waiting for termination");
-                }
-                Answer::Termination(
-                    seen.map(|i| i.map(|i| i.status))
-                        .map_err(|e| e.code().to_string()),
-                )
-            }
-            Step::DisableProtection { id } => {
-                let r = ctx
-                    .cloud
-                    .set_deletion_protection(&x.region, id.clone(), false)
-                    .await;
-                if let Err(e) = &r {
-                    tracing::info!(%id, error = %e, "could not turn deletion protection off");
-                }
-                Answer::ProtectionOff(r.map(|c| c.request_id).map_err(|e| e.to_string()))
-            }
-            Step::Delete {
-                id,
-                attempt,
-                announce,
-                ..
-            } => {
-                x.event(announce);
-                Answer::Delete(x.delete(id, attempt).await?)
-            }
-            Step::ObserveBusy { id } => {
-                let seen = ctx.describe_one(&x.region, &id).await;
-                Answer::BusyStatus(seen.ok().flatten().map(|i| i.status))
-            }
         };
         let event = facts.absorb(answer);
         x.event(event);
@@ -117,6 +62,79 @@ impl<'a> Exec<'a> {
             region: ctx.region_of(obj),
             fresh: None,
         }
+    }
+
+    /// Carries out one step and returns the answer (`Err`: the step ended the reconcile).
+    /// One arm per effect in the README's diagram.
+    async fn carry_out(
+        &mut self,
+        step: Step,
+        facts: &Facts,
+    ) -> Result<Result<Answer, Action>, Error> {
+        let (obj, ctx) = (self.obj, self.ctx);
+        Ok(Ok(match step {
+            Step::ReadReleaseRequest => Answer::Release(self.release_request().await?),
+            Step::ResolvePolicy => Answer::Policy(deletion_policy(obj, ctx).await),
+            Step::LookUpByUid => {
+                let found = super::apply::find_by_uid(ctx, &self.region, &self.uid).await;
+                Answer::Lookup(found.map(|i| i.map(|i| i.instance_id)))
+            }
+            Step::CheckOwnership { id } => {
+                Answer::Ownership(self.ownership_proof(facts, &id).await)
+            }
+            Step::Claim { id } => match ctx.describe_one(&self.region, &id).await {
+                Ok(Some(inst)) => return self.claim(&inst).await.map(Err),
+                Ok(None) => Answer::Claim(Ok(())),
+                Err(e) => Answer::Claim(Err(e)),
+            },
+            Step::Untag { id } => {
+                let keys = OWNERSHIP_TAGS.iter().map(|k| k.to_string()).collect();
+                let r = ctx
+                    .cloud
+                    .untag_instances(&self.region, vec![id], keys)
+                    .await;
+                Answer::Untag(r.map(|c| c.request_id))
+            }
+            Step::CheckGone { id } => Answer::UntagGone(matches!(
+                ctx.describe_one(&self.region, &id).await,
+                Ok(None)
+            )),
+            Step::AwaitTermination { id } => {
+                let seen = ctx.describe_one(&self.region, &id).await;
+                if let Err(e) = &seen {
+                    tracing::info!(%id, error = %e, "waiting for termination");
+                }
+                Answer::Termination(
+                    seen.map(|i| i.map(|i| i.status))
+                        .map_err(|e| e.code().to_string()),
+                )
+            }
+            Step::DisableProtection { id } => {
+                let r = ctx
+                    .cloud
+                    .set_deletion_protection(&self.region, id.clone(), false)
+                    .await;
+                if let Err(e) = &r {
+                    tracing::info!(%id, error = %e, "could not turn deletion protection off");
+                }
+                Answer::ProtectionOff(r.map(|c| c.request_id).map_err(|e| e.to_string()))
+            }
+            Step::Delete {
+                id,
+                attempt,
+                announce,
+                ..
+            } => {
+                self.event(announce);
+                Answer::Delete(self.delete(id, attempt).await?)
+            }
+            Step::ObserveBusy { id } => {
+                let seen = ctx.describe_one(&self.region, &id).await;
+                Answer::BusyStatus(seen.ok().flatten().map(|i| i.status))
+            }
+            // Not reached: `run` reports a final step itself.
+            Step::Done(_) => return Ok(Err(Action::await_change())),
+        }))
     }
 
     fn event(&self, e: Option<EventNote>) {
