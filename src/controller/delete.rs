@@ -203,7 +203,7 @@ impl<'a> Exec<'a> {
         let outcome = self.ctx.deleter.submit(self.region.clone(), item).await;
         let outcome = outcome.ok_or(Error::ShuttingDown)?;
         let decision = cleanup::decide(&outcome, &id);
-        tracing::info!(namespace = ?self.obj.metadata.namespace, name = %self.obj.name_any(),
+        tracing::info!(namespace = %self.obj.namespace().unwrap_or_default(), name = %self.obj.name_any(),
             instance_id = %id, attempt, decision = decision.code(), "DeleteInstances answered");
         Ok(decision)
     }
