@@ -125,12 +125,12 @@ pub enum Decision {
         request_id: String,
     },
     /// Any other per-instance refusal (deletion protection, prepaid, ...). New attempt later;
-    /// `slow` when only a human or time can change the answer.
+    /// `kind` (never `Transitional`) says whether only a person or time can change it.
     Refused {
         code: String,
         message: String,
         request_id: String,
-        slow: bool,
+        kind: RefusalKind,
     },
     /// The call itself failed or the answer was unusable. `new_token` when re-sending the
     /// same token cannot help (the cloud recorded an answer that does not name us, or the
@@ -176,9 +176,44 @@ impl Decision {
 pub const NOT_FOUND: &str = "InvalidInstance.NotFound";
 pub const INVALID_STATUS: &str = "InvalidInstanceStatus";
 
-/// Codes after which only a person (or the passing of a subscription term) can help.
-fn is_slow(code: &str) -> bool {
-    code == "InvalidChargeType" || code.contains("PrePaid") || code.contains("Prepaid")
+/// Why the cloud refused to delete one VM, decided once from its code where the answer is
+/// classified (`decide`), so no use site tests codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// `InvalidInstanceStatus`: the VM is busy (STOPPING, CREATING, ...); time fixes it.
+    Transitional,
+    /// Deletion protection is on: only the user (spec.deletionProtection) can lift it.
+    Protection,
+    /// A prepaid (subscription) VM before it expires: only a person or time can help.
+    Prepaid,
+    Other,
+}
+
+impl RefusalKind {
+    /// Volcengine documents no code for a protected VM (API.md 4.6; the emulator answers
+    /// `OperationDenied.DeletionProtection`) nor a single prepaid one (`InvalidChargeType`
+    /// is documented), so these match families of codes; this is the only place they do.
+    /// A code of both families counts as protection, the one a person can lift here.
+    pub fn of(code: &str) -> RefusalKind {
+        if code == INVALID_STATUS {
+            RefusalKind::Transitional
+        } else if code.contains("DeletionProtection") {
+            RefusalKind::Protection
+        } else if code == "InvalidChargeType"
+            || code.contains("PrePaid")
+            || code.contains("Prepaid")
+        {
+            RefusalKind::Prepaid
+        } else {
+            RefusalKind::Other
+        }
+    }
+
+    /// Retried at the slow pace (`Backoff::slow`) with `Stalled=True`: only a person or the
+    /// passing of a subscription term changes the answer.
+    pub fn slow(self) -> bool {
+        self == RefusalKind::Prepaid
+    }
 }
 
 /// The decision table. Pure: no cloud, no Kubernetes, no clock.
@@ -222,20 +257,22 @@ pub fn decide(outcome: &DeleteOutcome, instance_id: &str) -> Decision {
     match &first.error {
         None => Decision::Deleted { request_id },
         Some(e) if e.code == NOT_FOUND => Decision::AlreadyGone { request_id },
-        Some(e) if e.code == INVALID_STATUS => Decision::NotDeletableYet {
-            code: e.code.clone(),
-            message: e.message.clone(),
-            request_id,
-        },
-        Some(e) => Decision::Refused {
-            code: if e.code.is_empty() {
-                "Unknown".into()
-            } else {
-                e.code.clone()
+        Some(e) => match RefusalKind::of(&e.code) {
+            RefusalKind::Transitional => Decision::NotDeletableYet {
+                code: e.code.clone(),
+                message: e.message.clone(),
+                request_id,
             },
-            message: e.message.clone(),
-            request_id,
-            slow: is_slow(&e.code),
+            kind => Decision::Refused {
+                code: if e.code.is_empty() {
+                    "Unknown".into()
+                } else {
+                    e.code.clone()
+                },
+                message: e.message.clone(),
+                request_id,
+                kind,
+            },
         },
     }
 }
@@ -272,6 +309,7 @@ mod tests {
         })
     }
 
+    /// One row per kind of answer (a table; long for that reason).
     #[test]
     fn decision_table() {
         use ErrorClass::*;
@@ -419,15 +457,41 @@ mod tests {
         }
         assert!(matches!(
             decide(&ok(&[("i-a", Some("InvalidChargeType"))]), "i-a"),
-            Decision::Refused { slow: true, .. }
+            Decision::Refused {
+                kind: RefusalKind::Prepaid,
+                ..
+            }
         ));
         assert!(matches!(
             decide(
                 &ok(&[("i-a", Some("OperationDenied.DeletionProtection"))]),
                 "i-a"
             ),
-            Decision::Refused { slow: false, .. }
+            Decision::Refused {
+                kind: RefusalKind::Protection,
+                ..
+            }
         ));
+    }
+
+    #[test]
+    fn refusal_kinds() {
+        use RefusalKind::*;
+        let rows = [
+            (INVALID_STATUS, Transitional, false),
+            ("OperationDenied.DeletionProtection", Protection, false),
+            ("InvalidChargeType", Prepaid, true),
+            ("OperationDenied.PrePaidInstance", Prepaid, true),
+            ("InvalidInstance.Prepaid", Prepaid, true),
+            ("MissingParameter.InstanceId", Other, false),
+            ("", Other, false),
+            // Not a substring of the transitional code: exactly it.
+            ("InvalidInstanceStatus.Foo", Other, false),
+        ];
+        for (code, kind, slow) in rows {
+            assert_eq!(RefusalKind::of(code), kind, "{code}");
+            assert_eq!(kind.slow(), slow, "{code}");
+        }
     }
 
     #[test]

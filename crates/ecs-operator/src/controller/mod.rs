@@ -1,15 +1,18 @@
 //! Controller wiring: the shared `Context`, the watch with its event filter, and startup.
 
 pub mod apply;
+pub mod apply_plan;
 pub mod backoff;
 pub mod batch;
 pub mod cleanup;
 pub mod delete;
+pub mod delete_plan;
 pub mod events;
 pub mod finalizer;
 pub mod observe;
 pub mod ownership;
 pub mod policy;
+pub mod reasons;
 pub mod reconcile;
 pub mod status;
 pub mod termination;

@@ -187,7 +187,7 @@ pub fn appearing(run_at: Option<&Time>, window: Duration) -> bool {
     appearing_at(run_at, window, Timestamp::now())
 }
 
-fn appearing_at(run_at: Option<&Time>, window: Duration, now: Timestamp) -> bool {
+pub(crate) fn appearing_at(run_at: Option<&Time>, window: Duration, now: Timestamp) -> bool {
     run_at.is_some_and(|t| now.duration_since(t.0).as_secs_f64() < window.as_secs_f64())
 }
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::reasons::Reason;
 use crate::api::{DeletionPolicy, NAMESPACE_POLICY_ANNOTATION};
 
 /// What a read of the CRD `ecsinstances.ecs.volcengine.io` said.
@@ -51,14 +52,18 @@ pub enum Doubt {
 }
 
 impl Doubt {
-    /// Condition and Event reason, and metric label (fixed strings).
-    pub fn reason(&self) -> &'static str {
+    /// Condition and Event reason, and metric label.
+    pub fn condition_reason(&self) -> Reason {
         match self {
-            Doubt::CrdUnreadable { .. } => "CrdUnreadable",
-            Doubt::InvalidAnnotation { .. } => "InvalidDeletionPolicy",
-            Doubt::NamespaceNotFound { .. } => "NamespaceNotFound",
-            Doubt::NamespaceUnreadable { .. } => "NamespaceUnreadable",
+            Doubt::CrdUnreadable { .. } => Reason::CrdUnreadable,
+            Doubt::InvalidAnnotation { .. } => Reason::InvalidDeletionPolicy,
+            Doubt::NamespaceNotFound { .. } => Reason::NamespaceNotFound,
+            Doubt::NamespaceUnreadable { .. } => Reason::NamespaceUnreadable,
         }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.condition_reason().as_str()
     }
 
     pub fn message(&self) -> String {
@@ -199,6 +204,7 @@ mod tests {
     use super::*;
     use DeletionPolicy::*;
 
+    /// One row per combination that matters (a table; long for that reason).
     #[test]
     fn resolution_table() {
         let live = CrdState::Live;

@@ -1,0 +1,201 @@
+//! Every condition reason, Event reason and `ecs_operator_deletions_held{reason}` label the
+//! controller writes, as one enum. The strings are part of the interface (README, e2e tests,
+//! alerts): `as_str` is the only place they are spelled, and the table test pins them.
+
+use crate::cloud::ErrorClass;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // Deletion path.
+    Deleting,
+    DeletionRequested,
+    Deleted,
+    AlreadyGone,
+    DeletionAccepted,
+    DeletionPending,
+    DeletionRefused,
+    DeletionReverted,
+    TerminationTimeout,
+    DeletionAttemptsExhausted,
+    InstanceAppearing,
+    OwnershipUnproven,
+    ReleasedWithoutVm,
+    ReleasedWithoutDelete,
+    ReleaseAnnotationIgnored,
+    Orphaned,
+    CrdDeleting,
+    // Policy doubts (`policy::Doubt`).
+    CrdUnreadable,
+    InvalidDeletionPolicy,
+    NamespaceNotFound,
+    NamespaceUnreadable,
+    // A failed cloud call, by `ErrorClass` (`ErrorClass::condition_reason`).
+    CloudError,
+    CloudThrottled,
+    CloudAuthError,
+    // Apply path.
+    DeletionProtectionSet,
+    InstanceRunning,
+    InstanceNotRunning,
+    InstanceTransitioning,
+    InstanceNotFound,
+    Observed,
+    Ready,
+    ImmutableFieldChanged,
+    Recreating,
+    ManagementConflict,
+    Claimed,
+    OwnershipTransferred,
+    InvalidSpec,
+    Adopted,
+    UserDataNotFound,
+    UserDataForbidden,
+    Creating,
+    Created,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        use Reason::*;
+        match self {
+            Deleting => "Deleting",
+            DeletionRequested => "DeletionRequested",
+            Deleted => "Deleted",
+            AlreadyGone => "AlreadyGone",
+            DeletionAccepted => "DeletionAccepted",
+            DeletionPending => "DeletionPending",
+            DeletionRefused => "DeletionRefused",
+            DeletionReverted => "DeletionReverted",
+            TerminationTimeout => "TerminationTimeout",
+            DeletionAttemptsExhausted => "DeletionAttemptsExhausted",
+            InstanceAppearing => "InstanceAppearing",
+            OwnershipUnproven => "OwnershipUnproven",
+            ReleasedWithoutVm => "ReleasedWithoutVM",
+            ReleasedWithoutDelete => "ReleasedWithoutDelete",
+            ReleaseAnnotationIgnored => "ReleaseAnnotationIgnored",
+            Orphaned => "Orphaned",
+            CrdDeleting => "CrdDeleting",
+            CrdUnreadable => "CrdUnreadable",
+            InvalidDeletionPolicy => "InvalidDeletionPolicy",
+            NamespaceNotFound => "NamespaceNotFound",
+            NamespaceUnreadable => "NamespaceUnreadable",
+            CloudError => "CloudError",
+            CloudThrottled => "CloudThrottled",
+            CloudAuthError => "CloudAuthError",
+            DeletionProtectionSet => "DeletionProtectionSet",
+            InstanceRunning => "InstanceRunning",
+            InstanceNotRunning => "InstanceNotRunning",
+            InstanceTransitioning => "InstanceTransitioning",
+            InstanceNotFound => "InstanceNotFound",
+            Observed => "Observed",
+            Ready => "Ready",
+            ImmutableFieldChanged => "ImmutableFieldChanged",
+            Recreating => "Recreating",
+            ManagementConflict => "ManagementConflict",
+            Claimed => "Claimed",
+            OwnershipTransferred => "OwnershipTransferred",
+            InvalidSpec => "InvalidSpec",
+            Adopted => "Adopted",
+            UserDataNotFound => "UserDataNotFound",
+            UserDataForbidden => "UserDataForbidden",
+            Creating => "Creating",
+            Created => "Created",
+        }
+    }
+
+    /// The reason for a failed cloud call of this class.
+    pub fn cloud(class: ErrorClass) -> Reason {
+        match class {
+            ErrorClass::Auth => Reason::CloudAuthError,
+            ErrorClass::Throttled => Reason::CloudThrottled,
+            ErrorClass::Retryable | ErrorClass::Terminal => Reason::CloudError,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Kubernetes condition types the controller sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cond {
+    Ready,
+    Synced,
+    Stalled,
+    Reconciling,
+}
+
+impl Cond {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cond::Ready => "Ready",
+            Cond::Synced => "Synced",
+            Cond::Stalled => "Stalled",
+            Cond::Reconciling => "Reconciling",
+        }
+    }
+}
+
+/// An Event to publish: Warning or Normal, reason, action, note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNote {
+    pub warning: bool,
+    pub reason: Reason,
+    pub action: &'static str,
+    pub note: String,
+}
+
+impl EventNote {
+    pub fn normal(reason: Reason, action: &'static str, note: String) -> Self {
+        Self {
+            warning: false,
+            reason,
+            action,
+            note,
+        }
+    }
+
+    pub fn warning(reason: Reason, action: &'static str, note: String) -> Self {
+        Self {
+            warning: true,
+            reason,
+            action,
+            note,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_reasons_match_the_error_class_strings() {
+        use ErrorClass::*;
+        for c in [Auth, Throttled, Retryable, Terminal] {
+            assert_eq!(Reason::cloud(c).as_str(), c.condition_reason());
+        }
+    }
+
+    #[test]
+    fn reason_strings_are_the_documented_ones() {
+        // Spelled out once more: a renamed variant must not change what users match on.
+        use Reason::*;
+        let rows = [
+            (ReleasedWithoutVm, "ReleasedWithoutVM"),
+            (DeletionAttemptsExhausted, "DeletionAttemptsExhausted"),
+            (InvalidDeletionPolicy, "InvalidDeletionPolicy"),
+            (TerminationTimeout, "TerminationTimeout"),
+            (InstanceAppearing, "InstanceAppearing"),
+            (ManagementConflict, "ManagementConflict"),
+            (Observed, "Observed"),
+        ];
+        for (r, s) in rows {
+            assert_eq!(r.as_str(), s);
+            assert_eq!(r.to_string(), s);
+        }
+    }
+}
