@@ -254,7 +254,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
 }
 
 fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(super::ownership::now())
 }
 
 /// A VM this resource created moments ago that DescribeInstances does not list yet: it is
