@@ -114,6 +114,9 @@ pub struct CloudState {
     pub faults: VecDeque<(Option<Action>, Fault)>,
     /// Visibility lag of the next VMs RunInstances makes.
     pub lag_new_vms: u32,
+    /// DeleteInstances tokens whose answer said NotFound for a VM that exists but was not
+    /// visible yet (the answer a retry with the same token replays).
+    pub not_found_while_lagging: Vec<String>,
     tokens: BTreeMap<(&'static str, String), (Vec<(String, String)>, Recorded)>,
     next_id: u64,
     requests: u64,
@@ -159,7 +162,11 @@ impl CloudState {
                 message: format!("fake: {code}"),
             })
         };
+        let exists = self.vms.contains_key(id);
         let Some(vm) = self.visible(id) else {
+            if exists {
+                self.not_found_while_lagging.push(token.to_string());
+            }
             return err(NOT_FOUND);
         };
         if !matches!(vm.status.as_str(), "RUNNING" | "STOPPED" | "ERROR") {
