@@ -99,6 +99,9 @@ pub struct Deletion {
     pub call: usize,
 }
 
+/// A call's parameters (without its ClientToken), as the token check compares them.
+type Params = Vec<(String, String)>;
+
 #[derive(Debug, Clone)]
 enum Recorded {
     Run(Vec<String>),
@@ -117,7 +120,7 @@ pub struct CloudState {
     /// DeleteInstances tokens whose answer said NotFound for a VM that exists but was not
     /// visible yet (the answer a retry with the same token replays).
     pub not_found_while_lagging: Vec<String>,
-    tokens: BTreeMap<(&'static str, String), (Vec<(String, String)>, Recorded)>,
+    tokens: BTreeMap<(&'static str, String), (Params, Recorded)>,
     next_id: u64,
     requests: u64,
 }
