@@ -48,8 +48,12 @@ static CALLS: AtomicUsize = AtomicUsize::new(0);
 /// Resources whose leak matched the known defect described in `check_end`.
 static KNOWN: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    static FORCE_STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn strict() -> bool {
-    std::env::var_os("SIM_STRICT").is_some()
+    FORCE_STRICT.with(|f| f.get()) || std::env::var_os("SIM_STRICT").is_some()
 }
 static REASONS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
@@ -735,17 +739,16 @@ impl Sim {
             // replays that NotFound: the resource is released as AlreadyGone and its VM
             // leaks. Tolerated (and counted) unless SIM_STRICT is set.
             let token = format!("ecsop-del-{uid}-");
-            if !strict()
-                && st
-                    .not_found_while_lagging
-                    .iter()
-                    .any(|t| t.starts_with(&token))
-            {
-                KNOWN.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
+            let known = st
+                .not_found_while_lagging
+                .iter()
+                .any(|t| t.starts_with(&token));
             for vm in st.vms.values() {
                 if vm.tag(TAG_UID) == Some(uid) && vm.status != "DELETING" {
+                    if known && !strict() {
+                        KNOWN.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     return Err(format!(
                         "{} (uid {uid}) was deleted with policy Delete and is gone, but its VM {} was never deleted",
                         g.last.name_any(),
@@ -921,4 +924,42 @@ fn a_seed_replays_the_same_run() {
     for seed in [1, 2, 3] {
         assert_eq!(calls(seed), calls(seed), "seed {seed}");
     }
+}
+
+/// The known defect tolerated in `check_end` (found by the simulation, not fixed here): a
+/// DeleteInstances answered NotFound during the visibility lag, its answer lost, is retried
+/// after the appear window with the same token; the replayed NotFound releases the resource
+/// and the VM leaks. This test fails once the controller is fixed: then drop the tolerance.
+#[test]
+fn known_defect_a_replayed_lagging_not_found_leaks_the_vm() {
+    let steps = [
+        Step::Fault {
+            action: Some(CloudAction::DeleteInstances),
+            fault: CloudFault::LostAnswer,
+        },
+        Step::Create { r: 0, adopt: None },
+        Step::Reconcile {
+            replica: 0,
+            r: 0,
+            stale: false,
+        },
+        Step::Lag { calls: 3 },
+        Step::Reconcile {
+            replica: 0,
+            r: 0,
+            stale: false,
+        },
+        Step::Delete { r: 0 },
+        Step::Reconcile {
+            replica: 1,
+            r: 0,
+            stale: false,
+        },
+    ];
+    FORCE_STRICT.with(|f| f.set(true));
+    let got = run(&steps);
+    FORCE_STRICT.with(|f| f.set(false));
+    let err = got.expect_err("the known defect no longer reproduces: remove its tolerance");
+    assert!(err.contains("was never deleted"), "{err}");
+    assert!(run(&steps).is_ok(), "tolerated outside strict mode");
 }
