@@ -2,6 +2,8 @@
 # Runs every test, in tiers, and prints one summary line per tier (checks run, seconds):
 #   0 lint          fmt, clippy, cargo-deny, shellcheck, kustomize, Argo CD health check (Lua)
 #   1 unit          unit tests, CRD drift, signer vectors (no network, no processes)
+#   1 simulation    the real reconcile against an in-memory API server and a fake cloud,
+#                   10,000 seeded schedules (SIM_SCHEDULES=N for more)
 #   2 wire          the client and the official Python SDK against the emulator over HTTP
 #   3 e2e-newest    every end-to-end test on the newest supported Kubernetes
 #   4 e2e-oldest    deletion, lifecycle, admission and RBAC suites on the oldest supported one
@@ -111,6 +113,10 @@ unit() {
   cargo test -q $(unit_targets)
 }
 
+simulation() {
+  cargo test -q --test simulation -- --nocapture
+}
+
 wire() {
   local venv="${ECS_CACHE_DIR:-$HOME/.cache/ecs-operator}/venv"
   if [[ ! -x $venv/bin/pytest ]] || ! "$venv/bin/python" -c 'import volcenginesdkecs' 2>/dev/null; then
@@ -159,6 +165,7 @@ tier lint lint
 step "cargo build"
 cargo build -q --workspace --bins --tests --benches
 tier unit unit
+tier simulation simulation
 tier wire wire
 tier e2e-newest e2e_newest
 [[ ${SKIP_OLDEST:-0} == 1 ]] || tier e2e-oldest e2e_oldest

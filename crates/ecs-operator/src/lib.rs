@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod server;
 pub mod sweeper;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// Errors of a reconcile. Cloud answers the controller understands are not errors: they
 /// become conditions and requeues. These are the failures left over.

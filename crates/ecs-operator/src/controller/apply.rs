@@ -55,7 +55,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
         &region,
         s.recreate_missing,
         s.appear_window,
-        Timestamp::now(),
+        super::ownership::now(),
     );
     event(ctx, obj, apply_plan::annotation_note(obj));
     loop {
@@ -76,7 +76,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             }
             ApplyStep::Describe { id } => {
                 f.observed = Some(ctx.describe_one(&region, &id).await);
-                f.now = Timestamp::now();
+                f.now = super::ownership::now();
             }
             // Seen once: from now on a VM the cloud does not list has vanished.
             ApplyStep::MarkSeen => {
@@ -151,7 +151,7 @@ async fn finish(
 }
 
 fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(super::ownership::now())
 }
 
 /// Claims the VM for this resource, or refuses it. `None`: the VM is ours, go on.
@@ -281,7 +281,7 @@ async fn cloud_failure(
         "",
         s.recreate_missing,
         s.appear_window,
-        Timestamp::now(),
+        super::ownership::now(),
     );
     finish(obj, ctx, api, apply_plan::failure(&f, st, what, e)).await
 }

@@ -25,7 +25,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
     let mut x = Exec::new(obj, ctx);
     let s = &ctx.settings;
     let (window, timeout) = (s.appear_window, s.termination_timeout);
-    let mut facts = Facts::of(obj, &x.uid, window, timeout, Timestamp::now());
+    let mut facts = Facts::of(obj, &x.uid, window, timeout, super::ownership::now());
     loop {
         let step = delete_plan::plan(&facts);
         let answer = match step {
@@ -246,7 +246,7 @@ impl<'a> Exec<'a> {
         finalizer::remove(&self.api, target).await?;
         self.ctx.backoff.reset(&self.uid);
         if let Some(ts) = &target.metadata.deletion_timestamp {
-            let secs = (Timestamp::now() - ts.0)
+            let secs = (super::ownership::now() - ts.0)
                 .total(k8s_openapi::jiff::Unit::Second)
                 .unwrap_or(0.0);
             self.ctx.metrics.deletion_latency.observe(secs.max(0.0));

@@ -470,6 +470,16 @@ fn plan_delete(f: &Facts, id: String) -> Step {
             id: Some(id),
             bump: true,
         }),
+        // DescribeInstances listed the VM with our tags moments ago, in this reconcile: a
+        // NotFound now is an answer the cloud recorded for this token while the VM was still
+        // invisible (its first answer lost) and replays, not news. A new token next time
+        // (found by the simulation: the replay released the resource and leaked the VM).
+        Decision::AlreadyGone { .. } if matches!(f.proof, Some(Ok(Proof::Proven))) => {
+            done(Outcome::Appearing {
+                id: Some(id),
+                bump: true,
+            })
+        }
         Decision::Deleted { .. } if f.wait_for_termination => done(Outcome::Accepted),
         d if d.releases_finalizer() => done(Outcome::Released),
         // Say what the VM is doing, so the user knows what we are waiting for.
@@ -675,7 +685,11 @@ fn report_appearing(f: &Facts, id: Option<&str>, bump: bool) -> Report {
         st.deletion_attempt = Some(f.attempt() + 1);
     }
     let what = id.unwrap_or("this resource's VM");
-    let msg = format!("{what} was created moments ago and the cloud does not list it yet (eventual consistency); the deletion waits for it");
+    let msg = if f.appearing {
+        format!("{what} was created moments ago and the cloud does not list it yet (eventual consistency); the deletion waits for it")
+    } else {
+        format!("DeleteInstances answered NotFound for {what} although DescribeInstances lists it (an answer recorded for this ClientToken while the VM was not yet visible); it is sent again with a new ClientToken")
+    };
     cond(
         &mut st,
         f,
@@ -1134,9 +1148,9 @@ mod tests {
             ("last attempt below the bound: sent",       attempt(MAX_COUNTER - 1, None),          delete_step(MAX_COUNTER - 1, false)),
             // DeleteInstances answered (cleanup::decide)
             ("deleted: release",                         answered(deleted()),                     d(O::Released)),
-            ("gone: release",                            answered(gone()),                        d(O::Released)),
+            ("NotFound for a VM listed just now: replay, new token", answered(gone()),           d(O::Appearing { id: Some(id()), bump: true })),
             ("deleted, waitForTermination: accepted",    waiting(deleted()),                      d(O::Accepted)),
-            ("gone, waitForTermination: release",        waiting(gone()),                         d(O::Released)),
+            ("same, waitForTermination",                 waiting(gone()),                         d(O::Appearing { id: Some(id()), bump: true })),
             ("NotFound while appearing: no proof",       appearing_answer(gone()),                d(O::Appearing { id: Some(id()), bump: true })),
             ("deleted while appearing: release",         appearing_answer(deleted()),             d(O::Released)),
             ("busy: see what the VM is doing",           answered(busy()),                        Step::ObserveBusy { id: id() }),

@@ -184,7 +184,18 @@ pub fn proof(recorded: Option<Ownership>, appearing: bool, seen: Option<bool>) -
 /// Whether a VM created at `run_at` (RunInstances sent or answered) may still be invisible
 /// to DescribeInstances. A clock that went backwards counts as within the window.
 pub fn appearing(run_at: Option<&Time>, window: Duration) -> bool {
-    appearing_at(run_at, window, Timestamp::now())
+    appearing_at(run_at, window, now())
+}
+
+/// The clock of the appear window (`status.runInstancesAt` and the test against it). Under
+/// `testing`, a simulation drives it from tokio's paused clock so that the window opens and
+/// closes at the same step of every replay; otherwise it is the system clock.
+pub fn now() -> Timestamp {
+    #[cfg(any(test, feature = "testing"))]
+    if let Some(t) = crate::testing::clock::now() {
+        return t;
+    }
+    Timestamp::now()
 }
 
 pub(crate) fn appearing_at(run_at: Option<&Time>, window: Duration, now: Timestamp) -> bool {

@@ -1,0 +1,244 @@
+//! Test doubles for the controller's two boundaries, and the real `Context` built on them:
+//! `FakeCloud` (the `Cloud` trait in memory, scripted), `FakeKube` (an in-memory Kubernetes
+//! API under a real `kube::Client`), and `clock` (wall-clock time that follows tokio's
+//! paused clock). Compiled for unit tests and with the `testing` feature (the simulation,
+//! tests/simulation.rs); never in the operator binary.
+
+pub mod clock;
+pub mod cloud;
+pub mod kube;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::kube::runtime::controller::Action;
+
+pub use self::cloud::{FakeCloud, Fault, Vm};
+pub use self::kube::FakeKube;
+use crate::api::{DeletionPolicy, EcsInstance};
+use crate::cloud::gated::{GatedCloud, MutationGate};
+use crate::cloud::Cloud;
+use crate::controller::batch::BatchConfig;
+use crate::controller::{reconcile, Context, Settings};
+use crate::metrics::Metrics;
+
+pub const REGION: &str = "cn-beijing";
+pub const CLUSTER: &str = "sim-cluster";
+
+/// The operator's defaults, as `ecs-operator run` has them.
+pub fn settings() -> Settings {
+    Settings {
+        resync: Duration::from_secs(300),
+        transition_poll: Duration::from_secs(5),
+        default_policy: DeletionPolicy::Delete,
+        cluster_id: CLUSTER.into(),
+        concurrency: 4,
+        batch: BatchConfig::default(),
+        backoff_base: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(300),
+        namespaces: Vec::new(),
+        recreate_missing: false,
+        appear_window: Duration::from_secs(600),
+        termination_timeout: Duration::from_secs(1800),
+    }
+}
+
+/// The real `Context` on the fakes, its cloud behind a mutation gate as in `main`. Needs a
+/// tokio runtime (the batchers and the client's buffer are tasks).
+pub fn context(kube: &FakeKube, cloud: Arc<FakeCloud>, settings: Settings) -> Arc<Context> {
+    let gate = MutationGate::default();
+    let raw: Arc<dyn Cloud> = cloud;
+    let gated: Arc<dyn Cloud> = Arc::new(GatedCloud::new(raw, gate.clone()));
+    Arc::new(Context::new(
+        kube.client(),
+        gated,
+        Arc::new(Metrics::default()),
+        settings,
+        gate,
+    ))
+}
+
+/// One reconcile of the resource as the store has it now; `None` when it is gone.
+pub async fn reconcile_now(
+    ctx: &Arc<Context>,
+    kube: &FakeKube,
+    ns: &str,
+    name: &str,
+) -> Option<Result<Action, crate::Error>> {
+    let obj = kube.get(ns, name)?;
+    Some(reconcile::reconcile(Arc::new(obj), ctx.clone()).await)
+}
+
+/// The reason of a condition of the stored resource.
+pub fn reason(obj: &EcsInstance, type_: &str) -> Option<String> {
+    obj.condition(type_).map(|c| c.reason.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{EcsInstanceSpec, FINALIZER};
+    use crate::cloud::model::Action as CloudAction;
+    use crate::controller::cleanup::delete_token;
+
+    const NS: &str = "team";
+
+    /// A namespace, a running VM, and an EcsInstance that adopted it and is Ready.
+    async fn adopted(
+        policy: Option<DeletionPolicy>,
+    ) -> (FakeKube, Arc<FakeCloud>, Arc<Context>, String) {
+        let kube = FakeKube::new();
+        kube.create_namespace(NS, &[]);
+        let cloud = Arc::new(FakeCloud::new(REGION));
+        cloud.add_vm(Vm::running("i-aaaa"));
+        let ctx = context(&kube, cloud.clone(), settings());
+        let spec = EcsInstanceSpec {
+            instance_id: Some("i-aaaa".into()),
+            deletion_policy: policy,
+            ..Default::default()
+        };
+        let uid = kube.create_instance(NS, "vm", spec).unwrap();
+        // Finalizer, claim, observe.
+        for _ in 0..3 {
+            reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        }
+        let obj = kube.get(NS, "vm").unwrap();
+        assert_eq!(
+            obj.metadata.finalizers.as_deref(),
+            Some(&[FINALIZER.to_string()][..])
+        );
+        assert_eq!(reason(&obj, "Ready").as_deref(), Some("InstanceRunning"));
+        assert_eq!(
+            cloud.vm("i-aaaa").unwrap().tag("ecs.volcengine.io/uid"),
+            Some(&*uid)
+        );
+        (kube, cloud, ctx, uid)
+    }
+
+    fn delete_calls(cloud: &FakeCloud) -> Vec<String> {
+        let st = cloud.state();
+        st.calls_of(CloudAction::DeleteInstances)
+            .filter_map(|c| c.token.clone())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delete_policy_deletes_the_vm_then_releases_the_resource() {
+        let (kube, cloud, ctx, uid) = adopted(None).await;
+        kube.delete_instance(NS, "vm");
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        assert!(
+            kube.get(NS, "vm").is_none(),
+            "finalizer released, object gone"
+        );
+        assert_eq!(cloud.vm("i-aaaa").unwrap().status, "DELETING");
+        assert_eq!(delete_calls(&cloud), [delete_token(&uid, 0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_vm_keeps_the_finalizer_and_the_next_attempt_has_a_new_token() {
+        let (kube, cloud, ctx, uid) = adopted(None).await;
+        cloud.state().vms.get_mut("i-aaaa").unwrap().status = "STOPPING".into();
+        kube.delete_instance(NS, "vm");
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        let obj = kube.get(NS, "vm").expect("kept while the VM is busy");
+        assert!(crate::controller::finalizer::has_finalizer(&obj));
+        assert_eq!(obj.deletion_attempt(), 1);
+        assert_eq!(reason(&obj, "Synced").as_deref(), Some("DeletionPending"));
+        assert!(cloud.state().deletions.is_empty());
+
+        cloud.state().vms.get_mut("i-aaaa").unwrap().status = "STOPPED".into();
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        assert!(kube.get(NS, "vm").is_none());
+        assert_eq!(
+            delete_calls(&cloud),
+            [delete_token(&uid, 0), delete_token(&uid, 1)]
+        );
+        assert_eq!(cloud.state().deletions.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_namespace_keeps_the_vm_until_it_can_be_read() {
+        let (kube, cloud, ctx, _) = adopted(None).await;
+        kube.state().namespace_faults.insert(NS.into(), 403);
+        kube.delete_instance(NS, "vm");
+        for _ in 0..3 {
+            reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        }
+        let obj = kube
+            .get(NS, "vm")
+            .expect("kept while the policy is unknown");
+        assert_eq!(
+            reason(&obj, "Synced").as_deref(),
+            Some("NamespaceUnreadable")
+        );
+        assert!(delete_calls(&cloud).is_empty());
+        assert_eq!(cloud.vm("i-aaaa").unwrap().status, "RUNNING");
+
+        kube.state().namespace_faults.clear();
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        assert!(kube.get(NS, "vm").is_none());
+        assert_eq!(cloud.state().deletions.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn orphan_untags_and_releases_without_deleting() {
+        let (kube, cloud, ctx, _) = adopted(Some(DeletionPolicy::Orphan)).await;
+        kube.delete_instance(NS, "vm");
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        assert!(kube.get(NS, "vm").is_none());
+        let vm = cloud.vm("i-aaaa").unwrap();
+        assert_eq!(
+            (vm.status.as_str(), vm.tag("ecs.volcengine.io/uid")),
+            ("RUNNING", None)
+        );
+        assert!(delete_calls(&cloud).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_delete_answer_is_retried_with_the_same_token_and_deletes_once() {
+        let (kube, cloud, ctx, uid) = adopted(None).await;
+        cloud.fail_next(Some(CloudAction::DeleteInstances), Fault::LostAnswer);
+        kube.delete_instance(NS, "vm");
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        let obj = kube
+            .get(NS, "vm")
+            .expect("an unknown answer keeps the finalizer");
+        assert_eq!(obj.deletion_attempt(), 0);
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        assert!(kube.get(NS, "vm").is_none());
+        assert_eq!(
+            delete_calls(&cloud),
+            [delete_token(&uid, 0), delete_token(&uid, 0)]
+        );
+        assert_eq!(cloud.state().deletions.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_status_write_creates_no_vm() {
+        let kube = FakeKube::new();
+        kube.create_namespace(NS, &[]);
+        let cloud = Arc::new(FakeCloud::new(REGION));
+        let ctx = context(&kube, cloud.clone(), settings());
+        let spec = EcsInstanceSpec {
+            create: Some(crate::api::CreateSpec {
+                zone_id: "cn-beijing-a".into(),
+                image_id: "image-1".into(),
+                instance_type_id: "ecs.g1.large".into(),
+                subnet_id: "subnet-1".into(),
+                security_group_ids: vec!["sg-1".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        kube.create_instance(NS, "vm", spec).unwrap();
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        let stale = kube.get(NS, "vm").unwrap();
+        kube.edit(NS, "vm", |o| o.spec.deletion_protection = Some(false));
+        let r = reconcile::reconcile(Arc::new(stale), ctx.clone()).await;
+        assert!(matches!(r, Err(crate::Error::Stale)), "{r:?}");
+        assert_eq!(cloud.state().calls_of(CloudAction::RunInstances).count(), 0);
+        reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
+        assert_eq!(cloud.state().vms.len(), 1);
+    }
+}
