@@ -105,10 +105,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 struct Setup {
     n: usize,
     client: Client,
-    ns: String,
     emu: Emulator,
     op: Operator,
     api: Api<EcsInstance>,
+    // Last: dropped after the operator is gone.
+    ns: TestNamespace,
 }
 
 async fn setup(n: usize, batch: u16, tag: &str) -> Setup {

@@ -94,7 +94,6 @@ async fn cel_rules_reject_bad_objects_at_creation() {
     );
     accepted(&ns, "good-create", create_spec());
     accepted(&ns, "good-adopt", json!({"instanceId": "i-abcd1234"}));
-    support::delete_namespace(&c, &ns).await;
 }
 
 #[tokio::test]
@@ -144,5 +143,4 @@ async fn cel_rules_reject_edits_of_immutable_fields() {
     let mut described = create_spec();
     described["create"]["description"] = json!("edited in Git");
     accepted(&ns, "made", described);
-    support::delete_namespace(&c, &ns).await;
 }

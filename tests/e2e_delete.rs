@@ -425,7 +425,9 @@ async fn wrong_credentials_keep_the_finalizer_and_say_why() {
         (c.reason == "Deleting" && c.message.contains("SignatureDoesNotMatch")).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The operator retried the deletion twice more since, and still kept everything.
+    op.wait_reconciles(30, "two more reconciles of the failing deletion", 2.0)
+        .await;
     assert_eq!(
         has_finalizer(&api, "vm").await,
         Some(true),
@@ -473,7 +475,12 @@ async fn operator_killed_mid_deletion_finishes_with_the_same_token() {
         (emu.calls("DescribeInstances").await.len() > described_before).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The batcher logs the DeleteInstances batch as it sends it: the call is in flight
+    // (held 3 s by the emulator) when the operator dies.
+    wait_for(20, "the DeleteInstances batch sent", || async {
+        op.log().contains("DeleteInstances batch").then_some(())
+    })
+    .await;
     op.kill();
     assert_eq!(has_finalizer(&api, "vm").await, Some(true));
     emu.faults("DeleteInstances", json!({})).await;

@@ -68,7 +68,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     for i in 0..10 {
         delete(&api, &format!("vm-{i}")).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // In the middle of it: A has sent a first DeleteInstances batch.
+    wait_for(20, "A sent a DeleteInstances batch", || async {
+        a.log().contains("DeleteInstances batch").then_some(())
+    })
+    .await;
     a.kill();
     for i in 10..20 {
         delete(&api, &format!("vm-{i}")).await;
@@ -94,7 +98,10 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
 
     // SIGTERM releases the Lease: a new replica takes over well before it would expire.
     let mut c = Operator::start_with_env("leader-c", &ns, &emu, &args("replica-c"), &env);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for(20, "c campaigns", || async {
+        c.log().contains("waiting for the lease").then_some(())
+    })
+    .await;
     let st = b.terminate().expect("b exited");
     assert!(st.success(), "graceful exit: {st:?}");
     assert!(b.log().contains("lease released"), "{}", b.log());
@@ -134,11 +141,15 @@ fn unix_ms(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime) -> i64
 /// `n` adopted VMs are Ready.
 struct CutSetup {
     proxy: CutProxy,
+    /// A's endpoint: what A sent, answered or not.
+    a_calls: CallTap,
     a: Operator,
     _b: Operator,
     api: Api<EcsInstance>,
     leases: Api<Lease>,
     ids: Vec<String>,
+    // Last: dropped after the operators.
+    _ns: TestNamespace,
 }
 
 async fn cut_setup(
@@ -163,7 +174,13 @@ async fn cut_setup(
         ("POD_NAMESPACE", ns.as_str()),
     ];
     let env_a = [env_b[0], env_b[1], ("KUBECONFIG", kc_a)];
-    let a = Operator::start_with_env(&format!("{name}-a"), &ns, emu, &args_a, &env_a);
+    let a_calls = CallTap::to(emu).await;
+    let a = Operator::builder(&format!("{name}-a"))
+        .namespace(&ns)
+        .endpoint(&a_calls.url)
+        .args(&args_a)
+        .envs(&env_a)
+        .start();
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let first = wait_for(30, "a leader", || holder(&leases)).await;
     assert_eq!(first, "replica-a");
@@ -186,11 +203,13 @@ async fn cut_setup(
     .await;
     CutSetup {
         proxy,
+        a_calls,
         a,
         _b: b,
         api,
         leases,
         ids,
+        _ns: ns,
     }
 }
 
@@ -269,11 +288,21 @@ async fn a_leader_cut_off_from_the_apiserver_stops_mutating_before_its_lease_exp
     // proof) well past the Lease's expiry.
     emu.faults("DescribeInstances", json!({"latency_ms": 7000}))
         .await;
+    let sent_before = s.a_calls.arrived("DescribeInstances");
     for i in 0..6 {
         delete(&s.api, &format!("vm-{i}")).await;
     }
-    // The ownership proofs' DescribeInstances leaves the batcher within its 2 s linger.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Every VM's ownership proof (DescribeInstances naming it) has reached the cloud, where
+    // it is held: A is inside those calls when it is cut off.
+    wait_for(20, "A's ownership proofs sent", || async {
+        let sent = s.a_calls.requests("DescribeInstances");
+        let sent = &sent[sent_before.min(sent.len())..];
+        s.ids
+            .iter()
+            .all(|id| sent.iter().any(|line| line.contains(id.as_str())))
+            .then_some(())
+    })
+    .await;
     let expiry = s.cut().await;
     s.b_leads().await;
     emu.faults("DescribeInstances", json!({})).await;
@@ -322,7 +351,11 @@ async fn run_instances_needs_a_write_proving_the_current_version() {
     let emu = Emulator::start("stale-run", &["--delete-delay-ms", "0"]);
     emu.faults("DescribeInstances", json!({"latency_ms": 3000}))
         .await;
-    let op = Operator::start("stale-run", &ns, &emu, &[]);
+    let calls = CallTap::to(&emu).await;
+    let op = Operator::builder("stale-run")
+        .namespace(&ns)
+        .endpoint(&calls.url)
+        .start();
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     create(
         &api,
@@ -338,7 +371,10 @@ async fn run_instances_needs_a_write_proving_the_current_version() {
     })
     .await;
     // The reconcile now waits in DescribeInstances (find_by_uid) with the version it read.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for(20, "the lookup by uid sent", || async {
+        (calls.arrived("DescribeInstances") > 0).then_some(())
+    })
+    .await;
     delete(&api, "web").await;
     emu.faults("DescribeInstances", json!({})).await;
     wait_for(40, "resource gone", || gone(&api, "web")).await;

@@ -185,7 +185,7 @@ async fn deletion_protection_blocks_until_the_user_turns_it_off() {
     let client = client().await;
     let ns = namespace(&client, "e2e-protect").await;
     let emu = Emulator::start("protect", &[]);
-    let _op = Operator::start("protect", &ns, &emu, &[]);
+    let op = Operator::start("protect", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     create(
@@ -206,7 +206,10 @@ async fn deletion_protection_blocks_until_the_user_turns_it_off() {
         (c.reason == "DeletionRefused" && c.message.contains("DeletionProtection")).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Proof the operator came back to the refused deletion (twice) and still kept the VM,
+    // without turning protection off by itself.
+    op.wait_reconciles(30, "two more reconciles of the refused deletion", 2.0)
+        .await;
     assert_eq!(has_finalizer(&api, "vm").await, Some(true));
     assert!(emu.instance(&id).await.is_some(), "protected VM kept");
     let evs = events(&client, &ns, "vm").await;
@@ -249,10 +252,23 @@ async fn prepaid_vm_is_a_terminal_condition_not_a_hot_loop() {
         (o.condition("Stalled")?.reason == "DeletionRefused").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    // The slow requeue (the backoff cap, 4 s in tests) bounds the calls.
-    let n = emu.calls("DeleteInstances").await.len();
-    assert!((1..=3).contains(&n), "{n} DeleteInstances calls in ~6 s");
+    // The operator comes back to it (two more DeleteInstances), but at the slow requeue
+    // (the backoff cap, 4 s in tests), not in a hot loop.
+    let calls = wait_for_progress(30, "two more DeleteInstances", 2.0, || async {
+        Some(emu.calls("DeleteInstances").await.len() as f64)
+    })
+    .await;
+    let at: Vec<i64> = emu
+        .calls("DeleteInstances")
+        .await
+        .iter()
+        .filter_map(|c| c["at_ms"].as_i64())
+        .collect();
+    let gap = at[at.len() - 1] - at[at.len() - 2];
+    assert!(
+        gap >= 2000,
+        "{calls} DeleteInstances, the last two {gap} ms apart"
+    );
     assert_eq!(has_finalizer(&api, "vm").await, Some(true));
     // Once the subscription expires the deletion goes through.
     emu.send(
@@ -269,7 +285,7 @@ async fn vm_deleted_outside_kubernetes_is_reported_not_recreated() {
     let client = client().await;
     let ns = namespace(&client, "e2e-oob").await;
     let emu = Emulator::start("oob", &[]);
-    let _op = Operator::start("oob", &ns, &emu, &["--resync-secs", "1"]);
+    let op = Operator::start("oob", &ns, &emu, &["--resync-secs", "1"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     create(&api, "web", create_spec()).await;
     let o = ready(&api, "web").await;
@@ -285,7 +301,9 @@ async fn vm_deleted_outside_kubernetes_is_reported_not_recreated() {
         (o.condition("Ready")?.reason == "InstanceNotFound").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two more reconciles (the 1 s resync) had the chance to re-create it.
+    op.wait_reconciles(30, "two more reconciles after InstanceNotFound", 2.0)
+        .await;
     assert_eq!(
         emu.calls("RunInstances").await.len(),
         1,

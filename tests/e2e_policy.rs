@@ -54,7 +54,7 @@ async fn an_unrecognised_namespace_policy_keeps_the_vm_until_it_is_fixed() {
     .await;
     let msg = &o.condition("Synced").unwrap().message;
     assert!(
-        msg.contains(&ns)
+        msg.contains(ns.as_str())
             && msg.contains(NAMESPACE_POLICY_ANNOTATION)
             && msg.contains("\"orphan\""),
         "{msg}"

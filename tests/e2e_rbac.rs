@@ -436,7 +436,7 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         let logged = op
             .log()
             .lines()
-            .any(|l| l.contains("forbidden") && l.contains("secrets") && l.contains(&ns2));
+            .any(|l| l.contains("forbidden") && l.contains("secrets") && l.contains(ns2.as_str()));
         let o = api2.get("web2").await.ok()?;
         let reported = ["Ready", "Synced"].iter().any(|t| {
             o.condition(t)
@@ -496,7 +496,7 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
             let l = l.to_ascii_lowercase();
             l.contains("forbidden") || l.contains("unauthorized")
         })
-        .filter(|l| !(l.contains("secrets") && l.contains(&ns2)))
+        .filter(|l| !(l.contains("secrets") && l.contains(ns2.as_str())))
         .collect();
     assert!(
         denied.is_empty(),

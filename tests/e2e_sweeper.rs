@@ -7,8 +7,6 @@
 
 use ecs_test_harness as support;
 
-use std::time::Duration;
-
 use ecs_operator::api::EcsInstance;
 use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
@@ -45,6 +43,11 @@ fn tag_value(inst: &serde_json::Value, key: &str) -> Option<String> {
         .iter()
         .find(|t| t["Key"] == key)
         .and_then(|t| t["Value"].as_str().map(str::to_string))
+}
+
+/// Waits until `n` more leak sweeps finished (whatever their result).
+async fn wait_sweeps(op: &Operator, n: f64) {
+    op.wait_for_metric(30, "ecs_operator_sweeps_total", n).await;
 }
 
 /// The operator's /metrics text (its address is in its log).
@@ -260,14 +263,16 @@ async fn sweeper_reports_then_deletes_only_true_leaks() {
         m.lines().any(|l| l.starts_with(skipped)),
         "{skipped} not in {m}"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three more sweeps (1 s apart), all skipped, and the leak is still there.
+    wait_sweeps(&op, 3.0).await;
     assert_eq!(emu.deletions_of(&leaked).await, 0);
     emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
     wait_for(40, "leak deleted", || async {
         (emu.deletions_of(&leaked).await == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three more sweeps, each of which could have deleted one of these.
+    wait_sweeps(&op, 3.0).await;
     for id in [&other_cluster, &old_default, &untagged, &elsewhere_vm] {
         assert_eq!(emu.deletions_of(id).await, 0, "{id} deleted");
     }
@@ -336,7 +341,8 @@ async fn orphaned_vm_is_untagged_and_never_swept() {
         (emu.deletions_of(&leak).await == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three more sweeps, each of which could have deleted the orphan.
+    wait_sweeps(&op, 3.0).await;
     assert_eq!(emu.deletions_of(&vm).await, 0, "orphaned VM was deleted");
     assert!(emu.instance(&vm).await.is_some());
     op.kill();

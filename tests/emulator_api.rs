@@ -3,42 +3,33 @@
 
 use std::time::{Duration, Instant};
 
-use ecs_emulator::{serve, Delays, EmulatorConfig};
+use ecs_emulator::{Delays, EmulatorConfig};
 use ecs_operator::cloud::client::{ClientConfig, EcsClient};
 use ecs_operator::cloud::limiter::RateLimit;
 use ecs_operator::cloud::model::DescribeQuery;
 use ecs_operator::cloud::signer::{canonical_query, sign, Credentials, Secret, SignRequest};
+use ecs_test_harness::{json_answer, EmulatorServer};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const AK: &str = "AKLTemulator";
 const SK: &str = "emulator-secret";
 
-struct Emu {
-    base: String,
-    host: String,
-    http: reqwest::Client,
-    _stop: oneshot::Sender<()>,
+/// The in-process emulator (harness), with this file's signed-request helpers.
+struct Emu(EmulatorServer);
+
+impl std::ops::Deref for Emu {
+    type Target = EmulatorServer;
+    fn deref(&self) -> &EmulatorServer {
+        &self.0
+    }
 }
 
 async fn start(delays: Delays) -> Emu {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    let (tx, rx) = oneshot::channel::<()>();
     let cfg = EmulatorConfig {
         delays,
         ..Default::default()
     };
-    tokio::spawn(serve(listener, cfg, async {
-        let _ = rx.await;
-    }));
-    Emu {
-        base: format!("http://{host}"),
-        host,
-        http: reqwest::Client::new(),
-        _stop: tx,
-    }
+    Emu(EmulatorServer::start(cfg).await)
 }
 
 fn creds(sk: &str) -> Credentials {
@@ -65,17 +56,6 @@ struct Raw<'a> {
     /// Sent instead of `body` when set (the signature still covers `body`).
     sent_body: Option<Vec<u8>>,
     secret: &'a str,
-}
-
-async fn body_of(resp: reqwest::Response) -> (u16, Value) {
-    let status = resp.status().as_u16();
-    let bytes = resp.bytes().await.unwrap();
-    let v = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (status, v)
 }
 
 impl Emu {
@@ -109,7 +89,7 @@ impl Emu {
     }
 
     async fn send(&self, r: &Raw<'_>) -> (u16, Value) {
-        body_of(self.raw(r).send().await.unwrap()).await
+        json_answer(self.raw(r).send().await.unwrap()).await
     }
 
     /// Signed GET with the canonical query on the wire, like our client.
@@ -125,17 +105,6 @@ impl Emu {
             secret: SK,
         })
         .await
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(m, format!("{}/_emulator/{path}", self.base));
-        if let Some(b) = body {
-            req = req.body(b.to_string());
-        }
-        body_of(req.send().await.unwrap()).await
     }
 }
 
@@ -271,7 +240,7 @@ async fn malformed_requests_get_gateway_errors_with_fresh_request_ids() {
         );
     };
 
-    let (s, v) = body_of(
+    let (s, v) = json_answer(
         emu.http
             .get(format!(
                 "{}/?Action=DescribeInstances&Version=2020-04-01",
@@ -284,7 +253,7 @@ async fn malformed_requests_get_gateway_errors_with_fresh_request_ids() {
     .await;
     check(s, &v, 401, "MissingAuthenticationToken", Some(100003));
     assert_eq!(v["ResponseMetadata"]["Action"], "DescribeInstances");
-    let (s, v) = body_of(
+    let (s, v) = json_answer(
         emu.http
             .get(format!(
                 "{}/?Action=DescribeInstances&Version=2020-04-01",
@@ -348,7 +317,7 @@ async fn malformed_requests_get_gateway_errors_with_fresh_request_ids() {
         })
         .await;
     check(s, &v, 405, "MethodNotAllowed", None);
-    let (s, v) = body_of(
+    let (s, v) = json_answer(
         emu.http
             .get(format!("{}/v1/instances", emu.base))
             .send()

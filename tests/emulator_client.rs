@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ecs_emulator::{serve, Delays, EmulatorConfig};
+use ecs_emulator::{Delays, EmulatorConfig};
 use ecs_operator::cloud::client::{ClientConfig, EcsClient};
 use ecs_operator::cloud::limiter::RateLimit;
 use ecs_operator::cloud::model::{
@@ -11,39 +11,32 @@ use ecs_operator::cloud::model::{
     VolumeSpec,
 };
 use ecs_operator::cloud::signer::{Credentials, Secret};
+use ecs_test_harness::EmulatorServer;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use volcengine_ecs::{CloudError, ErrorClass};
 
 const AK: &str = "AKLTtest-client";
 const SK: &str = "test-secret";
 const REGION: &str = "cn-beijing";
 
-struct Emu {
-    base: String,
-    http: reqwest::Client,
-    _stop: oneshot::Sender<()>,
+/// The in-process emulator (harness), with this file's client and admin helpers.
+struct Emu(EmulatorServer);
+
+impl std::ops::Deref for Emu {
+    type Target = EmulatorServer;
+    fn deref(&self) -> &EmulatorServer {
+        &self.0
+    }
 }
 
 async fn start_with(delays: Delays) -> Emu {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
     let cfg = EmulatorConfig {
         access_key: AK.into(),
         secret_key: Secret::new(SK),
         delays,
         ..Default::default()
     };
-    tokio::spawn(serve(listener, cfg, async {
-        let _ = rx.await;
-    }));
-    Emu {
-        base,
-        http: reqwest::Client::new(),
-        _stop: tx,
-    }
+    Emu(EmulatorServer::start(cfg).await)
 }
 
 async fn start() -> Emu {
@@ -80,27 +73,6 @@ impl Emu {
         let mut c = self.config();
         f(&mut c);
         EcsClient::new(c, None).unwrap()
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self
-            .http
-            .request(m, format!("{}/_emulator/{path}", self.base));
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap();
-        let v = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (status, v)
     }
 
     async fn seed(&self, body: Value) -> String {

@@ -14,18 +14,15 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ecs_operator::api::{EcsInstance, FINALIZER};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::support::{self, create, delete, emulator_bin, gone, operator_bin, wait_for};
+use crate::support::{self, create, delete, gone, wait_for, Operator};
 
 pub const AK: &str = "AKLTbadinput";
 pub const BOGUS_AK: &str = "AKLTnobodyhasthiskey";
@@ -110,208 +107,49 @@ pub struct Row {
     pub delete_reason: Option<String>,
 }
 
-fn log_dir() -> PathBuf {
-    let d = support::repo().join("target/e2e-logs");
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// The emulator with this mode's credentials (the harness default has fixed ones).
+pub type Emu = support::Emulator;
+
+pub fn start_emu(name: &str, mode: &Mode) -> Emu {
+    Emu::start_with(name, AK, mode.sk, &["--delete-delay-ms", "0"])
 }
 
-/// The emulator, started with this mode's credentials (the support one has fixed ones).
-pub struct Emu {
-    child: Child,
-    pub url: String,
-    http: reqwest::Client,
+/// A RUNNING VM in `region` (default cn-beijing).
+pub async fn seed_vm(emu: &Emu, region: Option<&str>) -> String {
+    let mut body = json!({"Status": "RUNNING"});
+    if let Some(r) = region {
+        body["Region"] = json!(r);
+    }
+    emu.seed(body).await
 }
 
-impl Emu {
-    pub fn start(name: &str, mode: &Mode) -> Self {
-        let log = std::fs::File::create(log_dir().join(format!("{name}-emulator.log"))).unwrap();
-        let mut child = Command::new(emulator_bin())
-            .args(["--listen", "127.0.0.1:0", "--access-key", AK])
-            .args(["--secret-key", mode.sk, "--delete-delay-ms", "0"])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn emulator");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "emulator: {line:?}");
-        Self {
-            child,
-            url,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut r = self
-            .http
-            .request(method, format!("{}/_emulator/{path}", self.url));
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
-    }
-
-    /// A RUNNING VM in `region` (default cn-beijing).
-    pub async fn seed(&self, region: Option<&str>) -> String {
-        let mut body = json!({"Status": "RUNNING"});
-        if let Some(r) = region {
-            body["Region"] = json!(r);
-        }
-        let v = self
-            .admin(reqwest::Method::POST, "instances", Some(body))
-            .await;
-        v["InstanceId"].as_str().unwrap().to_string()
-    }
-
-    /// The VM's status, None once it is gone.
-    pub async fn status_of(&self, id: &str) -> Option<String> {
-        let r = self
-            .http
-            .get(format!("{}/_emulator/instances/{id}", self.url))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == reqwest::StatusCode::NOT_FOUND {
-            return None;
-        }
-        let v: Value = r.json().await.unwrap();
-        Some(v["Status"].as_str().unwrap_or_default().to_string())
-    }
-
-    pub async fn deletions_of(&self, id: &str) -> usize {
-        let v = self.admin(reqwest::Method::GET, "deletions", None).await;
-        v.as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["instance_id"] == id)
-            .count()
-    }
-
-    /// Calls of `action` whose parameters name `id`.
-    pub async fn calls_naming(&self, action: &str, id: &str) -> usize {
-        let v = self
-            .admin(
-                reqwest::Method::GET,
-                &format!("calls?action={action}"),
-                None,
-            )
-            .await;
-        v.as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| {
-                c["params"]
-                    .as_object()
-                    .is_some_and(|p| p.values().any(|v| v == id))
-            })
-            .count()
-    }
-
-    pub async fn fault(&self, action: &str, spec: Value) {
-        self.admin(
-            reqwest::Method::PUT,
-            &format!("faults/{action}"),
-            Some(spec),
-        )
-        .await;
-    }
-
-    pub async fn clear_fault(&self, action: &str) {
-        self.admin(reqwest::Method::DELETE, &format!("faults/{action}"), None)
-            .await;
-    }
-
-    pub async fn config(&self, body: Value) -> Value {
-        self.admin(reqwest::Method::PUT, "config", Some(body)).await
-    }
+/// The operator binary with this mode's credentials and log level, any endpoint, and
+/// overrides (`env` wins over the mode's).
+pub fn start_op(
+    name: &str,
+    ns: &str,
+    endpoint: &str,
+    mode: &Mode,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Operator {
+    mode_op(name, mode)
+        .namespace(ns)
+        .endpoint(endpoint)
+        .set("--backoff-max-secs", "3")
+        .args(extra)
+        .envs(env)
+        .start()
 }
 
-impl Drop for Emu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The operator binary with this mode's credentials, any endpoint, and overrides.
-pub struct Op {
-    child: Option<Child>,
-    pub log_path: PathBuf,
-}
-
-impl Op {
-    pub fn start(
-        name: &str,
-        ns: &str,
-        endpoint: &str,
-        mode: &Mode,
-        env: &[(&str, &str)],
-        extra: &[&str],
-    ) -> Self {
-        let log_path = log_dir().join(format!("{name}-operator.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(operator_bin());
-        cmd.args(["run", "--namespaces", ns, "--metrics-addr", "127.0.0.1:0"])
-            .args(["--backoff-base-secs", "1", "--backoff-max-secs", "3"])
-            .args(["--transition-poll-secs", "1"])
-            .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", support::control_plane())
-            .env("VOLCENGINE_ACCESS_KEY", AK)
-            .env("VOLCENGINE_SECRET_KEY", mode.sk)
-            .env("VOLCENGINE_REGION", "cn-beijing")
-            .env("VOLCENGINE_ENDPOINT", endpoint)
-            .env("RUST_LOG", mode.rust_log);
-        if let Some(t) = mode.token {
-            cmd.env("VOLCENGINE_SESSION_TOKEN", t);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn operator");
-        Self {
-            child: Some(child),
-            log_path,
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// Stops it and returns its log.
-    pub fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.log()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-}
-
-impl Drop for Op {
-    fn drop(&mut self) {
-        self.stop();
+fn mode_op(name: &str, mode: &Mode) -> support::OperatorBuilder {
+    let b = Operator::builder(name)
+        .env("VOLCENGINE_ACCESS_KEY", AK)
+        .env("VOLCENGINE_SECRET_KEY", mode.sk)
+        .env("RUST_LOG", mode.rust_log);
+    match mode.token {
+        Some(t) => b.env("VOLCENGINE_SESSION_TOKEN", t),
+        None => b,
     }
 }
 
@@ -370,7 +208,7 @@ pub async fn expect_apply_failure(
 /// Deletes the resource and waits for what a failed deletion leaves: Ready=False Deleting
 /// and Synced=False `reason`, both naming `code`, and a Warning Event about DeleteInstances.
 /// Then lets the operator retry (at least two DeleteInstances naming the VM when `emu` sees
-/// them, else 3 s) and checks nothing was lost: finalizer kept, VM still RUNNING and never
+/// them, else two more reconciles of `op`) and checks nothing was lost: finalizer kept, VM still RUNNING and never
 /// deleted.
 #[allow(clippy::too_many_arguments)]
 pub async fn expect_delete_failure(
@@ -382,6 +220,7 @@ pub async fn expect_delete_failure(
     reason: &str,
     emu: &Emu,
     sees_calls: bool,
+    op: &Operator,
     ev: &Evidence,
 ) {
     // Before DeleteInstances the operator proves ownership with DescribeInstances, so an
@@ -437,7 +276,10 @@ pub async fn expect_delete_failure(
         )
         .await;
     } else {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // No call reaches a cloud that can be watched: proof of retries is the operator's
+        // own count of finished reconciles (this namespace holds this one resource only).
+        op.wait_reconciles(60, &format!("{name}: two more reconciles"), 2.0)
+            .await;
     }
     let o = api.get(name).await.expect("resource still there");
     ev.add_object(&o);
@@ -596,7 +438,7 @@ async fn run_config_case(
 ) -> Row {
     let ns = support::namespace(client, &format!("{}-{}", mode.tag, case.name)).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    let id = emu.seed(None).await;
+    let id = seed_vm(emu, None).await;
     let mut hang = None;
     let endpoint = match case.endpoint {
         Endpoint::Emulator => emu.url.clone(),
@@ -608,7 +450,7 @@ async fn run_config_case(
         }
     };
     let name = format!("{}-{}", mode.tag, case.name);
-    let mut op = Op::start(&name, &ns, &endpoint, mode, &case.env, case.args);
+    let mut op = start_op(&name, &ns, &endpoint, mode, &case.env, case.args);
     create(&api, case.name, json!({"instanceId": id})).await;
     expect_apply_failure(
         client,
@@ -629,6 +471,7 @@ async fn run_config_case(
         case.reason,
         emu,
         false,
+        &op,
         ev,
     )
     .await;
@@ -646,7 +489,7 @@ async fn run_config_case(
         t.abort();
     }
     // The fix: the same operator with the right configuration.
-    let mut fixed = Op::start(&format!("{name}-fixed"), &ns, &emu.url, mode, &[], &[]);
+    let mut fixed = start_op(&format!("{name}-fixed"), &ns, &emu.url, mode, &[], &[]);
     expect_recovery(&api, case.name, &id, emu).await;
     ev.add(format!("log {name}-fixed"), fixed.stop());
     ev.add_events(client, &ns).await;
@@ -661,7 +504,7 @@ async fn run_config_case(
 /// Every misconfigured operator at once, each in its own namespace.
 pub async fn run_config_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
     let client = support::client().await;
-    let emu = Emu::start(&format!("{}-config", mode.tag), &mode);
+    let emu = start_emu(&format!("{}-config", mode.tag), &mode);
     emu.config(json!({"expired_tokens": [mode.expired_token]}))
         .await;
     let cases = config_cases(&mode);
@@ -768,9 +611,9 @@ pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
     let client = support::client().await;
     let ns = support::namespace(&client, &format!("{}-answers", mode.tag)).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    let emu = Emu::start(&format!("{}-answers", mode.tag), &mode);
+    let emu = start_emu(&format!("{}-answers", mode.tag), &mode);
     let name = format!("{}-answers", mode.tag);
-    let mut op = Op::start(&name, &ns, &emu.url, &mode, &[], &[]);
+    let mut op = start_op(&name, &ns, &emu.url, &mode, &[], &[]);
     let mut rows = Vec::new();
     for case in answer_cases() {
         let n = case.name;
@@ -782,7 +625,7 @@ pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
         };
         match case.kind {
             Answer::UnknownRegion => {
-                let id = emu.seed(Some(UNKNOWN_REGION)).await;
+                let id = seed_vm(&emu, Some(UNKNOWN_REGION)).await;
                 create(&api, n, json!({"instanceId": id, "region": UNKNOWN_REGION})).await;
                 expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
                     .await;
@@ -796,6 +639,7 @@ pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
                     case.reason,
                     &emu,
                     false,
+                    &op,
                     ev,
                 )
                 .await;
@@ -805,16 +649,16 @@ pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
                 expect_recovery(&api, n, &id, &emu).await;
             }
             Answer::Garbage(kind) => {
-                let id = emu.seed(None).await;
+                let id = seed_vm(&emu, None).await;
                 let spec = json!({"garbage_next": 1_000_000, "garbage_kind": kind});
-                emu.fault("DescribeInstances", spec.clone()).await;
+                emu.faults("DescribeInstances", spec.clone()).await;
                 create(&api, n, json!({"instanceId": id})).await;
                 expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
                     .await;
                 row.apply_reason = Some(case.reason.into());
                 emu.clear_fault("DescribeInstances").await;
                 ready(&api, n).await;
-                emu.fault("DeleteInstances", spec).await;
+                emu.faults("DeleteInstances", spec).await;
                 expect_delete_failure(
                     &client,
                     &api,
@@ -824,6 +668,7 @@ pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
                     case.reason,
                     &emu,
                     true,
+                    &op,
                     ev,
                 )
                 .await;
@@ -832,7 +677,7 @@ pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
                 expect_recovery(&api, n, &id, &emu).await;
             }
             Answer::OmitDetail | Answer::ConflictingDetails => {
-                let id = emu.seed(None).await;
+                let id = seed_vm(&emu, None).await;
                 create(&api, n, json!({"instanceId": id})).await;
                 ready(&api, n).await;
                 let field = if matches!(case.kind, Answer::OmitDetail) {
@@ -840,7 +685,7 @@ pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
                 } else {
                     "conflicting_details"
                 };
-                emu.fault("DeleteInstances", json!({ field: [id] })).await;
+                emu.faults("DeleteInstances", json!({ field: [id] })).await;
                 expect_delete_failure(
                     &client,
                     &api,
@@ -850,6 +695,7 @@ pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
                     case.reason,
                     &emu,
                     true,
+                    &op,
                     ev,
                 )
                 .await;
@@ -888,33 +734,11 @@ pub const STARTUP_CASES: &[(&str, &[&str])] = &[
 /// Runs the operator against each endpoint and expects a prompt, clear, non-zero exit.
 pub fn run_startup_cases(mode: &Mode, ev: &Evidence) {
     for (endpoint, needles) in STARTUP_CASES {
-        let mut child = Command::new(operator_bin())
-            .args(["run", "--metrics-addr", "127.0.0.1:0"])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", support::control_plane())
-            .env("VOLCENGINE_ACCESS_KEY", AK)
-            .env("VOLCENGINE_SECRET_KEY", mode.sk)
+        // No namespace, no region: the endpoint is refused before either matters.
+        let (status, stdout, stderr) = mode_op(&format!("{}-startup", mode.tag), mode)
             .env("VOLCENGINE_SESSION_TOKEN", mode.token.unwrap_or(""))
             .env("VOLCENGINE_ENDPOINT", endpoint)
-            .env("RUST_LOG", mode.rust_log)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if t.elapsed() > Duration::from_secs(15) {
-                let _ = child.kill();
-                panic!("{endpoint}: the operator did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            .run_to_exit(Duration::from_secs(15));
         assert_eq!(status.code(), Some(1), "{endpoint}: {status:?} {stderr}");
         assert!(!stderr.contains("panicked"), "{endpoint}: {stderr}");
         let last = stderr.lines().last().unwrap_or_default();
@@ -923,10 +747,7 @@ pub fn run_startup_cases(mode: &Mode, ev: &Evidence) {
             assert!(last.contains(n), "{endpoint}: {last:?} lacks {n:?}");
         }
         ev.add(format!("startup {endpoint}"), stderr);
-        ev.add(
-            format!("startup stdout {endpoint}"),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        );
+        ev.add(format!("startup stdout {endpoint}"), stdout);
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ecs_operator::api::EcsInstance;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{json, Value};
@@ -154,8 +154,9 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
         .expect("kubectl")
 }
 
-/// A fresh namespace named after the test.
-pub async fn namespace(client: &Client, prefix: &str) -> String {
+/// A fresh namespace named after the test, deleted when the guard is dropped (at the end of
+/// the test, or while a failed test unwinds).
+pub async fn namespace(client: &Client, prefix: &str) -> TestNamespace {
     let name = format!("{prefix}-{}", &uuid_ish()[..8]);
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns: k8s_openapi::api::core::v1::Namespace =
@@ -163,7 +164,97 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     api.create(&PostParams::default(), &ns)
         .await
         .expect("create namespace");
-    name
+    TestNamespace { name }
+}
+
+/// A test's namespace. Derefs to its name (`&ns` is a `&str` argument, `ns.as_str()` works).
+///
+/// On drop the EcsInstances still in it lose their finalizer (the test's operator is gone by
+/// then, or is about to be: nobody would ever remove it, and the namespace would stay
+/// Terminating forever), then the namespace is deleted without waiting for it to go.
+/// `ECS_KEEP_NAMESPACES=1` keeps them for a post-mortem.
+#[derive(Debug)]
+pub struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::ops::Deref for TestNamespace {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.name
+    }
+}
+
+impl AsRef<str> for TestNamespace {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::env::var_os("ECS_KEEP_NAMESPACES").is_some() {
+            return;
+        }
+        // Drop cannot await, and blocking on the test's own runtime could deadlock a
+        // current-thread test: the cleanup runs on its own thread with its own runtime.
+        let name = self.name.clone();
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(remove_namespace(&name));
+            }
+        })
+        .join();
+        if done.is_err() {
+            eprintln!("cleanup of namespace {} panicked", self.name);
+        }
+    }
+}
+
+/// Strips the EcsInstances' finalizers (a few at a time), then deletes the namespace
+/// without waiting. Best effort: a failure leaves a namespace in a per-run control plane.
+async fn remove_namespace(ns: &str) {
+    let client = client().await;
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), ns);
+    let held: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| {
+            o.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+        })
+        .filter_map(|o| o.metadata.name)
+        .collect();
+    for chunk in held.chunks(32) {
+        let mut set = tokio::task::JoinSet::new();
+        for name in chunk {
+            let (api, name) = (api.clone(), name.clone());
+            let strip = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+            set.spawn(async move { api.patch(&name, &PatchParams::default(), &strip).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+    delete_namespace(&client, ns).await;
 }
 
 pub fn uuid_ish() -> String {
@@ -188,17 +279,17 @@ pub struct Emulator {
 }
 
 impl Emulator {
+    /// With the harness's credentials (`AK`, `SK`).
     pub fn start(name: &str, extra: &[&str]) -> Self {
+        Self::start_with(name, AK, SK, extra)
+    }
+
+    /// With the given credentials; `extra` are further `ecs-emulator` flags.
+    pub fn start_with(name: &str, access_key: &str, secret_key: &str, extra: &[&str]) -> Self {
         let log = std::fs::File::create(log_dir().join(format!("{name}-emulator.log"))).unwrap();
         let mut child = Command::new(emulator_bin())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--access-key",
-                AK,
-                "--secret-key",
-                SK,
-            ])
+            .args(["--listen", "127.0.0.1:0", "--access-key", access_key])
+            .args(["--secret-key", secret_key])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
@@ -220,6 +311,21 @@ impl Emulator {
         }
     }
 
+    /// One admin request (`/_emulator/{path}`) that must succeed; its JSON answer (Null if none).
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut r = self
+            .http
+            .request(method, format!("{}/_emulator/{path}", self.url));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         let r = self
             .http
@@ -232,17 +338,7 @@ impl Emulator {
     }
 
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let r = self
-            .http
-            .request(method, format!("{}/_emulator/{path}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        self.admin(method, path, Some(body)).await
     }
 
     /// Seeds one VM and returns its ID.
@@ -290,6 +386,44 @@ impl Emulator {
         self.send(reqwest::Method::PUT, &format!("faults/{action}"), body)
             .await;
     }
+
+    pub async fn clear_fault(&self, action: &str) {
+        self.admin(reqwest::Method::DELETE, &format!("faults/{action}"), None)
+            .await;
+    }
+
+    /// Changes the emulator's runtime configuration; returns the whole configuration.
+    pub async fn config(&self, body: Value) -> Value {
+        self.send(reqwest::Method::PUT, "config", body).await
+    }
+
+    /// The VM's status, None once it is gone.
+    pub async fn status_of(&self, id: &str) -> Option<String> {
+        let r = self
+            .http
+            .get(format!("{}/_emulator/instances/{id}", self.url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        let v: Value = r.json().await.unwrap();
+        Some(v["Status"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Calls of `action` whose parameters name `id`.
+    pub async fn calls_naming(&self, action: &str, id: &str) -> usize {
+        self.calls(action)
+            .await
+            .iter()
+            .filter(|c| {
+                c["params"]
+                    .as_object()
+                    .is_some_and(|p| p.values().any(|v| v == id))
+            })
+            .count()
+    }
 }
 
 impl Drop for Emulator {
@@ -308,9 +442,128 @@ pub struct Operator {
     runs: usize,
 }
 
+/// How to run one operator: `ecs-operator run` with fast backoffs, the harness's credentials
+/// and region, any endpoint; every setting can be overridden (a later `env` wins).
+#[derive(Clone, Debug)]
+pub struct OperatorBuilder {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl OperatorBuilder {
+    /// Watches `ns` only.
+    pub fn namespace(self, ns: &str) -> Self {
+        self.args(&["--namespaces", ns])
+    }
+
+    /// `VOLCENGINE_ENDPOINT`.
+    pub fn endpoint(self, url: &str) -> Self {
+        self.env("VOLCENGINE_ENDPOINT", url)
+    }
+
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Sets a flag's value, replacing the one already given (clap refuses a repeated flag).
+    pub fn set(mut self, flag: &str, value: &str) -> Self {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.args.len() => self.args[i + 1] = value.to_string(),
+            _ => self.args.extend([flag.to_string(), value.to_string()]),
+        }
+        self
+    }
+
+    /// Sets (or overrides) one environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.retain(|(key, _)| key != k);
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn envs(self, env: &[(&str, &str)]) -> Self {
+        env.iter().fold(self, |b, (k, v)| b.env(k, v))
+    }
+
+    pub fn start(self) -> Operator {
+        let mut op = Operator {
+            child: None,
+            name: self.name,
+            args: self.args,
+            env: self.env,
+            runs: 0,
+        };
+        op.spawn();
+        op
+    }
+
+    /// Runs it to its exit (killed after `timeout`, which fails the test): status, stdout,
+    /// stderr. For configurations the operator must refuse at startup.
+    pub fn run_to_exit(self, timeout: Duration) -> (std::process::ExitStatus, String, String) {
+        let mut child = operator_command(&self.args, &self.env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn operator");
+        let t = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait for the operator") {
+                break s;
+            }
+            if t.elapsed() > timeout {
+                let _ = child.kill();
+                panic!("{}: the operator did not exit", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().expect("operator output");
+        (
+            status,
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    }
+}
+
+fn operator_command(args: &[String], env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(operator_bin());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().cloned());
+    cmd
+}
+
 impl Operator {
+    /// An operator not started yet; see `OperatorBuilder`.
+    pub fn builder(name: &str) -> OperatorBuilder {
+        let args = [
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--backoff-base-secs",
+            "1",
+            "--backoff-max-secs",
+            "4",
+            "--transition-poll-secs",
+            "1",
+        ];
+        OperatorBuilder {
+            name: name.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+        }
+        .env("KUBECONFIG", &control_plane().to_string_lossy())
+        .env("VOLCENGINE_ACCESS_KEY", AK)
+        .env("VOLCENGINE_SECRET_KEY", SK)
+        .env("VOLCENGINE_REGION", "cn-beijing")
+        .env("RUST_LOG", "info,ecs_operator=debug")
+    }
+
     pub fn start(name: &str, ns: &str, emu: &Emulator, extra: &[&str]) -> Self {
-        Self::start_with_env(name, ns, emu, extra, &[("VOLCENGINE_SECRET_KEY", SK)])
+        Self::start_with_env(name, ns, emu, extra, &[])
     }
 
     pub fn start_with_env(
@@ -320,43 +573,12 @@ impl Operator {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut args: Vec<String> = [
-            "run",
-            "--namespaces",
-            ns,
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--backoff-base-secs",
-            "1",
-            "--backoff-max-secs",
-            "4",
-            "--transition-poll-secs",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut e: Vec<(String, String)> = vec![
-            (
-                "KUBECONFIG".into(),
-                control_plane().to_string_lossy().into(),
-            ),
-            ("VOLCENGINE_ACCESS_KEY".into(), AK.into()),
-            ("VOLCENGINE_REGION".into(), "cn-beijing".into()),
-            ("VOLCENGINE_ENDPOINT".into(), emu.url.clone()),
-            ("RUST_LOG".into(), "info,ecs_operator=debug".into()),
-        ];
-        e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut op = Self {
-            child: None,
-            name: name.into(),
-            args,
-            env: e,
-            runs: 0,
-        };
-        op.spawn();
-        op
+        Self::builder(name)
+            .namespace(ns)
+            .endpoint(&emu.url)
+            .args(extra)
+            .envs(env)
+            .start()
     }
 
     fn spawn(&mut self) {
@@ -365,11 +587,7 @@ impl Operator {
             log_dir().join(format!("{}-operator-{}.log", self.name, self.runs)),
         )
         .unwrap();
-        let child = Command::new(operator_bin())
-            .args(&self.args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.env.iter().cloned())
+        let child = operator_command(&self.args, &self.env)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -421,6 +639,68 @@ impl Operator {
         std::fs::read_to_string(log_dir().join(format!("{}-operator-{}.log", self.name, self.runs)))
             .unwrap_or_default()
     }
+
+    /// Kills it and returns its log.
+    pub fn stop(&mut self) -> String {
+        self.kill();
+        self.log()
+    }
+
+    /// Where this run serves /metrics (from its log, text or JSON format), once it does.
+    pub fn metrics_addr(&self) -> Option<String> {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("serving /metrics"))?;
+        let at = line.find("127.0.0.1:")?;
+        let addr: String = line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+            .collect();
+        Some(addr)
+    }
+
+    /// The /metrics text, None until the operator serves it.
+    pub async fn metrics(&self) -> Option<String> {
+        let addr = self.metrics_addr()?;
+        let r = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
+        r.text().await.ok()
+    }
+
+    /// The sum of every series of one metric (`name` without labels, e.g.
+    /// `ecs_operator_reconciles_total`); 0 when it has no series yet, None when the
+    /// operator does not answer.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        Some(metric_sum(&self.metrics().await?, name))
+    }
+
+    /// Reconciles finished so far, whatever their result.
+    pub async fn reconciles(&self) -> Option<f64> {
+        self.metric("ecs_operator_reconciles_total").await
+    }
+
+    /// Waits until `more` reconciles finished after this call: proof the operator acted
+    /// again (on whatever it watches) since the point in question.
+    pub async fn wait_reconciles(&self, secs: u64, what: &str, more: f64) {
+        let me = self;
+        wait_for_progress(secs, what, more, || async move { me.reconciles().await }).await;
+    }
+
+    /// Waits until the metric `name` (all series summed) grew by `more` after this call.
+    pub async fn wait_for_metric(&self, secs: u64, name: &str, more: f64) -> f64 {
+        let me = self;
+        let what = format!("{name} to grow by {more}");
+        wait_for_progress(secs, &what, more, || async move { me.metric(name).await }).await
+    }
+}
+
+/// The sum of the samples of `name` (labels ignored) in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 impl Drop for Operator {
@@ -467,6 +747,23 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Reads `probe` once as a baseline, then waits until it has grown by at least `by`, or
+/// panics after `secs`: "something happened since now", e.g. the operator's reconcile
+/// counter or the emulator's calls of one action. A probe answering None (not reachable
+/// yet) is retried; the baseline is its first answer.
+pub async fn wait_for_progress<F, Fut>(secs: u64, what: &str, by: f64, mut probe: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<f64>>,
+{
+    let base = wait_for(secs, &format!("a first reading for {what}"), &mut probe).await;
+    wait_for(secs, what, || {
+        let next = probe();
+        async move { next.await.filter(|v| *v >= base + by) }
+    })
+    .await
 }
 
 pub async fn has_finalizer(api: &Api<EcsInstance>, name: &str) -> Option<bool> {
@@ -603,4 +900,174 @@ impl Drop for CutProxy {
     fn drop(&mut self) {
         self.cut();
     }
+}
+
+/// The emulator in this test process (no binary, no subprocess), on a free loopback port,
+/// for the wire tests; stopped when dropped.
+pub struct EmulatorServer {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// `127.0.0.1:PORT`, as signed in the Host header.
+    pub host: String,
+    pub http: reqwest::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl EmulatorServer {
+    pub async fn start(cfg: ecs_emulator::EmulatorConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(ecs_emulator::serve(listener, cfg, async {
+            let _ = rx.await;
+        }));
+        Self {
+            base: format!("http://{host}"),
+            host,
+            http: reqwest::Client::new(),
+            _stop: tx,
+        }
+    }
+
+    /// One admin request, any outcome: its status and JSON answer (Null if none). `body` is
+    /// sent as is, with a JSON content type (the admin API must also cope without one: use
+    /// `http` directly for that).
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(m, format!("{}/_emulator/{path}", self.base));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        json_answer(req.send().await.unwrap()).await
+    }
+}
+
+/// Status and JSON body of an answer (Null when the body is empty).
+pub async fn json_answer(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, v)
+}
+
+/// A TCP proxy in front of the emulator that records each ECS request's action as it
+/// arrives. The emulator's call log has a call once it is answered; a call held there (a
+/// latency fault) shows up here first, so a test can wait until the operator is inside it.
+pub struct CallTap {
+    /// The endpoint to give the operator instead of the emulator's.
+    pub url: String,
+    arrived: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CallTap {
+    pub async fn to(emu: &Emulator) -> Self {
+        let target = emu
+            .url
+            .strip_prefix("http://")
+            .unwrap_or(&emu.url)
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let arrived = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = arrived.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (target, seen) = (target.clone(), seen.clone());
+                tokio::spawn(async move {
+                    if let Ok(out) = tokio::net::TcpStream::connect(&target).await {
+                        tap_connection(inbound, out, seen).await;
+                    }
+                });
+            }
+        });
+        Self {
+            url,
+            arrived,
+            accept,
+        }
+    }
+
+    /// Requests of `action` that reached the emulator so far, answered or not.
+    pub fn arrived(&self, action: &str) -> usize {
+        self.requests(action).len()
+    }
+
+    /// The request lines (`GET /?query HTTP/1.1`) of `action` so far, in arrival order.
+    pub fn requests(&self, action: &str) -> Vec<String> {
+        self.arrived
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| action_of(line) == Some(action))
+            .cloned()
+            .collect()
+    }
+}
+
+fn action_of(request_line: &str) -> Option<&str> {
+    request_line
+        .split("Action=")
+        .nth(1)?
+        .split(['&', ' '])
+        .next()
+}
+
+impl Drop for CallTap {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copies both ways; the request line of each request head read from the client is
+/// recorded (when it names an `Action=`) before the bytes are forwarded.
+async fn tap_connection(
+    inbound: tokio::net::TcpStream,
+    out: tokio::net::TcpStream,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut in_r, mut in_w) = inbound.into_split();
+    let (mut out_r, mut out_w) = out.into_split();
+    let back = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut out_r, &mut in_w).await;
+    });
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = in_r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            if let Some(line) = head.lines().next().filter(|l| action_of(l).is_some()) {
+                seen.lock().unwrap().push(line.to_string());
+            }
+            let body = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if pending.len() < end + 4 + body {
+                break;
+            }
+            pending.drain(..end + 4 + body);
+        }
+        if out_w.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    back.abort();
 }
