@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;

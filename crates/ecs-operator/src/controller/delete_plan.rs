@@ -1255,7 +1255,7 @@ mod tests {
             ("unproven",          unproven(),                 Want { conds: &[("Synced", "False", R::OwnershipUnproven), ("Ready", "False", R::OwnershipUnproven)], ..want(Backoff, Some(R::OwnershipUnproven), Some((true, R::OwnershipUnproven))) }),
             ("exhausted",         exhausted,                  Want { conds: &[("Synced", "False", R::DeletionAttemptsExhausted), ("Stalled", "True", R::DeletionAttemptsExhausted)], ..want(Slow, Some(R::DeletionAttemptsExhausted), Some((true, R::DeletionAttemptsExhausted))) }),
             ("deleted",           answered(deleted()),        want(Release, None, Some((false, R::Deleted)))),
-            ("already gone",      answered(gone()),           want(Release, None, Some((false, R::AlreadyGone)))),
+            ("NotFound, listed",  answered(gone()),           Want { conds: &[("Ready", "False", R::InstanceAppearing)], attempt: Some(1), ..want(Poll, Some(R::InstanceAppearing), None) }),
             ("accepted",          accepted_off,               Want { conds: &[("Ready", "False", R::DeletionAccepted)], ..want(Poll, None, Some((false, R::DeletionAccepted))) }),
             ("NotFound appearing", appearing_gone,            Want { conds: &[("Ready", "False", R::InstanceAppearing)], attempt: Some(5), ..want(Poll, Some(R::InstanceAppearing), None) }),
             ("busy",              busy_seen,                  Want { conds: &[("Synced", "True", R::DeletionPending), ("Ready", "False", R::Deleting)], attempt: Some(3), ..want(Backoff, None, Some((false, R::DeletionPending))) }),

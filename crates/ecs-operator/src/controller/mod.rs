@@ -290,6 +290,8 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Runs the controller until `shutdown` resolves. One watch per namespace given, or one
 /// cluster-wide watch.
+/// (Over 80 lines on purpose: the per-watch wiring — stream, cache, readiness, controller —
+/// reads best in one place, and splitting it would scatter the clones it needs.)
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
