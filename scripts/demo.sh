@@ -18,7 +18,9 @@ trap finish EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "building ecs-operator and ecs-emulator"
-cargo build -q -p ecs-operator -p ecs-emulator --bins
+# The same feature resolution as the tests (dev-dependencies on), so the test command that
+# follows reuses these artifacts instead of building the dependency tree a second time.
+cargo build -q --workspace --bins --benches
 BIN="$CARGO_TARGET_DIR/debug/ecs-operator"
 EMU_BIN="$CARGO_TARGET_DIR/debug/ecs-emulator"
 
