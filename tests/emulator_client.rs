@@ -1091,3 +1091,34 @@ async fn modify_instance_attribute_errors() {
     assert_eq!(d.instances[0].instance_name.as_deref(), Some("after"));
     assert_eq!(d.instances[0].description.as_deref(), Some("renamed"));
 }
+
+/// A client that hangs up (a timeout, a SIGKILLed operator) does not stop a real server from
+/// applying the call; the emulator's log must still show the call, as a lost answer, or a
+/// test counting applied calls from the log miscounts (the soak once saw 200 deletions of
+/// 199 "created" VMs).
+#[tokio::test]
+async fn a_call_whose_client_hung_up_is_applied_and_logged_as_lost() {
+    let emu = start().await;
+    let id = emu.seed(json!({})).await;
+    emu.fault("DeleteInstances", json!({"latency_ms": 600}))
+        .await;
+    let impatient = emu.client_with(|c| c.request_timeout = Duration::from_millis(150));
+    let e = impatient
+        .delete_instances(REGION, vec![id.clone()], "tok-hangup".into())
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Retryable, "{e}");
+    let mut logged = Vec::new();
+    for _ in 0..100 {
+        logged = emu.calls("DeleteInstances").await;
+        if !logged.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(logged.len(), 1, "the call is logged: {logged:?}");
+    assert_eq!(logged[0]["code"], "OK");
+    assert_eq!(logged[0]["lost"], true);
+    assert_eq!(logged[0]["fault"], "client_gone");
+    assert_eq!(emu.deletions_of(&id).await, 1, "and applied");
+}

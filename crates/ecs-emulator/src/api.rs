@@ -42,6 +42,50 @@ enum Reply {
 }
 
 pub(crate) async fn handle(State(emu): State<Arc<Emulator>>, req: Request) -> Response {
+    // The whole call, its log record included, runs in its own task: a client that hangs up
+    // (a timeout, a SIGKILLed operator) drops this future, but a real server still applies
+    // the call, and the log must still show it, marked as an answer nobody received.
+    let gone = HangUp::default();
+    let flag = gone.0.clone();
+    let task = tokio::spawn(serve(emu, req, flag));
+    let out = task.await;
+    gone.answered();
+    match out {
+        Ok(resp) => resp,
+        Err(_) => {
+            let meta = Meta {
+                request_id: new_request_id(Timestamp::now()),
+                ..Default::default()
+            };
+            let e = ApiError::internal("The emulator failed.");
+            json_response(500, meta.err(&e).to_string().into())
+        }
+    }
+}
+
+/// Set when the handler is dropped before the call's task finished (the client hung up).
+#[derive(Default)]
+struct HangUp(Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl HangUp {
+    fn answered(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+async fn serve(
+    emu: Arc<Emulator>,
+    req: Request,
+    hung_up: Arc<std::sync::atomic::AtomicBool>,
+) -> Response {
     let started = std::time::Instant::now();
     let now = Timestamp::now();
     let request_id = new_request_id(now);
@@ -70,6 +114,12 @@ pub(crate) async fn handle(State(emu): State<Arc<Emulator>>, req: Request) -> Re
     if let Reply::Garbage { kind, status, .. } = &reply {
         rec.status = *status;
         rec.code = format!("Garbage:{}", kind.as_str());
+    }
+    if hung_up.load(std::sync::atomic::Ordering::SeqCst) {
+        // Nobody is left to read the answer. An applied call is then a lost answer, as far
+        // as the client can tell; a refused one stays what it was.
+        rec.lost |= rec.code == "OK";
+        rec.fault = Some(rec.fault.take().unwrap_or_else(|| "client_gone".into()));
     }
     emu.lock().log.push(rec);
     render(reply, &meta)

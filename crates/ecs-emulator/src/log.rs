@@ -29,9 +29,11 @@ pub struct CallRecord {
     pub request_id: String,
     /// The recorded answer of an earlier request with the same ClientToken was returned.
     pub replayed: bool,
-    /// The call was applied but its response was deliberately dropped.
+    /// The call was applied but its response was deliberately dropped, or the client hung up
+    /// before it was sent.
     pub lost: bool,
-    /// Which injected fault shaped the answer, if any: injected_error, throttle, garbage:KIND, lost.
+    /// Which injected fault shaped the answer, if any: injected_error, throttle, garbage:KIND,
+    /// lost, or client_gone (the client hung up before the answer).
     pub fault: Option<String>,
     pub duration_ms: u64,
 }
