@@ -1071,3 +1071,76 @@ async fn tap_connection(
     }
     back.abort();
 }
+
+/// The waits are what "nothing happened" and "it happened" rest on in every end-to-end test:
+/// each must be able to fail. Paused time, so the deadlines cost nothing.
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    fn counter() -> (
+        Arc<AtomicU32>,
+        impl FnMut() -> std::future::Ready<Option<f64>>,
+    ) {
+        let n = Arc::new(AtomicU32::new(0));
+        let probe = n.clone();
+        (n, move || {
+            std::future::ready(Some(f64::from(probe.load(Ordering::SeqCst))))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "timed out after 5s waiting for the operator to act")]
+    async fn progress_that_never_comes_fails_the_wait() {
+        let (_n, probe) = counter();
+        wait_for_progress(5, "the operator to act", 1.0, probe).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "timed out")]
+    async fn progress_short_of_the_amount_fails_the_wait() {
+        let (n, probe) = counter();
+        n.store(10, Ordering::SeqCst);
+        let bump = n.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            bump.fetch_add(2, Ordering::SeqCst);
+        });
+        // The baseline is 10, taken now: growth by 2 is short of 3.
+        wait_for_progress(5, "three more", 3.0, probe).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_after_the_baseline_ends_the_wait() {
+        let (n, probe) = counter();
+        n.store(7, Ordering::SeqCst);
+        let bump = n.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            bump.fetch_add(3, Ordering::SeqCst);
+        });
+        assert_eq!(wait_for_progress(5, "three more", 3.0, probe).await, 10.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "a first reading for metrics")]
+    async fn an_unreachable_probe_fails_the_wait() {
+        wait_for_progress(3, "metrics", 1.0, || std::future::ready(None::<f64>)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "timed out after 2s waiting for never")]
+    async fn wait_for_fails_at_its_deadline() {
+        wait_for(2, "never", || std::future::ready(None::<()>)).await;
+    }
+
+    #[test]
+    fn metric_sum_adds_every_series_of_one_name_only() {
+        let text =
+            "# HELP x\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3.5\nx_total_other 100\nx_total 1\n";
+        assert_eq!(metric_sum(text, "x_total"), 6.5);
+        assert_eq!(metric_sum(text, "y_total"), 0.0);
+    }
+}

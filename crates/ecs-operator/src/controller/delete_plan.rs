@@ -294,6 +294,9 @@ pub enum Outcome {
     NothingToDo,
     /// The VM may not be listed yet; `bump`: the next DeleteInstances needs a new token.
     Appearing { id: Option<String>, bump: bool },
+    /// DeleteInstances answered NotFound for a VM DescribeInstances listed in this reconcile:
+    /// a replay of an answer recorded while the VM was invisible. Send again, new token.
+    NotFoundReplayed { id: String },
     /// DescribeInstances does not list the VM (and it is not appearing).
     Gone,
     /// This resource never held the VM: release, VM untouched.
@@ -475,10 +478,7 @@ fn plan_delete(f: &Facts, id: String) -> Step {
         // invisible (its first answer lost) and replays, not news. A new token next time
         // (found by the simulation: the replay released the resource and leaked the VM).
         Decision::AlreadyGone { .. } if matches!(f.proof, Some(Ok(Proof::Proven))) => {
-            done(Outcome::Appearing {
-                id: Some(id),
-                bump: true,
-            })
+            done(Outcome::NotFoundReplayed { id })
         }
         Decision::Deleted { .. } if f.wait_for_termination => done(Outcome::Accepted),
         d if d.releases_finalizer() => done(Outcome::Released),
@@ -551,6 +551,7 @@ pub fn report(f: &Facts, o: &Outcome) -> Report {
             }),
         ),
         Outcome::Appearing { id, bump } => report_appearing(f, id.as_deref(), *bump),
+        Outcome::NotFoundReplayed { id } => report_replayed_not_found(f, id),
         Outcome::Gone => Report::release(Some(EventNote::normal(
             Reason::AlreadyGone,
             "Delete",
@@ -685,11 +686,7 @@ fn report_appearing(f: &Facts, id: Option<&str>, bump: bool) -> Report {
         st.deletion_attempt = Some(f.attempt() + 1);
     }
     let what = id.unwrap_or("this resource's VM");
-    let msg = if f.appearing {
-        format!("{what} was created moments ago and the cloud does not list it yet (eventual consistency); the deletion waits for it")
-    } else {
-        format!("DeleteInstances answered NotFound for {what} although DescribeInstances lists it (an answer recorded for this ClientToken while the VM was not yet visible); it is sent again with a new ClientToken")
-    };
+    let msg = format!("{what} was created moments ago and the cloud does not list it yet (eventual consistency); the deletion waits for it");
     cond(
         &mut st,
         f,
@@ -699,6 +696,24 @@ fn report_appearing(f: &Facts, id: Option<&str>, bump: bool) -> Report {
         &msg,
     );
     held(st, Reason::InstanceAppearing, None, Then::Poll)
+}
+
+/// A NotFound for a VM listed moments ago is the cloud replaying the answer it recorded for
+/// this ClientToken while the VM was still invisible: keep the finalizer, send again with a
+/// new token, and say so under a reason of its own (it is not the VM appearing).
+fn report_replayed_not_found(f: &Facts, id: &str) -> Report {
+    let mut st = f.status.clone();
+    st.deletion_attempt = Some(f.attempt() + 1);
+    let msg = format!("DeleteInstances answered NotFound for VM {id} although DescribeInstances lists it (an answer recorded for this ClientToken while the VM was not yet visible); it is sent again with a new ClientToken");
+    cond(
+        &mut st,
+        f,
+        Cond::Ready,
+        false,
+        Reason::NotFoundReplayed,
+        &msg,
+    );
+    held(st, Reason::NotFoundReplayed, None, Then::Poll)
 }
 
 fn orphan_note(f: &Facts, id: &str) -> String {
@@ -1148,9 +1163,9 @@ mod tests {
             ("last attempt below the bound: sent",       attempt(MAX_COUNTER - 1, None),          delete_step(MAX_COUNTER - 1, false)),
             // DeleteInstances answered (cleanup::decide)
             ("deleted: release",                         answered(deleted()),                     d(O::Released)),
-            ("NotFound for a VM listed just now: replay, new token", answered(gone()),           d(O::Appearing { id: Some(id()), bump: true })),
+            ("NotFound for a VM listed just now: replay, new token", answered(gone()),           d(O::NotFoundReplayed { id: id() })),
             ("deleted, waitForTermination: accepted",    waiting(deleted()),                      d(O::Accepted)),
-            ("same, waitForTermination",                 waiting(gone()),                         d(O::Appearing { id: Some(id()), bump: true })),
+            ("same, waitForTermination",                 waiting(gone()),                         d(O::NotFoundReplayed { id: id() })),
             ("NotFound while appearing: no proof",       appearing_answer(gone()),                d(O::Appearing { id: Some(id()), bump: true })),
             ("deleted while appearing: release",         appearing_answer(deleted()),             d(O::Released)),
             ("busy: see what the VM is doing",           answered(busy()),                        Step::ObserveBusy { id: id() }),
@@ -1255,7 +1270,7 @@ mod tests {
             ("unproven",          unproven(),                 Want { conds: &[("Synced", "False", R::OwnershipUnproven), ("Ready", "False", R::OwnershipUnproven)], ..want(Backoff, Some(R::OwnershipUnproven), Some((true, R::OwnershipUnproven))) }),
             ("exhausted",         exhausted,                  Want { conds: &[("Synced", "False", R::DeletionAttemptsExhausted), ("Stalled", "True", R::DeletionAttemptsExhausted)], ..want(Slow, Some(R::DeletionAttemptsExhausted), Some((true, R::DeletionAttemptsExhausted))) }),
             ("deleted",           answered(deleted()),        want(Release, None, Some((false, R::Deleted)))),
-            ("NotFound, listed",  answered(gone()),           Want { conds: &[("Ready", "False", R::InstanceAppearing)], attempt: Some(1), ..want(Poll, Some(R::InstanceAppearing), None) }),
+            ("NotFound, listed",  answered(gone()),           Want { conds: &[("Ready", "False", R::NotFoundReplayed)], attempt: Some(1), ..want(Poll, Some(R::NotFoundReplayed), None) }),
             ("accepted",          accepted_off,               Want { conds: &[("Ready", "False", R::DeletionAccepted)], ..want(Poll, None, Some((false, R::DeletionAccepted))) }),
             ("NotFound appearing", appearing_gone,            Want { conds: &[("Ready", "False", R::InstanceAppearing)], attempt: Some(5), ..want(Poll, Some(R::InstanceAppearing), None) }),
             ("busy",              busy_seen,                  Want { conds: &[("Synced", "True", R::DeletionPending), ("Ready", "False", R::Deleting)], attempt: Some(3), ..want(Backoff, None, Some((false, R::DeletionPending))) }),

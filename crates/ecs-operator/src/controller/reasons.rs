@@ -18,6 +18,7 @@ pub enum Reason {
     TerminationTimeout,
     DeletionAttemptsExhausted,
     InstanceAppearing,
+    NotFoundReplayed,
     OwnershipUnproven,
     ReleasedWithoutVm,
     ReleasedWithoutDelete,
@@ -69,6 +70,7 @@ impl Reason {
             TerminationTimeout => "TerminationTimeout",
             DeletionAttemptsExhausted => "DeletionAttemptsExhausted",
             InstanceAppearing => "InstanceAppearing",
+            NotFoundReplayed => "NotFoundReplayed",
             OwnershipUnproven => "OwnershipUnproven",
             ReleasedWithoutVm => "ReleasedWithoutVM",
             ReleasedWithoutDelete => "ReleasedWithoutDelete",
@@ -190,6 +192,7 @@ mod tests {
             (InvalidDeletionPolicy, "InvalidDeletionPolicy"),
             (TerminationTimeout, "TerminationTimeout"),
             (InstanceAppearing, "InstanceAppearing"),
+            (NotFoundReplayed, "NotFoundReplayed"),
             (ManagementConflict, "ManagementConflict"),
             (Observed, "Observed"),
         ];
