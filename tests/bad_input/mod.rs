@@ -606,116 +606,124 @@ async fn ready(api: &Api<EcsInstance>, name: &str) {
     .await;
 }
 
-/// One operator, one namespace, one case after the other (faults are per action).
+/// Every bad answer at once, each case with its own namespace, emulator (faults are per
+/// action) and operator.
 pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
     let client = support::client().await;
-    let ns = support::namespace(&client, &format!("{}-answers", mode.tag)).await;
+    let cases = answer_cases();
+    let runs = cases
+        .iter()
+        .map(|case| run_answer_case(&client, &mode, case, ev));
+    futures::future::join_all(runs).await
+}
+
+async fn run_answer_case(client: &Client, mode: &Mode, case: &AnswerCase, ev: &Evidence) -> Row {
+    let client = client.clone();
+    let name = format!("{}-{}", mode.tag, case.name);
+    let ns = support::namespace(&client, &name).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    let emu = start_emu(&format!("{}-answers", mode.tag), &mode);
-    let name = format!("{}-answers", mode.tag);
-    let mut op = start_op(&name, &ns, &emu.url, &mode, &[], &[]);
-    let mut rows = Vec::new();
-    for case in answer_cases() {
-        let n = case.name;
-        let mut row = Row {
-            case: n,
-            code: case.code.to_string(),
-            apply_reason: None,
-            delete_reason: None,
-        };
-        match case.kind {
-            Answer::UnknownRegion => {
-                let id = seed_vm(&emu, Some(UNKNOWN_REGION)).await;
-                create(&api, n, json!({"instanceId": id, "region": UNKNOWN_REGION})).await;
-                expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
-                    .await;
-                row.apply_reason = Some(case.reason.into());
-                expect_delete_failure(
-                    &client,
-                    &api,
-                    n,
-                    &id,
-                    case.code,
-                    case.reason,
-                    &emu,
-                    false,
-                    &op,
-                    ev,
-                )
+    let emu = start_emu(&name, mode);
+    let mut op = start_op(&name, &ns, &emu.url, mode, &[], &[]);
+    let n = case.name;
+    let t0 = std::time::Instant::now();
+    let mut row = Row {
+        case: n,
+        code: case.code.to_string(),
+        apply_reason: None,
+        delete_reason: None,
+    };
+    match case.kind {
+        Answer::UnknownRegion => {
+            let id = seed_vm(&emu, Some(UNKNOWN_REGION)).await;
+            create(&api, n, json!({"instanceId": id, "region": UNKNOWN_REGION})).await;
+            expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
                 .await;
-                row.delete_reason = Some(case.reason.into());
-                let regions = json!(["cn-beijing", UNKNOWN_REGION]);
-                emu.config(json!({ "regions": regions })).await;
-                expect_recovery(&api, n, &id, &emu).await;
-            }
-            Answer::Garbage(kind) => {
-                let id = seed_vm(&emu, None).await;
-                let spec = json!({"garbage_next": 1_000_000, "garbage_kind": kind});
-                emu.faults("DescribeInstances", spec.clone()).await;
-                create(&api, n, json!({"instanceId": id})).await;
-                expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
-                    .await;
-                row.apply_reason = Some(case.reason.into());
-                emu.clear_fault("DescribeInstances").await;
-                ready(&api, n).await;
-                emu.faults("DeleteInstances", spec).await;
-                expect_delete_failure(
-                    &client,
-                    &api,
-                    n,
-                    &id,
-                    case.code,
-                    case.reason,
-                    &emu,
-                    true,
-                    &op,
-                    ev,
-                )
-                .await;
-                row.delete_reason = Some(case.reason.into());
-                emu.clear_fault("DeleteInstances").await;
-                expect_recovery(&api, n, &id, &emu).await;
-            }
-            Answer::OmitDetail | Answer::ConflictingDetails => {
-                let id = seed_vm(&emu, None).await;
-                create(&api, n, json!({"instanceId": id})).await;
-                ready(&api, n).await;
-                let field = if matches!(case.kind, Answer::OmitDetail) {
-                    "omit_details"
-                } else {
-                    "conflicting_details"
-                };
-                emu.faults("DeleteInstances", json!({ field: [id] })).await;
-                expect_delete_failure(
-                    &client,
-                    &api,
-                    n,
-                    &id,
-                    case.code,
-                    case.reason,
-                    &emu,
-                    true,
-                    &op,
-                    ev,
-                )
-                .await;
-                row.delete_reason = Some(case.reason.into());
-                // Each answer was definitive (a recorded answer that does not name us), so
-                // every retry carried a new token.
-                let o = api.get(n).await.unwrap();
-                assert!(o.deletion_attempt() >= 1, "{n}: {:?}", o.status);
-                emu.clear_fault("DeleteInstances").await;
-                expect_recovery(&api, n, &id, &emu).await;
-            }
+            row.apply_reason = Some(case.reason.into());
+            expect_delete_failure(
+                &client,
+                &api,
+                n,
+                &id,
+                case.code,
+                case.reason,
+                &emu,
+                false,
+                &op,
+                ev,
+            )
+            .await;
+            row.delete_reason = Some(case.reason.into());
+            let regions = json!(["cn-beijing", UNKNOWN_REGION]);
+            emu.config(json!({ "regions": regions })).await;
+            expect_recovery(&api, n, &id, &emu).await;
         }
-        rows.push(row);
+        Answer::Garbage(kind) => {
+            let id = seed_vm(&emu, None).await;
+            let spec = json!({"garbage_next": 1_000_000, "garbage_kind": kind});
+            emu.faults("DescribeInstances", spec.clone()).await;
+            create(&api, n, json!({"instanceId": id})).await;
+            expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
+                .await;
+            row.apply_reason = Some(case.reason.into());
+            emu.clear_fault("DescribeInstances").await;
+            ready(&api, n).await;
+            emu.faults("DeleteInstances", spec).await;
+            expect_delete_failure(
+                &client,
+                &api,
+                n,
+                &id,
+                case.code,
+                case.reason,
+                &emu,
+                true,
+                &op,
+                ev,
+            )
+            .await;
+            row.delete_reason = Some(case.reason.into());
+            emu.clear_fault("DeleteInstances").await;
+            expect_recovery(&api, n, &id, &emu).await;
+        }
+        Answer::OmitDetail | Answer::ConflictingDetails => {
+            let id = seed_vm(&emu, None).await;
+            create(&api, n, json!({"instanceId": id})).await;
+            ready(&api, n).await;
+            let field = if matches!(case.kind, Answer::OmitDetail) {
+                "omit_details"
+            } else {
+                "conflicting_details"
+            };
+            emu.faults("DeleteInstances", json!({ field: [id] })).await;
+            expect_delete_failure(
+                &client,
+                &api,
+                n,
+                &id,
+                case.code,
+                case.reason,
+                &emu,
+                true,
+                &op,
+                ev,
+            )
+            .await;
+            row.delete_reason = Some(case.reason.into());
+            // Each answer was definitive (a recorded answer that does not name us), so
+            // every retry carried a new token.
+            let o = api.get(n).await.unwrap();
+            assert!(o.deletion_attempt() >= 1, "{n}: {:?}", o.status);
+            emu.clear_fault("DeleteInstances").await;
+            expect_recovery(&api, n, &id, &emu).await;
+        }
     }
-    assert!(op.is_running(), "the operator keeps running");
+    assert!(op.is_running(), "{n}: the operator keeps running");
     let log = op.stop();
     assert!(!log.contains("panicked"), "{log}");
     ev.add(format!("log {name}"), log);
     ev.add_events(&client, &ns).await;
-    rows
+    eprintln!("{name}: {:.1} s", t0.elapsed().as_secs_f64()); // which case is the slow one
+    row
 }
 
 /// Endpoints a production operator must refuse at startup, and what its message must say.

@@ -74,6 +74,15 @@ fn build_binaries(profile_dir: &std::path::Path) {
         if let Some(target) = profile_dir.parent() {
             cmd.env("CARGO_TARGET_DIR", target);
         }
+        // `cargo test` runs this process with the package's CARGO_MANIFEST_DIR, CARGO_PKG_*
+        // and so on. A build script that declares `rerun-if-env-changed` on one of them (ring
+        // does, for CARGO_MANIFEST_DIR) would see a change and rebuild ring, rustls, reqwest
+        // and every crate above them (2+ minutes), and the next plain `cargo build` back again.
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(inherited_from_cargo_test) {
+                cmd.env_remove(k);
+            }
+        }
         let st = cmd.status().expect("run cargo build");
         assert!(
             st.success(),
@@ -81,6 +90,22 @@ fn build_binaries(profile_dir: &std::path::Path) {
         );
     });
 }
+/// Variables cargo sets for the process it runs (a test), not for the cargo it was run by.
+fn inherited_from_cargo_test(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
+}
+
 pub const AK: &str = "AKLTe2etest";
 pub const SK: &str = "e2e-secret-key";
 
@@ -1134,6 +1159,28 @@ mod wait_tests {
     #[should_panic(expected = "timed out after 2s waiting for never")]
     async fn wait_for_fails_at_its_deadline() {
         wait_for(2, "never", || std::future::ready(None::<()>)).await;
+    }
+
+    #[test]
+    fn the_nested_build_drops_what_cargo_test_set_and_keeps_the_users_settings() {
+        for v in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_BIN_EXE_ecs-operator",
+            "OUT_DIR",
+        ] {
+            assert!(inherited_from_cargo_test(v), "{v}");
+        }
+        for v in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_NET_OFFLINE",
+            "CARGO_BUILD_JOBS",
+            "PATH",
+        ] {
+            assert!(!inherited_from_cargo_test(v), "{v}");
+        }
     }
 
     #[test]
