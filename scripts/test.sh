@@ -10,8 +10,10 @@
 #   5 soak          churn under faults with operator kills and an apiserver restart
 # Installs and starts what it needs (idempotent), so it works on a fresh machine.
 #
-# Environment: K8S_NEWEST / K8S_OLDEST (versions), E2E_THREADS (parallel e2e tests, default
-# the number of cores), SKIP_OLDEST=1, SKIP_SOAK=1 (local iterations only; CI runs all).
+# Environment: K8S_NEWEST / K8S_OLDEST (versions), E2E_THREADS (parallel tests per e2e binary,
+# default the number of cores), E2E_LANES (e2e binaries run side by side, default 3),
+# SKIP_OLDEST=1, SKIP_SOAK=1, TIERS="unit e2e-newest" (only those tiers; local iterations
+# only, CI runs all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ecs-operator/target}"
@@ -20,6 +22,7 @@ K8S_NEWEST="${K8S_NEWEST:-1.37.2}"
 K8S_OLDEST="${K8S_OLDEST:-1.33.13}"
 OLDEST_CP_DIR="${ECS_CP_DIR}-oldest"
 E2E_THREADS="${E2E_THREADS:-$(nproc)}"
+E2E_LANES="${E2E_LANES:-3}"
 SUMMARY=()
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -39,6 +42,7 @@ count_checks() {
 tier() {
   local name="$1" t0=$SECONDS log
   shift
+  [[ -z ${TIERS:-} || " $TIERS " == *" $name "* ]] || return 0
   log="$(mktemp)"
   printf '\n######## tier %s\n' "$name"
   # errexit inside the tier (a failing step ends it), not around it (the summary is printed).
@@ -103,9 +107,56 @@ lint() {
 # Test binaries by what they need: none (unit), the emulator (wire), a control plane (e2e).
 unit_targets() { echo --workspace --lib --bins --test crd_drift --test signer_vectors; }
 wire_targets() { echo --test emulator_api --test emulator_client; }
+# The e2e binaries, longest first (measured on 1.37, 2 cores), then any others: run side by
+# side, the longest must start first or it alone sets the tier's time.
+E2E_ORDER=(e2e_delete e2e_lifecycle e2e_sweeper e2e_leader e2e_uninstall e2e_secrets
+  e2e_bad_input e2e_policy e2e_rbac e2e_observability e2e_admission)
 e2e_targets() {
-  local f
-  for f in tests/e2e_*.rs; do printf -- '--test %s ' "$(basename "$f" .rs)"; done
+  local f t
+  for t in "${E2E_ORDER[@]}"; do [[ -f tests/$t.rs ]] && echo "$t"; done
+  for f in tests/e2e_*.rs; do
+    t=$(basename "$f" .rs)
+    [[ " ${E2E_ORDER[*]} " == *" $t "* ]] || echo "$t"
+  done
+}
+
+# run_side_by_side TEST...: the test binaries (cargo builds them, a no-op after the build step),
+# E2E_LANES at a time, in the order given. End-to-end tests mostly wait (on the emulator's
+# delays, the API server, backoffs), so binaries overlap well; each has its own namespaces,
+# emulators and operators. Each binary's output is printed whole when it ends.
+run_side_by_side() {
+  local logs t exe rc=0 running=0
+  logs=$(mktemp -d)
+  declare -A bin=()
+  while IFS=$'\t' read -r t exe; do bin[$t]=$exe; done < <(
+    cargo test -q --no-run --message-format=json "${@/#/--test=}" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("executable") and m.get("profile", {}).get("test") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"], sep="\t")'
+  )
+  for t in "$@"; do
+    [[ -n ${bin[$t]:-} ]] || { echo "no executable for $t"; return 1; }
+    if ((running >= E2E_LANES)); then
+      wait -n || rc=1
+      running=$((running - 1))
+    fi
+    (
+      s=0
+      t0=$SECONDS
+      "${bin[$t]}" --test-threads "$E2E_THREADS" >"$logs/$t.log" 2>&1 || s=$?
+      flock "$logs/.print" bash -c 'printf "\n==== %s: exit %s, %s s\n" "$1" "$2" "$3"; cat "$4"' _ "$t" "$s" $((SECONDS - t0)) "$logs/$t.log"
+      exit "$s"
+    ) &
+    running=$((running + 1))
+  done
+  while ((running > 0)); do
+    wait -n || rc=1
+    running=$((running - 1))
+  done
+  rm -rf "$logs"
+  return "$rc"
 }
 
 unit() {
@@ -131,8 +182,9 @@ wire() {
 
 e2e_newest() {
   K8S_VERSION="$K8S_NEWEST" bash scripts/control-plane.sh up "$ECS_CP_DIR"
-  # shellcheck disable=SC2046
-  cargo test -q --no-fail-fast $(e2e_targets) -- --test-threads "$E2E_THREADS"
+  local targets
+  mapfile -t targets < <(e2e_targets)
+  run_side_by_side "${targets[@]}"
 }
 
 # The oldest supported release runs the suites whose behaviour depends on the API server:
@@ -141,10 +193,10 @@ e2e_oldest() {
   K8S_VERSION="$K8S_OLDEST" bash scripts/control-plane.sh up "$OLDEST_CP_DIR"
   local t targets=()
   for t in e2e_delete e2e_lifecycle e2e_admission e2e_rbac; do
-    [[ -f tests/$t.rs ]] && targets+=(--test "$t")
+    [[ -f tests/$t.rs ]] && targets+=("$t")
   done
   local rc=0
-  ECS_CP_DIR="$OLDEST_CP_DIR" cargo test -q --no-fail-fast "${targets[@]}" -- --test-threads "$E2E_THREADS" || rc=$?
+  ECS_CP_DIR="$OLDEST_CP_DIR" run_side_by_side "${targets[@]}" || rc=$?
   bash scripts/control-plane.sh down "$OLDEST_CP_DIR" >/dev/null 2>&1 || true
   return "$rc"
 }
