@@ -105,7 +105,7 @@ lint() {
 }
 
 # Test binaries by what they need: none (unit), the emulator (wire), a control plane (e2e).
-unit_targets() { echo --workspace --lib --bins --test crd_drift --test signer_vectors; }
+unit_targets() { echo --workspace --lib --bins --test crd_drift --test signer_vectors --test controller; }
 wire_targets() { echo --test emulator_api --test emulator_client; }
 # The e2e binaries, longest first (measured on 1.37, 2 cores), then any others: run side by
 # side, the longest must start first or it alone sets the tier's time.

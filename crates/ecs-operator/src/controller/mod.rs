@@ -83,7 +83,12 @@ pub struct Context {
     pub terminating: std::sync::Mutex<HashMap<String, Instant>>,
     /// The watch caches, once all of them synced (see `all_instances`).
     caches: std::sync::Mutex<Option<Vec<reflector::Store<EcsInstance>>>>,
+    /// The cluster-wide LIST `all_instances` falls back to before the caches sync.
+    listing: Fresh<Listing>,
 }
+
+/// One cluster-wide LIST, shared by the callers that queued up while it ran.
+type Listing = Result<Arc<Vec<Arc<EcsInstance>>>, Arc<kube::Error>>;
 
 const TERMINATING_TTL: Duration = Duration::from_secs(60);
 
@@ -135,6 +140,7 @@ impl Context {
             crd_state: Fresh::default(),
             terminating: std::sync::Mutex::new(HashMap::new()),
             caches: std::sync::Mutex::new(None),
+            listing: Fresh::default(),
         }
     }
 
@@ -169,7 +175,10 @@ impl Context {
     }
 
     /// Every EcsInstance in the cluster, all namespaces: the cluster-wide watch cache once it
-    /// has synced, else a paged cluster-wide list.
+    /// has synced, else a paged cluster-wide list that started after this call (`Fresh`):
+    /// the adoptions that run before the cache syncs (all of them, at an operator's start
+    /// with 1,000 resources to adopt) share LISTs instead of sending 1,000 at once, which the
+    /// API server answered with 504s.
     pub async fn all_instances(&self) -> Result<Vec<Arc<EcsInstance>>, kube::Error> {
         let caches = match self.caches.lock() {
             Ok(c) => c.clone(),
@@ -178,6 +187,20 @@ impl Context {
         if let Some(stores) = caches {
             return Ok(stores.iter().flat_map(|s| s.state()).collect());
         }
+        let listed = self
+            .listing
+            .get(|| async { self.list_all().await.map(Arc::new).map_err(Arc::new) })
+            .await;
+        match listed {
+            Ok(items) => Ok(items.to_vec()),
+            Err(e) => Err(match e.as_ref() {
+                kube::Error::Api(status) => kube::Error::Api(status.clone()),
+                other => kube::Error::Service(other.to_string().into()),
+            }),
+        }
+    }
+
+    async fn list_all(&self) -> Result<Vec<Arc<EcsInstance>>, kube::Error> {
         let api: Api<EcsInstance> = Api::all(self.client.clone());
         let mut lp = kube::api::ListParams::default().limit(500);
         let mut out = Vec::new();
