@@ -155,7 +155,8 @@ fn parse_namespaces(s: &str) -> Result<String, String> {
 pub struct RunArgs {
     #[command(flatten)]
     pub cloud: CloudArgs,
-    /// Namespaces to watch (comma-separated); empty = all namespaces.
+    /// Namespaces whose EcsInstances are reconciled (comma-separated); empty = all. The watch
+    /// is cluster-wide either way: the ownership check needs every EcsInstance in the cluster.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', value_parser = parse_namespaces)]
     pub namespaces: Vec<String>,
     /// Re-observe each VM at least this often, seconds.
