@@ -155,8 +155,7 @@ fn parse_namespaces(s: &str) -> Result<String, String> {
 pub struct RunArgs {
     #[command(flatten)]
     pub cloud: CloudArgs,
-    /// Namespaces whose EcsInstances are reconciled (comma-separated); empty = all. The watch
-    /// is cluster-wide either way: the ownership check needs every EcsInstance in the cluster.
+    /// Namespaces to watch (comma-separated); empty = all namespaces.
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', value_parser = parse_namespaces)]
     pub namespaces: Vec<String>,
     /// Re-observe each VM at least this often, seconds.
