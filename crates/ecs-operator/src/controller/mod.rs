@@ -22,7 +22,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::{controller, reflector, watcher, Controller, PredicateConfig, WatchStreamExt};
@@ -311,26 +311,106 @@ fn slim(o: &mut EcsInstance) {
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Runs the controller until `shutdown` resolves: one cluster-wide watch, one cache.
-///
-/// With `--namespaces` only the resources there are reconciled, but the ownership check
-/// (`apply::ensure_owned`) still needs every EcsInstance in the cluster (another namespace may
-/// name the same VM). One watch per namespace plus a cluster-wide one for that check held
-/// every watched resource twice (229 MiB peak RSS at 10,000 resources); one cluster-wide
-/// watch whose events are filtered by namespace serves both. Without its cache each adoption
-/// listed the whole cluster: 1,000 adoptions were 1,000 concurrent paged LISTs, and the API
-/// server answered 504 to most of them.
-/// (Over 80 lines on purpose: the wiring — stream, cache, readiness, controller — reads best
-/// in one place, and splitting it would scatter the clones it needs.)
+/// Runs the controller until `shutdown` resolves. One watch per namespace given, or one
+/// cluster-wide watch.
+/// (Over 80 lines on purpose: the per-watch wiring — stream, cache, readiness, controller —
+/// reads best in one place, and splitting it would scatter the clones it needs.)
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     ready: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let apis: Vec<Api<EcsInstance>> = if ctx.settings.namespaces.is_empty() {
+        vec![Api::all(ctx.client.clone())]
+    } else {
+        ctx.settings
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
+            .collect()
+    };
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let mut runs = Vec::new();
+    let n = apis.len();
+    let synced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for api in apis {
+        let (reader, writer) = reflector::store();
+        readers.push(reader.clone());
+        let stream = watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(slim)
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(trigger_hash, PredicateConfig::default());
+        // `all_instances` reads the cache only for the one cluster-wide watch, whose
+        // reader is the only one in `readers` then.
+        let (ctx, shutdown, ready, synced, readers) = (
+            ctx.clone(),
+            shutdown.clone(),
+            ready.clone(),
+            synced.clone(),
+            readers.clone(),
+        );
+        let reader2 = reader.clone();
+        let ctx2 = ctx.clone();
+        runs.push(tokio::spawn(async move {
+            tokio::spawn(async move {
+                // The store's readiness signal wakes only its latest waiter (the controller
+                // also waits on it), so poll it afresh instead of waiting once.
+                loop {
+                    let wait = reader2.wait_until_ready();
+                    match tokio::time::timeout(Duration::from_millis(200), wait).await {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => return,
+                        Err(_) => continue,
+                    }
+                }
+                tracing::info!("cache synced");
+                if synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
+                    // A namespaced watch's cache is not the cluster's (`watch_cluster_wide`).
+                    if ctx2.settings.namespaces.is_empty() {
+                        match ctx2.caches.lock() {
+                            Ok(mut c) => *c = Some(readers),
+                            Err(p) => *p.into_inner() = Some(readers),
+                        }
+                    }
+                    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+            Controller::for_stream(stream, reader)
+                .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
+                .graceful_shutdown_on(shutdown)
+                .run(reconcile::reconcile, reconcile::error_policy, ctx)
+                .for_each(|res| async move {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "reconcile loop");
+                    }
+                })
+                .await;
+        }));
+    }
+    if !ctx.settings.namespaces.is_empty() {
+        runs.push(tokio::spawn(watch_cluster_wide(
+            ctx.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for r in runs {
+        let _ = r.await;
+    }
+}
+
+/// With `--namespaces`, the ownership check (`apply::ensure_owned`) still needs every
+/// EcsInstance in the cluster (another namespace may name the same VM). Without this cache
+/// each adoption listed the whole cluster: 1,000 adoptions were 1,000 concurrent paged
+/// LISTs, and the API server answered 504 to most of them. One cluster-wide watch costs the
+/// memory of the other namespaces' resources instead.
+async fn watch_cluster_wide(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let (reader, writer) = reflector::store();
-    let watched: Option<std::collections::HashSet<String>> = (!ctx.settings.namespaces.is_empty())
-        .then(|| ctx.settings.namespaces.iter().cloned().collect());
     let stream = watcher(
         Api::<EcsInstance>::all(ctx.client.clone()),
         watcher::Config::default().any_semantic(),
@@ -339,46 +419,22 @@ pub async fn run(
     .modify(slim)
     .reflect(writer)
     .applied_objects()
-    .try_filter(move |o| {
-        let mine = watched.as_ref().is_none_or(|w| {
-            o.metadata
-                .namespace
-                .as_ref()
-                .is_some_and(|ns| w.contains(ns))
-        });
-        futures::future::ready(mine)
-    })
-    .predicate_filter(trigger_hash, PredicateConfig::default());
-    let reader2 = reader.clone();
-    let ctx2 = ctx.clone();
-    tokio::spawn(async move {
-        // The store's readiness signal wakes only its latest waiter (the controller also
-        // waits on it), so poll it afresh instead of waiting once.
-        loop {
-            let wait = reader2.wait_until_ready();
-            match tokio::time::timeout(Duration::from_millis(200), wait).await {
-                Ok(Ok(())) => break,
-                Ok(Err(_)) => return,
-                Err(_) => continue,
+    .for_each(|_| futures::future::ready(()));
+    let publish = async {
+        if reader.wait_until_ready().await.is_ok() {
+            tracing::info!("cluster-wide cache synced");
+            match ctx.caches.lock() {
+                Ok(mut c) => *c = Some(vec![reader.clone()]),
+                Err(p) => *p.into_inner() = Some(vec![reader.clone()]),
             }
         }
-        tracing::info!("cache synced");
-        match ctx2.caches.lock() {
-            Ok(mut c) => *c = Some(vec![reader2]),
-            Err(p) => *p.into_inner() = Some(vec![reader2]),
-        }
-        ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
-    Controller::for_stream(stream, reader)
-        .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "reconcile loop");
-            }
-        })
-        .await;
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = stream => {}
+        _ = publish => {}
+        _ = shutdown => {}
+    }
 }
 
 #[cfg(test)]
