@@ -138,6 +138,8 @@ for line in sys.stdin:
   )
   for t in "$@"; do
     [[ -n ${bin[$t]:-} ]] || { echo "no executable for $t"; return 1; }
+  done
+  for t in "$@"; do
     if ((running >= E2E_LANES)); then
       wait -n || rc=1
       running=$((running - 1))

@@ -200,13 +200,26 @@ impl Context {
         }
     }
 
+    /// From now on `all_instances` reads these; the last shared LIST (a full copy of the
+    /// cluster's resources) is dropped rather than kept for nothing.
+    async fn publish_caches(&self, stores: Vec<reflector::Store<EcsInstance>>) {
+        match self.caches.lock() {
+            Ok(mut c) => *c = Some(stores),
+            Err(p) => *p.into_inner() = Some(stores),
+        }
+        self.listing.clear().await;
+    }
+
     async fn list_all(&self) -> Result<Vec<Arc<EcsInstance>>, kube::Error> {
         let api: Api<EcsInstance> = Api::all(self.client.clone());
         let mut lp = kube::api::ListParams::default().limit(500);
         let mut out = Vec::new();
         loop {
             let page = api.list(&lp).await?;
-            out.extend(page.items.into_iter().map(Arc::new));
+            out.extend(page.items.into_iter().map(|mut o| {
+                slim(&mut o);
+                Arc::new(o)
+            }));
             match page.metadata.continue_ {
                 Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
                 _ => return Ok(out),
@@ -370,10 +383,7 @@ pub async fn run(
                 if synced.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n {
                     // A namespaced watch's cache is not the cluster's (`watch_cluster_wide`).
                     if ctx2.settings.namespaces.is_empty() {
-                        match ctx2.caches.lock() {
-                            Ok(mut c) => *c = Some(readers),
-                            Err(p) => *p.into_inner() = Some(readers),
-                        }
+                        ctx2.publish_caches(readers).await;
                     }
                     ready.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -423,10 +433,7 @@ async fn watch_cluster_wide(
     let publish = async {
         if reader.wait_until_ready().await.is_ok() {
             tracing::info!("cluster-wide cache synced");
-            match ctx.caches.lock() {
-                Ok(mut c) => *c = Some(vec![reader.clone()]),
-                Err(p) => *p.into_inner() = Some(vec![reader.clone()]),
-            }
+            ctx.publish_caches(vec![reader.clone()]).await;
         }
         std::future::pending::<()>().await
     };

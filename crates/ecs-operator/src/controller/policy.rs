@@ -174,6 +174,11 @@ impl<V: Clone> Fresh<V> {
         *slot = Some((n, v.clone()));
         v
     }
+
+    /// Drops the shared result (the next caller reads afresh, as it would anyway).
+    pub async fn clear(&self) {
+        *self.slot.lock().await = None;
+    }
 }
 
 /// One `Fresh` per key (namespace name).
