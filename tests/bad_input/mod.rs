@@ -632,6 +632,26 @@ async fn run_answer_case(client: &Client, mode: &Mode, case: &AnswerCase, ev: &E
         apply_reason: None,
         delete_reason: None,
     };
+    // The deletion is held, with the case's code and reason; `was_ready`: the resource had
+    // become Ready first.
+    let delete_fails = |id: String, was_ready: bool| {
+        let (client, api, emu, op) = (&client, &api, &emu, &op);
+        async move {
+            expect_delete_failure(
+                client,
+                api,
+                n,
+                &id,
+                case.code,
+                case.reason,
+                emu,
+                was_ready,
+                op,
+                ev,
+            )
+            .await
+        }
+    };
     match case.kind {
         Answer::UnknownRegion => {
             let id = seed_vm(&emu, Some(UNKNOWN_REGION)).await;
@@ -639,19 +659,7 @@ async fn run_answer_case(client: &Client, mode: &Mode, case: &AnswerCase, ev: &E
             expect_apply_failure(&client, &api, n, case.code, case.reason, &[case.detail], ev)
                 .await;
             row.apply_reason = Some(case.reason.into());
-            expect_delete_failure(
-                &client,
-                &api,
-                n,
-                &id,
-                case.code,
-                case.reason,
-                &emu,
-                false,
-                &op,
-                ev,
-            )
-            .await;
+            delete_fails(id.clone(), false).await;
             row.delete_reason = Some(case.reason.into());
             let regions = json!(["cn-beijing", UNKNOWN_REGION]);
             emu.config(json!({ "regions": regions })).await;
@@ -668,19 +676,7 @@ async fn run_answer_case(client: &Client, mode: &Mode, case: &AnswerCase, ev: &E
             emu.clear_fault("DescribeInstances").await;
             ready(&api, n).await;
             emu.faults("DeleteInstances", spec).await;
-            expect_delete_failure(
-                &client,
-                &api,
-                n,
-                &id,
-                case.code,
-                case.reason,
-                &emu,
-                true,
-                &op,
-                ev,
-            )
-            .await;
+            delete_fails(id.clone(), true).await;
             row.delete_reason = Some(case.reason.into());
             emu.clear_fault("DeleteInstances").await;
             expect_recovery(&api, n, &id, &emu).await;
@@ -695,19 +691,7 @@ async fn run_answer_case(client: &Client, mode: &Mode, case: &AnswerCase, ev: &E
                 "conflicting_details"
             };
             emu.faults("DeleteInstances", json!({ field: [id] })).await;
-            expect_delete_failure(
-                &client,
-                &api,
-                n,
-                &id,
-                case.code,
-                case.reason,
-                &emu,
-                true,
-                &op,
-                ev,
-            )
-            .await;
+            delete_fails(id.clone(), true).await;
             row.delete_reason = Some(case.reason.into());
             // Each answer was definitive (a recorded answer that does not name us), so
             // every retry carried a new token.

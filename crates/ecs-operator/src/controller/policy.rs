@@ -209,6 +209,20 @@ mod tests {
     use super::*;
     use DeletionPolicy::*;
 
+    /// `clear` drops the shared result: the next caller reads afresh even though nothing
+    /// started a read after it asked.
+    #[tokio::test]
+    async fn a_cleared_fresh_reads_again() {
+        let f: Fresh<u32> = Fresh::default();
+        let reads = std::sync::atomic::AtomicU32::new(0);
+        let read = || async { reads.fetch_add(1, Ordering::SeqCst) + 1 };
+        assert_eq!(f.get(read).await, 1);
+        f.clear().await;
+        assert!(f.slot.lock().await.is_none(), "the result is not kept");
+        assert_eq!(f.get(read).await, 2);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
     /// One row per combination that matters (a table; long for that reason).
     #[test]
     fn resolution_table() {
