@@ -94,6 +94,63 @@ async fn cel_rules_reject_bad_objects_at_creation() {
     );
     accepted(&ns, "good-create", create_spec());
     accepted(&ns, "good-adopt", json!({"instanceId": "i-abcd1234"}));
+    tag_rules(&ns);
+}
+
+/// Tags the cloud would refuse are refused at admission: a reserved prefix, a character
+/// outside the documented set, the operator's own keys, more than 16 (20 per call, 4 of them
+/// the operator's), a value over 255 characters.
+fn tag_rules(ns: &str) {
+    let with_tags = |tags: Value| {
+        let mut s = create_spec();
+        s["create"]["tags"] = tags;
+        s
+    };
+    let reserved = "may not start with volc: or sys:";
+    rejected(
+        ns,
+        "tag-volc",
+        with_tags(json!({"volc:owner": "a"})),
+        reserved,
+    );
+    rejected(ns, "tag-sys", with_tags(json!({"SYS:x": "a"})), reserved);
+    rejected(
+        ns,
+        "tag-long",
+        with_tags(json!({"k".repeat(129): "a"})),
+        reserved,
+    );
+    rejected(
+        ns,
+        "tag-char",
+        with_tags(json!({"team#1": "a"})),
+        "a key may hold only letters, digits, spaces",
+    );
+    rejected(
+        ns,
+        "tag-ours",
+        with_tags(json!({"ecs.volcengine.io/uid": "x"})),
+        "are the operator's ownership tags",
+    );
+    let many: serde_json::Map<String, Value> =
+        (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+    rejected(
+        ns,
+        "tag-many",
+        with_tags(Value::Object(many)),
+        "must have at most 16",
+    );
+    rejected(
+        ns,
+        "tag-value",
+        with_tags(json!({"team": "v".repeat(256)})),
+        "may not be more than 255",
+    );
+    accepted(
+        ns,
+        "tag-good",
+        with_tags(json!({"team": "a", "cost-center/eu": "x=1", "项目": "b", "owner@x": ""})),
+    );
 }
 
 #[tokio::test]

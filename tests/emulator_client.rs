@@ -135,11 +135,11 @@ fn run_request(name: &str, token: &str) -> RunInstancesRequest {
         instance_name: name.into(),
         subnet_id: "subnet-1".into(),
         security_group_ids: vec!["sg-1".into(), "sg-2".into()],
-        volumes: vec![VolumeSpec {
+        system_volume: Some(VolumeSpec {
             volume_type: Some("ESSD_PL0".into()),
             size: 40,
             delete_with_instance: Some(true),
-        }],
+        }),
         tags: vec![
             Tag {
                 key: "owner".into(),
@@ -301,6 +301,104 @@ async fn full_lifecycle_with_transitional_states() {
     assert!(d.value.instances.is_empty());
     assert_eq!(d.value.total_count, Some(0));
     assert_eq!(emu.deletions_of(&id).await, 1);
+}
+
+/// With the realism switches on (`null` for empty fields, no `Result` for operation
+/// actions) every call the operator makes still reads its answer: the raw body shows the
+/// switches were on, so the test cannot pass by the emulator answering as before.
+#[tokio::test]
+async fn answers_with_nulls_and_without_result_are_read() {
+    let emu = start_with(Delays::ZERO).await;
+    let (s, v) = emu
+        .admin(
+            "PUT",
+            "config",
+            Some(json!({"null_empty": true, "omit_operation_result": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let c = emu.client();
+    let id = emu.seed(json!({"Status": "RUNNING", "Tags": []})).await;
+    let seen = c
+        .describe_instances(REGION, ids_query(&[&id]))
+        .await
+        .unwrap();
+    assert_eq!(seen.value.instances[0].instance_id, id);
+    assert!(seen.value.instances[0].tags.is_empty());
+    let none = c
+        .describe_instances(REGION, ids_query(&["i-doesnotexist000000000"]))
+        .await
+        .unwrap();
+    assert!(none.value.instances.is_empty());
+    c.set_deletion_protection(REGION, id.clone(), true)
+        .await
+        .unwrap();
+    c.tag_instances(
+        REGION,
+        vec![id.clone()],
+        vec![Tag {
+            key: "k".into(),
+            value: "v".into(),
+        }],
+    )
+    .await
+    .unwrap();
+    c.untag_instances(REGION, vec![id.clone()], vec!["k".into()])
+        .await
+        .unwrap();
+    // The answers really were of the kind the switches make.
+    let none = raw_call(
+        &emu,
+        "DescribeInstances",
+        &[("InstanceIds.1", "i-doesnotexist000000000")],
+    )
+    .await;
+    assert_eq!(none["Result"]["Instances"], Value::Null, "{none}");
+    let op = raw_call(
+        &emu,
+        "ModifyInstanceAttribute",
+        &[("InstanceId", &id), ("DeletionProtection", "false")],
+    )
+    .await;
+    assert!(
+        op.get("Result").is_none() && op["ResponseMetadata"]["RequestId"].is_string(),
+        "{op}"
+    );
+}
+
+/// One signed call, its body as JSON (what any client receives).
+async fn raw_call(emu: &Emu, action: &str, params: &[(&str, &str)]) -> Value {
+    use ecs_operator::cloud::signer::{canonical_query, sign, SignRequest};
+    let mut q: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    q.push(("Action".into(), action.into()));
+    q.push(("Version".into(), "2020-04-01".into()));
+    let x_date = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let sig = sign(
+        &creds(AK, SK, None),
+        &SignRequest {
+            method: "GET",
+            host: &emu.host,
+            path: "/",
+            query: &q,
+            headers: &[],
+            body: b"",
+            x_date: &x_date,
+            region: REGION,
+            service: "ecs",
+        },
+    );
+    let mut req = emu
+        .http
+        .get(format!("{}/?{}", emu.base, canonical_query(&q)));
+    for (k, v) in &sig.headers {
+        req = req.header(k, v);
+    }
+    req.send().await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test]
@@ -841,6 +939,59 @@ async fn throttling_gives_429_and_the_client_backs_off() {
         .iter()
         .filter(|c| c["status"] == 429)
         .all(|c| c["fault"] == "throttle"));
+}
+
+/// Every code the official Go SDK treats as throttling slows the client down (the limiter
+/// pauses), with whichever status it comes; and a 503 without a throttling code too.
+#[tokio::test]
+async fn every_throttling_code_and_status_is_throttling() {
+    let emu = start().await;
+    for (code, status) in [
+        ("Throttling", 400),
+        ("ThrottlingException", 400),
+        ("RequestLimitExceeded", 400),
+        ("RequestThrottled", 400),
+        ("RequestThrottledException", 400),
+        ("TooManyRequestsException", 400),
+        ("FlowLimitExceeded", 429),
+        ("ServiceUnavailable", 503),
+        ("BadGateway", 502),
+        ("GatewayTimeout", 504),
+    ] {
+        emu.fault(
+            "DescribeInstances",
+            json!({"throttle_rate": 1.0, "throttle_code": code, "throttle_status": status}),
+        )
+        .await;
+        // A fresh client each time: the last one's limiter is paused, as it should be.
+        let e = emu
+            .client()
+            .describe_instances(REGION, DescribeQuery::default())
+            .await
+            .unwrap_err();
+        assert_eq!(api_err(&e), (code, status));
+        assert_eq!(e.class(), ErrorClass::Throttled, "{code} {status}");
+    }
+}
+
+/// `Retry-After` outranks the client's own backoff: the retry comes no sooner than the
+/// server asked, though the backoff alone would have retried after 20-40 ms.
+#[tokio::test]
+async fn retry_after_is_honoured_before_the_retry() {
+    let emu = start().await;
+    emu.fault(
+        "DescribeInstances",
+        json!({"fail_next": 1, "error_code": "Throttling", "error_status": 400, "retry_after_secs": 1}),
+    )
+    .await;
+    let c = emu.client_with(|c| c.max_attempts = 2);
+    c.describe_instances(REGION, DescribeQuery::default())
+        .await
+        .unwrap();
+    let calls = emu.calls("DescribeInstances").await;
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let gap = calls[1]["at_ms"].as_i64().unwrap() - calls[0]["at_ms"].as_i64().unwrap();
+    assert!(gap >= 1000, "retried {gap} ms after Retry-After: 1");
 }
 
 #[tokio::test]

@@ -308,6 +308,10 @@ fn spec_create() -> CreateSpec {
         instance_type_id: "ecs.g1.large".into(),
         subnet_id: "subnet-sim".into(),
         security_group_ids: vec!["sg-sim".into()],
+        system_volume: Some(ecs_operator::api::VolumeSpec {
+            volume_type: None,
+            size: 40,
+        }),
         ..Default::default()
     }
 }

@@ -40,6 +40,40 @@ pub(crate) struct Done {
 }
 
 const MAX_IDS: usize = 100;
+/// TagResources/UntagResources: `ResourceIds.N`, N 1-50; `Tags.N`/`TagKeys.N`, N 1-20; a
+/// resource carries at most 50 tags (ECS TagResources and UntagResources, docs 6396/1394798
+/// and 6396/1394799).
+const MAX_TAG_RESOURCES: usize = 50;
+const MAX_TAGS_PER_CALL: usize = 20;
+const MAX_TAGS_PER_RESOURCE: usize = 50;
+
+fn limit_exceeded(what: &str) -> ApiError {
+    ApiError::new(
+        400,
+        format!("LimitExceeded.Maximum{what}"),
+        format!("You've reached the limit on the number of {what} that you can set."),
+    )
+}
+
+/// A tag key as documented: 1-128 characters, letters, digits, spaces and `_ . : / = + - @`,
+/// not starting with `volc:` or `sys:` in any case, no leading or trailing space.
+fn valid_tag_key(k: &str) -> bool {
+    let lower = k.to_ascii_lowercase();
+    (1..=128).contains(&k.chars().count())
+        && !lower.starts_with("volc:")
+        && !lower.starts_with("sys:")
+        && k.trim() == k
+        && k.chars()
+            .all(|c| c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c))
+}
+
+fn tag_key_malformed() -> ApiError {
+    ApiError::new(
+        400,
+        "InvalidTagKey.Malformed",
+        "The specified TagKey is malformed.",
+    )
+}
 
 fn done<T: serde::Serialize>(result: T) -> Done {
     Done {
@@ -132,9 +166,7 @@ fn run_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, A
         "PrePaid" => Some(prepaid_expiry(p, ctx.now)?),
         _ => return Err(ApiError::malformed("InstanceChargeType")),
     };
-    for v in p.groups("Volumes") {
-        v.u32("Size")?;
-    }
+    check_volumes(p)?;
     let tags: Vec<Tag> = p
         .groups("Tags")
         .into_iter()
@@ -144,11 +176,24 @@ fn run_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, A
             Some(Tag { key, value })
         })
         .collect();
+    if tags.len() > MAX_TAGS_PER_CALL {
+        return Err(limit_exceeded("Tags"));
+    }
+    if !tags.iter().all(|t| valid_tag_key(&t.key)) {
+        return Err(tag_key_malformed());
+    }
+    check_user_data(p)?;
     let nic = p
         .groups("NetworkInterfaces")
         .into_iter()
         .next()
         .unwrap_or_default();
+    // Both are `required:"true"` in the Go SDK's RunInstancesInput.
+    nic.require("SubnetId")
+        .map_err(|_| ApiError::missing("NetworkInterfaces.1.SubnetId"))?;
+    if nic.list("SecurityGroupIds").is_empty() {
+        return Err(ApiError::missing("NetworkInterfaces.1.SecurityGroupIds"));
+    }
     dry_run(p)?;
 
     let mut instance_ids = Vec::with_capacity(count as usize);
@@ -204,6 +249,43 @@ fn run_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, A
         instance_ids.push(id);
     }
     Ok(done(RunInstancesResult { instance_ids }))
+}
+
+/// `Volumes.N.Size` is required (Go SDK); `Volumes.1` is the system disk, whose size range
+/// depends on its type (Terraform's `system_volume_size`: ESSD_PL0 and ESSD_FlexPL 20-2048,
+/// PTSSD 10-500; an unknown type gets the ESSD range).
+fn check_volumes(p: &Params) -> Result<(), ApiError> {
+    for (i, v) in p.groups("Volumes").into_iter().enumerate() {
+        let size = v
+            .u32("Size")?
+            .ok_or_else(|| ApiError::missing(&format!("Volumes.{}.Size", i + 1)))?;
+        if i == 0 {
+            let range = match v.get("VolumeType") {
+                Some("PTSSD") => 10..=500,
+                _ => 20..=2048,
+            };
+            if !range.contains(&size) {
+                return Err(ApiError::new(
+                    400,
+                    "InvalidSystemVolumeSize.Malformed",
+                    format!("The system disk size {size} is outside {range:?} GiB for its type."),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// UserData: base64 of at most 16 KiB (documented for launch templates and the console).
+fn check_user_data(p: &Params) -> Result<(), ApiError> {
+    use base64::Engine;
+    let Some(ud) = p.non_empty("UserData") else {
+        return Ok(());
+    };
+    match base64::engine::general_purpose::STANDARD.decode(ud) {
+        Ok(raw) if raw.len() <= 16 * 1024 => Ok(()),
+        _ => Err(ApiError::malformed("UserData")),
+    }
 }
 
 fn prepaid_expiry(p: &Params, now: Timestamp) -> Result<Timestamp, ApiError> {
@@ -526,11 +608,14 @@ fn untag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError>
     if keys.is_empty() {
         return Err(ApiError::missing("TagKeys"));
     }
-    if ids.len() > MAX_IDS {
-        return Err(ApiError::malformed("ResourceIds"));
+    if ids.len() > MAX_TAG_RESOURCES {
+        return Err(limit_exceeded("ResourceIds"));
     }
-    if keys.len() > 20 {
-        return Err(ApiError::malformed("TagKeys"));
+    if keys.len() > MAX_TAGS_PER_CALL {
+        return Err(limit_exceeded("TagKeys"));
+    }
+    if !keys.iter().all(|k| valid_tag_key(k)) {
+        return Err(tag_key_malformed());
     }
     for id in &ids {
         find(store, ctx, id)?;
@@ -556,8 +641,8 @@ fn tag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
     if ids.is_empty() {
         return Err(ApiError::missing("ResourceIds"));
     }
-    if ids.len() > MAX_IDS {
-        return Err(ApiError::malformed("ResourceIds"));
+    if ids.len() > MAX_TAG_RESOURCES {
+        return Err(limit_exceeded("ResourceIds"));
     }
     let mut tags = Vec::new();
     for g in p.groups("Tags") {
@@ -573,11 +658,18 @@ fn tag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
     if tags.is_empty() {
         return Err(ApiError::missing("Tags"));
     }
-    if tags.len() > 20 {
-        return Err(ApiError::malformed("Tags"));
+    if tags.len() > MAX_TAGS_PER_CALL {
+        return Err(limit_exceeded("Tags"));
+    }
+    if !tags.iter().all(|t| valid_tag_key(&t.key)) {
+        return Err(tag_key_malformed());
     }
     for id in &ids {
-        find(store, ctx, id)?;
+        let r = find(store, ctx, id)?;
+        let added = tags.iter().filter(|t| r.inst.tag(&t.key).is_none()).count();
+        if r.inst.tags.len() + added > MAX_TAGS_PER_RESOURCE {
+            return Err(limit_exceeded("TagsPerResource"));
+        }
     }
     let now = ctx.now;
     for id in &ids {
@@ -620,9 +712,161 @@ mod tests {
     }
 
     fn run(store: &mut Store, tags: &str) -> String {
-        let q = format!("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm{tags}");
+        let q = format!("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm&NetworkInterfaces.1.SubnetId=subnet-1&NetworkInterfaces.1.SecurityGroupIds.1=sg-1{tags}");
         let d = dispatch(store, &ctx(Timestamp::now()), Action::RunInstances, &p(&q)).unwrap();
         d.result["InstanceIds"][0].as_str().unwrap().to_string()
+    }
+
+    /// The documented limits and required parameters, each with its code; a call that is
+    /// refused changes nothing.
+    #[test]
+    fn documented_limits_and_required_parameters() {
+        let mut s = Store::default();
+        let a = run(&mut s, "");
+        let code = |s: &mut Store, action: Action, q: &str| {
+            dispatch(s, &ctx(Timestamp::now()), action, &p(q))
+                .map(|_| "OK".to_string())
+                .unwrap_or_else(|e| e.code)
+        };
+        let base = "ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm";
+        let nic =
+            "&NetworkInterfaces.1.SubnetId=subnet-1&NetworkInterfaces.1.SecurityGroupIds.1=sg-1";
+        let run_code =
+            |s: &mut Store, extra: &str| code(s, Action::RunInstances, &format!("{base}{extra}"));
+        assert_eq!(
+            run_code(&mut s, "&NetworkInterfaces.1.SecurityGroupIds.1=sg-1"),
+            "MissingParameter.NetworkInterfaces.1.SubnetId"
+        );
+        assert_eq!(
+            run_code(&mut s, "&NetworkInterfaces.1.SubnetId=subnet-1"),
+            "MissingParameter.NetworkInterfaces.1.SecurityGroupIds"
+        );
+        assert_eq!(
+            run_code(&mut s, &format!("{nic}&Volumes.1.VolumeType=ESSD_PL0")),
+            "MissingParameter.Volumes.1.Size"
+        );
+        assert_eq!(
+            run_code(&mut s, &format!("{nic}&Volumes.1.Size=10")),
+            "InvalidSystemVolumeSize.Malformed"
+        );
+        assert_eq!(
+            run_code(
+                &mut s,
+                &format!("{nic}&Volumes.1.Size=10&Volumes.1.VolumeType=PTSSD")
+            ),
+            "OK"
+        );
+        assert_eq!(
+            run_code(
+                &mut s,
+                &format!("{nic}&Volumes.1.Size=40&Volumes.2.Size=10")
+            ),
+            "OK"
+        );
+        assert_eq!(
+            run_code(&mut s, &format!("{nic}&Tags.1.Key=volc:x&Tags.1.Value=v")),
+            "InvalidTagKey.Malformed"
+        );
+        assert_eq!(
+            run_code(&mut s, &format!("{nic}&UserData=not-base64!")),
+            "InvalidUserData.Malformed"
+        );
+        use base64::Engine;
+        let big = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 16 * 1024 + 1]);
+        assert_eq!(
+            run_code(&mut s, &format!("{nic}&UserData={big}")),
+            "InvalidUserData.Malformed"
+        );
+        let ok = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 16 * 1024]);
+        assert_eq!(run_code(&mut s, &format!("{nic}&UserData={ok}")), "OK");
+
+        let ids: String = (1..=51).map(|i| format!("&ResourceIds.{i}={a}")).collect();
+        let keys: String = (1..=21).map(|i| format!("&TagKeys.{i}=k{i}")).collect();
+        let tags: String = (1..=21)
+            .map(|i| format!("&Tags.{i}.Key=k{i}&Tags.{i}.Value=v"))
+            .collect();
+        assert_eq!(
+            code(
+                &mut s,
+                Action::UntagResources,
+                &format!("ResourceType=instance{ids}&TagKeys.1=k")
+            ),
+            "LimitExceeded.MaximumResourceIds"
+        );
+        assert_eq!(
+            code(
+                &mut s,
+                Action::UntagResources,
+                &format!("ResourceType=instance&ResourceIds.1={a}{keys}")
+            ),
+            "LimitExceeded.MaximumTagKeys"
+        );
+        assert_eq!(
+            code(
+                &mut s,
+                Action::UntagResources,
+                &format!("ResourceType=instance&ResourceIds.1={a}&TagKeys.1=sys:x")
+            ),
+            "InvalidTagKey.Malformed"
+        );
+        assert_eq!(
+            code(
+                &mut s,
+                Action::TagResources,
+                &format!("ResourceType=instance{ids}&Tags.1.Key=k&Tags.1.Value=v")
+            ),
+            "LimitExceeded.MaximumResourceIds"
+        );
+        assert_eq!(
+            code(
+                &mut s,
+                Action::TagResources,
+                &format!("ResourceType=instance&ResourceIds.1={a}{tags}")
+            ),
+            "LimitExceeded.MaximumTags"
+        );
+        assert_eq!(
+            code(
+                &mut s,
+                Action::TagResources,
+                &format!("ResourceType=instance&ResourceIds.1={a}&Tags.1.Key=a%23b&Tags.1.Value=v")
+            ),
+            "InvalidTagKey.Malformed"
+        );
+        for batch in 0..2 {
+            let twenty: String = (1..=20)
+                .map(|i| format!("&Tags.{i}.Key=b{batch}k{i}&Tags.{i}.Value=v"))
+                .collect();
+            assert_eq!(
+                code(
+                    &mut s,
+                    Action::TagResources,
+                    &format!("ResourceType=instance&ResourceIds.1={a}{twenty}")
+                ),
+                "OK"
+            );
+        }
+        let eleven: String = (1..=11)
+            .map(|i| format!("&Tags.{i}.Key=c{i}&Tags.{i}.Value=v"))
+            .collect();
+        assert_eq!(
+            code(
+                &mut s,
+                Action::TagResources,
+                &format!("ResourceType=instance&ResourceIds.1={a}{eleven}")
+            ),
+            "LimitExceeded.MaximumTagsPerResource"
+        );
+        assert_eq!(
+            code(
+                &mut s,
+                Action::TagResources,
+                &format!(
+                    "ResourceType=instance&ResourceIds.1={a}&Tags.1.Key=b0k1&Tags.1.Value=new"
+                )
+            ),
+            "OK"
+        );
     }
 
     #[test]
@@ -716,7 +960,7 @@ mod tests {
             visibility_lag_ms: 60_000,
             ..ctx(t0)
         };
-        let q = p("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm&Tags.1.Key=uid&Tags.1.Value=u1");
+        let q = p("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm&NetworkInterfaces.1.SubnetId=subnet-1&NetworkInterfaces.1.SecurityGroupIds.1=sg-1&Tags.1.Key=uid&Tags.1.Value=u1");
         let d = dispatch(&mut s, &lagged, Action::RunInstances, &q).unwrap();
         let id = d.result["InstanceIds"][0].as_str().unwrap().to_string();
         let count = |s: &mut Store, at: Timestamp, q: &str| {

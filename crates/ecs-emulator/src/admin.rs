@@ -448,6 +448,8 @@ struct ConfigDoc {
     max_clock_skew_secs: Option<u64>,
     tag_filter_limit: Option<usize>,
     visibility_lag_ms: Option<u64>,
+    null_empty: Option<bool>,
+    omit_operation_result: Option<bool>,
 }
 
 fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
@@ -463,6 +465,8 @@ fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
         max_clock_skew_secs: Some(c.max_clock_skew_secs),
         tag_filter_limit: Some(c.tag_filter_limit),
         visibility_lag_ms: Some(c.visibility_lag_ms),
+        null_empty: Some(c.null_empty),
+        omit_operation_result: Some(c.omit_operation_result),
     }
 }
 
@@ -508,6 +512,12 @@ async fn set_config(State(emu): Emu, body: Bytes) -> Response {
     }
     if let Some(v) = d.visibility_lag_ms {
         c.visibility_lag_ms = v;
+    }
+    if let Some(v) = d.null_empty {
+        c.null_empty = v;
+    }
+    if let Some(v) = d.omit_operation_result {
+        c.omit_operation_result = v;
     }
     Json(config_doc(c)).into_response()
 }

@@ -31,6 +31,8 @@ enum Reply {
     Json {
         status: u16,
         body: Value,
+        /// The `Retry-After` header, seconds.
+        retry_after: Option<u64>,
     },
     Garbage {
         kind: GarbageKind,
@@ -145,6 +147,7 @@ fn error(meta: &Meta, e: &ApiError, rec: &mut CallRecord) -> Reply {
     Reply::Json {
         status: e.status,
         body: meta.err(e),
+        retry_after: e.retry_after,
     }
 }
 
@@ -205,7 +208,9 @@ async fn process(
     if let Err(e) = verdict.result {
         return error(meta, &e, rec);
     }
-    let action = match route(&params) {
+    // The documentation: Action and Version are query parameters. A form body may carry
+    // the others, never these two.
+    let action = match route(&Params::from_pairs(query.clone())) {
         Ok(a) => a,
         Err(e) => return error(meta, &e, rec),
     };
@@ -287,6 +292,7 @@ async fn process(
     Reply::Json {
         status: out.status,
         body: out.body,
+        retry_after: None,
     }
 }
 
@@ -422,7 +428,11 @@ async fn execute(
     };
     let (status, body, instance_codes) =
         match actions::dispatch(&mut inner.store, &ctx, action, &params) {
-            Ok(done) => (200, meta.ok(done.result), done.instance_codes),
+            Ok(done) => (
+                200,
+                realistic(meta.ok(done.result), action, &inner.cfg),
+                done.instance_codes,
+            ),
             Err(e) => (e.status, meta.err(&e), Vec::new()),
         };
     if let Some(key) = guard.key.take() {
@@ -447,7 +457,18 @@ async fn execute(
 
 fn render(reply: Reply, meta: &Meta) -> Response {
     match reply {
-        Reply::Json { status, body } => json_response(status, body.to_string().into()),
+        Reply::Json {
+            status,
+            body,
+            retry_after,
+        } => {
+            let mut r = json_response(status, body.to_string().into());
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            }
+            r
+        }
         Reply::Garbage {
             kind,
             status,
@@ -467,6 +488,39 @@ fn render(reply: Reply, meta: &Meta) -> Response {
             );
             r
         }
+    }
+}
+
+/// The realism switches (`EmulatorConfig::null_empty`, `omit_operation_result`) applied to
+/// a success: what the real API and both SDKs allow, and a client must read.
+fn realistic(mut body: Value, action: Action, cfg: &crate::EmulatorConfig) -> Value {
+    if let Some(envelope) = body.as_object_mut() {
+        if cfg.omit_operation_result && action.result_optional() {
+            envelope.remove("Result");
+        } else if cfg.null_empty {
+            if let Some(r) = envelope.get_mut("Result") {
+                null_empties(r);
+            }
+        }
+    }
+    body
+}
+
+/// Every empty list, string or object below `v` (and `v` itself) becomes `null`.
+fn null_empties(v: &mut Value) {
+    match v {
+        Value::Array(a) => a.iter_mut().for_each(null_empties),
+        Value::Object(o) => o.values_mut().for_each(null_empties),
+        _ => {}
+    }
+    let empty = match v {
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    };
+    if empty {
+        *v = Value::Null;
     }
 }
 

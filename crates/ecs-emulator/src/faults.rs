@@ -30,6 +30,15 @@ pub struct FaultSpec {
     pub throttle_rate: f64,
     /// Bucket size; default max(1, ceil(throttle_rps)).
     pub throttle_burst: Option<u32>,
+    /// The code of a throttled answer, default `FlowLimitExceeded` (Volcengine's own). Any
+    /// code the Go SDK treats as throttling (`Throttling`, `RequestThrottled`, ...) tests
+    /// that a client slows down for it too.
+    pub throttle_code: Option<String>,
+    /// The HTTP status of a throttled answer, default 429.
+    pub throttle_status: Option<u16>,
+    /// Throttled answers and injected errors carry `Retry-After: <seconds>`. Whether the
+    /// real gateway sends it is not documented (see lib.rs, choices left open).
+    pub retry_after_secs: Option<u64>,
     /// Added before the call is applied (while its ClientToken is in flight).
     pub latency_ms: u64,
     /// Probability that the call is applied but its response is lost on the wire.
@@ -202,13 +211,13 @@ impl Faults {
         };
         if let Some(rps) = f.spec.throttle_rps {
             if !take_token(f, rps, now) {
-                return throttled();
+                return throttled(&f.spec);
             }
         }
         let spec = &mut f.spec;
         let mut rng = rand::rng();
         if spec.throttle_rate > 0.0 && rng.random::<f64>() < spec.throttle_rate {
-            return throttled();
+            return throttled(spec);
         }
         let fail = if spec.fail_next > 0 {
             spec.fail_next -= 1;
@@ -219,10 +228,9 @@ impl Faults {
         if fail {
             let code = spec.error_code.as_deref().unwrap_or("InternalError");
             let status = spec.error_status.unwrap_or(500);
-            return Decision::Reject(
-                ApiError::new(status, code, "Injected fault."),
-                "injected_error",
-            );
+            let mut e = ApiError::new(status, code, "Injected fault.");
+            e.retry_after = spec.retry_after_secs;
+            return Decision::Reject(e, "injected_error");
         }
         if spec.garbage_next > 0 {
             spec.garbage_next -= 1;
@@ -269,15 +277,14 @@ fn take_token(f: &mut ActionFaults, rps: f64, now: Instant) -> bool {
     }
 }
 
-fn throttled() -> Decision {
-    Decision::Reject(
-        ApiError::new(
-            429,
-            "FlowLimitExceeded",
-            "Request rate exceeds the basic call-rate limit.",
-        ),
-        "throttle",
-    )
+fn throttled(spec: &FaultSpec) -> Decision {
+    let mut e = ApiError::new(
+        spec.throttle_status.unwrap_or(429),
+        spec.throttle_code.as_deref().unwrap_or("FlowLimitExceeded"),
+        "Request rate exceeds the basic call-rate limit.",
+    );
+    e.retry_after = spec.retry_after_secs;
+    Decision::Reject(e, "throttle")
 }
 
 #[cfg(test)]

@@ -30,6 +30,30 @@
 //!   DeleteInstances (like every other action naming it) answers `InvalidInstance.NotFound`
 //!   without deleting it. That is the unfavourable case: a client that takes this NotFound
 //!   for "already gone" leaks the VM. The admin API always sees it.
+//! - throttling: 429 `FlowLimitExceeded` by default. Whether the real gateway ever sends
+//!   `Retry-After` is not documented (the Go SDK reads it on 429 and 503, whole seconds
+//!   only: `volcengine/client/default_retryer.go`); the faults `retry_after_secs`,
+//!   `throttle_code` and `throttle_status` produce each variant the SDKs handle.
+//! - limits whose codes are documented (ECS UntagResources, docs 6396/1394799): more than 50
+//!   `ResourceIds` is 400 `LimitExceeded.MaximumResourceIds`, more than 20 `TagKeys`
+//!   `LimitExceeded.MaximumTagKeys`, a bad key `InvalidTagKey.Malformed` (1-128 letters,
+//!   digits, spaces, `_ . : / = + - @`, no `volc:`/`sys:` prefix in any case). Not
+//!   documented, chosen by the same pattern: more than 20 `Tags` per call
+//!   `LimitExceeded.MaximumTags`, more than 50 tags on one VM
+//!   `LimitExceeded.MaximumTagsPerResource`;
+//! - RunInstances requires `NetworkInterfaces.1.SubnetId`, at least one
+//!   `NetworkInterfaces.1.SecurityGroupIds.N` and every `Volumes.N.Size` (`required:"true"`
+//!   in the Go SDK; `MissingParameter.<name>`). `Volumes.1` is the system disk: 20-2048 GiB,
+//!   PTSSD 10-500 (Terraform's ranges), else 400 `InvalidSystemVolumeSize.Malformed` (code
+//!   chosen). UserData must be base64 of at most 16 KiB, else `InvalidUserData.Malformed`
+//!   (code chosen; the limit is documented for launch templates);
+//! - `Action` and `Version` are read from the query string only, as documented; a form body
+//!   carries the other parameters;
+//! - times (`CreatedAt`, `UpdatedAt`, `ExpiredAt`) are RFC 3339 at `+08:00`, as Terraform
+//!   expects when it cuts them at the `+`; the admin API accepts any RFC 3339 time;
+//! - `--realism` (admin config `null_empty`, `omit_operation_result`): `null` for every empty
+//!   list, string and object of a `Result`, and no `Result` at all for the actions that
+//!   return only the common parameters. Both SDKs read either.
 
 mod actions;
 mod admin;
@@ -110,6 +134,11 @@ pub struct EmulatorArgs {
     /// RunInstances (0 = visible at once).
     #[arg(long, default_value_t = 0)]
     pub visibility_lag_ms: u64,
+    /// Answer as the real API may, where the SDKs allow it: `null` for empty fields, no
+    /// `Result` for operation actions (admin config `null_empty`, `omit_operation_result`).
+    /// The end-to-end suites and the soak run with it.
+    #[arg(long)]
+    pub realism: bool,
 }
 
 /// Volcengine's documented TagFilters limit.
@@ -134,6 +163,11 @@ pub struct EmulatorConfig {
     pub tag_filter_limit: usize,
     /// How long a new instance stays invisible to the real API after RunInstances.
     pub visibility_lag_ms: u64,
+    /// Empty lists, strings and objects in a `Result` are sent as `null`.
+    pub null_empty: bool,
+    /// Operation actions (ModifyInstanceAttribute, TagResources, UntagResources,
+    /// DeleteInstance) answer without `Result`, only the common parameters.
+    pub omit_operation_result: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -149,6 +183,8 @@ impl Default for EmulatorConfig {
             call_log_limit: 200_000,
             tag_filter_limit: DEFAULT_TAG_FILTER_LIMIT,
             visibility_lag_ms: 0,
+            null_empty: false,
+            omit_operation_result: false,
         }
     }
 }
@@ -174,6 +210,8 @@ impl From<&EmulatorArgs> for EmulatorConfig {
             max_clock_skew_secs: a.max_clock_skew_secs,
             tag_filter_limit: a.tag_filter_limit,
             visibility_lag_ms: a.visibility_lag_ms,
+            null_empty: a.realism,
+            omit_operation_result: a.realism,
             ..Self::default()
         }
     }

@@ -13,6 +13,8 @@ pub(crate) struct ApiError {
     pub status: u16,
     pub code: String,
     pub message: String,
+    /// Sent as the `Retry-After` header (seconds).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -21,6 +23,7 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -169,8 +172,13 @@ pub(crate) fn new_resource_id(prefix: &str) -> String {
     format!("{prefix}-{tail}")
 }
 
+/// RFC 3339 at UTC+8, the offset the real API's times carry (Terraform reads `CreatedAt` by
+/// cutting it at the `+`).
 pub(crate) fn rfc3339(ts: jiff::Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    let beijing = jiff::tz::TimeZone::fixed(jiff::tz::offset(8));
+    ts.to_zoned(beijing)
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -72,6 +72,24 @@ pub const RULES: &[Rule] = &[
         field_path: Some(".region"),
     },
     Rule {
+        at: &["spec", "create", "tags"],
+        rule: "self.all(k, size(k) >= 1 && size(k) <= 128 && !k.lowerAscii().startsWith('volc:') && !k.lowerAscii().startsWith('sys:'))",
+        message: "spec.create.tags: a key is 1 to 128 characters and may not start with volc: or sys: (reserved for system tags)",
+        field_path: None,
+    },
+    Rule {
+        at: &["spec", "create", "tags"],
+        rule: r"self.all(k, k.matches('^[\\p{L}\\p{N} _.:/=+@-]+$'))",
+        message: "spec.create.tags: a key may hold only letters, digits, spaces and _ . : / = + - @",
+        field_path: None,
+    },
+    Rule {
+        at: &["spec", "create", "tags"],
+        rule: "self.all(k, !k.startsWith('ecs.volcengine.io/'))",
+        message: "spec.create.tags: keys under ecs.volcengine.io/ are the operator's ownership tags, set by the operator",
+        field_path: None,
+    },
+    Rule {
         at: &["spec", "create"],
         rule: "has(self.systemVolume)",
         message: "spec.create.systemVolume is required: Volumes.1 is the system disk of the VM",

@@ -92,6 +92,19 @@ fn volume_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "integer", "minimum": 10, "maximum": 32768})
 }
 
+/// Per call 20 tags, 4 of them the operator's; ECS does not document a value limit (its
+/// sibling APIs say 255 and 256), so the stricter one.
+fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": MAX_USER_TAGS,
+        "additionalProperties": {"type": "string", "maxLength": 255}
+    })
+}
+
+/// User tags per resource: 20 per call, less the 4 ownership tags.
+pub const MAX_USER_TAGS: usize = 16;
+
 fn ownership_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "string", "enum": ["Claimed", "Refused"]})
 }
@@ -171,8 +184,12 @@ pub struct CreateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "charge_type_schema")]
     pub instance_charge_type: Option<ChargeType>,
-    /// Extra tags for the VM. The operator adds its ownership tags (`ecs.volcengine.io/*`).
+    /// Extra tags for the VM, at most 16: one TagResources/RunInstances call carries at most
+    /// 20, and the operator adds its 4 ownership tags (`ecs.volcengine.io/*`). Keys: 1-128
+    /// letters, digits, spaces and `_ . : / = + - @`, not starting with `volc:` or `sys:`
+    /// (reserved for system tags); values at most 255 characters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "tags_schema")]
     pub tags: BTreeMap<String, String>,
     /// User data (cloud-init) read from a Secret in the resource's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -104,6 +104,11 @@ pub struct CloudArgs {
     /// OpenAPI endpoint URL. `http://` is accepted only for loopback unless --allow-insecure-http.
     #[arg(long, env = "VOLCENGINE_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
     pub endpoint: String,
+    /// An endpoint for one region, over --endpoint: `REGION=URL`, repeatable (or
+    /// comma-separated in the environment). The regions the official SDKs send to
+    /// `ecs.<region>.volcengineapi.com` go there by default while --endpoint is the default.
+    #[arg(long = "region-endpoint", env = "VOLCENGINE_REGION_ENDPOINTS", value_delimiter = ',', value_parser = parse_region_endpoint)]
+    pub region_endpoints: Vec<(String, String)>,
     /// Allow plain http to a non-loopback endpoint (testing only).
     #[arg(long, env = "ECS_ALLOW_INSECURE_HTTP")]
     pub allow_insecure_http: bool,
@@ -143,7 +148,17 @@ impl CloudArgs {
             burst: self.rate_burst,
         };
         c.allow_insecure_http = self.allow_insecure_http;
+        c.region_endpoints = self.region_endpoints.clone();
         c
+    }
+}
+
+fn parse_region_endpoint(s: &str) -> Result<(String, String), String> {
+    match s.trim().split_once('=') {
+        Some((r, u)) if !r.trim().is_empty() && !u.trim().is_empty() => {
+            Ok((r.trim().to_string(), u.trim().to_string()))
+        }
+        _ => Err(format!("{s:?}: expected REGION=URL")),
     }
 }
 
@@ -167,6 +182,10 @@ pub struct RunArgs {
     /// Reconciles in flight at once (0 = unbounded). Batching needs many deletions in flight.
     #[arg(long, env = "ECS_CONCURRENCY", default_value_t = 2048)]
     pub concurrency: u16,
+    /// Kubernetes API requests in flight at once (each is one connection to the API
+    /// server); more wait their turn. Leader election has its own connection.
+    #[arg(long, env = "ECS_KUBE_API_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub kube_api_in_flight: u16,
     /// Largest batch of instance IDs per DeleteInstances/DescribeInstances call (1 disables batching).
     #[arg(long, env = "ECS_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub batch_size: u16,

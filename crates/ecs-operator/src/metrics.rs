@@ -50,6 +50,7 @@ pub struct Metrics {
     pub cluster_info: Family<ClusterLabels, Gauge>,
     pub sweeps: Family<ResultLabels, Counter>,
     pub deletions_held: Family<ReasonLabels, Counter>,
+    pub events_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -136,6 +137,12 @@ impl Default for Metrics {
             "Deletion reconciles that kept the VM because something was not known for certain (or a person must act), by reason",
             deletions_held.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Kubernetes Events not published because too many were already waiting to be sent (conditions and metrics still say it)",
+            events_dropped.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -150,6 +157,7 @@ impl Default for Metrics {
             cluster_info,
             sweeps,
             deletions_held,
+            events_dropped,
         }
     }
 }

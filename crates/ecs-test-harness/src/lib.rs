@@ -309,12 +309,14 @@ impl Emulator {
         Self::start_with(name, AK, SK, extra)
     }
 
-    /// With the given credentials; `extra` are further `ecs-emulator` flags.
+    /// With the given credentials; `extra` are further `ecs-emulator` flags. Always with
+    /// `--realism` (`null` for empty fields, no `Result` for operation actions): every
+    /// end-to-end suite, the soak and the benchmark see answers the real API may give.
     pub fn start_with(name: &str, access_key: &str, secret_key: &str, extra: &[&str]) -> Self {
         let log = std::fs::File::create(log_dir().join(format!("{name}-emulator.log"))).unwrap();
         let mut child = Command::new(emulator_bin())
             .args(["--listen", "127.0.0.1:0", "--access-key", access_key])
-            .args(["--secret-key", secret_key])
+            .args(["--secret-key", secret_key, "--realism"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
@@ -552,8 +554,20 @@ impl OperatorBuilder {
     }
 }
 
+/// `ECS_OPERATOR_WRAPPER` (for example `heaptrack -o /tmp/op`) runs the operator under a
+/// profiler; the words before the binary are split on whitespace. The harness then stops
+/// the wrapper, not the operator: heaptrack leaves its child running, so kill that by hand.
 fn operator_command(args: &[String], env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(operator_bin());
+    let wrapper = std::env::var("ECS_OPERATOR_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(first) => {
+            let mut c = Command::new(first);
+            c.args(words).arg(operator_bin());
+            c
+        }
+        None => Command::new(operator_bin()),
+    };
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

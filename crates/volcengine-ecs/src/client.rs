@@ -26,10 +26,24 @@ pub trait CallObserver: Send + Sync + std::fmt::Debug {
 
 pub const DEFAULT_ENDPOINT: &str = "https://open.volcengineapi.com";
 
+/// Regions the global host does not serve: the official SDKs send them to
+/// `ecs.<region>.volcengineapi.com` (their `bootstrapRegion` list,
+/// volcengine-go-sdk `volcengine/volcengineutil/url.go`, and the Python SDK's
+/// `default_provider.py`). Used only while the endpoint is the default one.
+pub const REGIONAL_HOST_REGIONS: &[&str] = &[
+    "cn-beijing-autodriving",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "cn-shanghai-autodriving",
+    "cn-beijing-selfdrive",
+];
+
 /// Everything the client needs; built once at startup from flags and environment.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub endpoint: String,
+    /// Per-region endpoints, over `endpoint` (`--region-endpoint REGION=URL`).
+    pub region_endpoints: Vec<(String, String)>,
     pub region: String,
     pub credentials: Credentials,
     pub connect_timeout: Duration,
@@ -51,6 +65,7 @@ impl ClientConfig {
     pub fn new(endpoint: &str, region: &str, credentials: Credentials) -> Self {
         Self {
             endpoint: endpoint.to_string(),
+            region_endpoints: Vec::new(),
             region: region.to_string(),
             credentials,
             connect_timeout: Duration::from_secs(5),
@@ -85,11 +100,19 @@ fn user_agent(caller: Option<&str>) -> String {
     }
 }
 
+/// Where one region's calls go: the URL and the host it is signed for.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    url: Url,
+    host: String,
+}
+
 #[derive(Debug)]
 pub struct EcsClient {
     http: reqwest::Client,
-    endpoint: Url,
-    host: String,
+    endpoint: Endpoint,
+    /// Regions served elsewhere (`ClientConfig::region_endpoints`, `REGIONAL_HOST_REGIONS`).
+    regional: std::collections::HashMap<String, Endpoint>,
     cfg: ClientConfig,
     limiter: RateLimiter,
     metrics: Option<Arc<dyn CallObserver>>,
@@ -108,25 +131,19 @@ impl EcsClient {
         cfg: ClientConfig,
         metrics: Option<Arc<dyn CallObserver>>,
     ) -> Result<Self, CloudError> {
-        let endpoint = Url::parse(&cfg.endpoint)
-            .map_err(|e| CloudError::Config(format!("endpoint {:?}: {e}", cfg.endpoint)))?;
-        let host = endpoint.host().ok_or_else(|| {
-            CloudError::Config(format!("endpoint {:?} has no host", cfg.endpoint))
-        })?;
-        match endpoint.scheme() {
-            "https" => {}
-            "http" if is_loopback(&host) || cfg.allow_insecure_http => {}
-            "http" => {
-                return Err(CloudError::Config(format!(
-                "refusing plain http to non-loopback endpoint {}; use https or allow it explicitly",
-                cfg.endpoint
-            )))
+        let endpoint = parse_endpoint(&cfg.endpoint, cfg.allow_insecure_http)?;
+        let mut regional = std::collections::HashMap::new();
+        if cfg.endpoint.trim_end_matches('/') == DEFAULT_ENDPOINT {
+            for r in REGIONAL_HOST_REGIONS {
+                let url = format!("https://ecs.{r}.volcengineapi.com");
+                regional.insert(r.to_string(), parse_endpoint(&url, false)?);
             }
-            s => {
-                return Err(CloudError::Config(format!(
-                    "unsupported endpoint scheme {s:?}"
-                )))
-            }
+        }
+        for (region, url) in &cfg.region_endpoints {
+            regional.insert(
+                region.clone(),
+                parse_endpoint(url, cfg.allow_insecure_http)?,
+            );
         }
         // Missing credentials are not a startup failure: the operator runs, and every call
         // fails with MissingCredentials, which every resource reports in its conditions.
@@ -136,10 +153,6 @@ impl EcsClient {
                 "no cloud credentials: every cloud call will fail with MissingCredentials"
             );
         }
-        let host = match endpoint.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        };
         // TLS verification is always on: there is deliberately no switch to turn it off.
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
@@ -151,11 +164,21 @@ impl EcsClient {
         Ok(Self {
             http,
             endpoint,
-            host,
+            regional,
             limiter: RateLimiter::new(cfg.rate_limit),
             cfg,
             metrics,
         })
+    }
+
+    /// The URL and signed host of a region's calls.
+    fn endpoint_for(&self, region: &str) -> &Endpoint {
+        self.regional.get(region).unwrap_or(&self.endpoint)
+    }
+
+    /// The URL a region's calls go to (for logs and tests).
+    pub fn url_for(&self, region: &str) -> &str {
+        self.endpoint_for(region).url.as_str()
     }
 
     pub fn default_region(&self) -> &str {
@@ -185,7 +208,7 @@ impl EcsClient {
                 m.throttle_wait(action.as_str(), waited.as_secs_f64());
             }
             let started = Instant::now();
-            let res = self.once::<T>(region, action, &params).await;
+            let (res, retry_after) = self.once::<T>(region, action, &params).await;
             let code = match &res {
                 Ok(_) => "OK",
                 Err(e) => e.code(),
@@ -203,13 +226,19 @@ impl EcsClient {
                     let class = e.class();
                     tracing::info!(%action, code = e.code(), request_id = e.request_id().unwrap_or(""),
                         attempt, error = %e, "cloud call failed");
+                    // The server's own word on when to come back outranks our backoff.
+                    let hint = retry_after.filter(|_| e.is_retryable());
                     if class == ErrorClass::Throttled {
-                        self.limiter.on_throttled(action);
+                        self.limiter.on_throttled(action, hint);
                     }
-                    if !e.is_retryable() || attempt >= self.cfg.max_attempts {
+                    let wait = self.backoff(attempt).max(hint.unwrap_or_default());
+                    if !e.is_retryable()
+                        || attempt >= self.cfg.max_attempts
+                        || wait > MAX_IN_CALL_WAIT
+                    {
                         return Err(e);
                     }
-                    tokio::time::sleep(self.backoff(attempt)).await;
+                    tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
             }
@@ -227,23 +256,44 @@ impl EcsClient {
         Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
     }
 
+    /// One attempt, and the `Retry-After` its answer carried.
     async fn once<T: DeserializeOwned>(
         &self,
         region: &str,
         action: Action,
         params: &[(String, String)],
-    ) -> Result<Called<T>, CloudError> {
+    ) -> (Result<Called<T>, CloudError>, Option<Duration>) {
+        let resp = match self.send(region, action, params).await {
+            Ok(r) => r,
+            Err(e) => return (Err(e), None),
+        };
+        let retry_after = retry_after(resp.headers(), jiff::Timestamp::now());
+        let status = resp.status().as_u16();
+        let parsed = match self.read_bounded(action, status, resp).await {
+            Ok(body) => parse_response(action, status, &body),
+            Err(e) => Err(e),
+        };
+        (parsed, retry_after)
+    }
+
+    async fn send(
+        &self,
+        region: &str,
+        action: Action,
+        params: &[(String, String)],
+    ) -> Result<reqwest::Response, CloudError> {
         let mut query: Vec<(String, String)> = params.to_vec();
         query.push(("Action".into(), action.as_str().into()));
         query.push(("Version".into(), API_VERSION.into()));
         let x_date = jiff::Timestamp::now()
             .strftime("%Y%m%dT%H%M%SZ")
             .to_string();
+        let ep = self.endpoint_for(region);
         let sig = signer::sign(
             &self.cfg.credentials,
             &SignRequest {
                 method: "GET",
-                host: &self.host,
+                host: &ep.host,
                 path: "/",
                 query: &query,
                 headers: &[],
@@ -253,7 +303,7 @@ impl EcsClient {
                 service: SERVICE,
             },
         );
-        let mut url = self.endpoint.clone();
+        let mut url = ep.url.clone();
         url.set_path("/");
         // The wire query is the canonical query, so the server's decoding cannot disagree.
         url.set_query(Some(&signer::canonical_query(&query)));
@@ -261,13 +311,9 @@ impl EcsClient {
         for (k, v) in &sig.headers {
             req = req.header(k, v);
         }
-        let resp = req
-            .send()
+        req.send()
             .await
-            .map_err(|e| self.transport_error(action, e))?;
-        let status = resp.status().as_u16();
-        let body = self.read_bounded(action, status, resp).await?;
-        parse_response(action, status, &body)
+            .map_err(|e| self.transport_error(action, e))
     }
 
     fn transport_error(&self, action: Action, e: reqwest::Error) -> CloudError {
@@ -319,6 +365,52 @@ impl EcsClient {
         }
         Ok(body)
     }
+}
+
+/// A `Retry-After` longer than this is not slept through inside one call: the call fails
+/// (the limiter stays paused) and the caller's own backoff takes over.
+pub const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(30);
+
+/// `Retry-After` as delta-seconds (what the Go SDK reads) or an HTTP-date; anything else,
+/// or a date in the past, is no hint.
+pub fn retry_after(headers: &reqwest::header::HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
+    let d = at.duration_since(now);
+    (d.is_positive()).then(|| d.unsigned_abs())
+}
+
+/// An endpoint URL and the host it is signed for; plain http only to loopback unless
+/// explicitly allowed.
+fn parse_endpoint(raw: &str, allow_insecure_http: bool) -> Result<Endpoint, CloudError> {
+    let url = Url::parse(raw).map_err(|e| CloudError::Config(format!("endpoint {raw:?}: {e}")))?;
+    let host = url
+        .host()
+        .ok_or_else(|| CloudError::Config(format!("endpoint {raw:?} has no host")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&host) || allow_insecure_http => {}
+        "http" => return Err(CloudError::Config(format!(
+            "refusing plain http to non-loopback endpoint {raw}; use https or allow it explicitly"
+        ))),
+        s => {
+            return Err(CloudError::Config(format!(
+                "unsupported endpoint scheme {s:?}"
+            )))
+        }
+    }
+    let host = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    Ok(Endpoint { url, host })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -427,6 +519,8 @@ pub fn parse_response<T: DeserializeOwned>(
     }
     let result = match value.get("Result") {
         Some(r) if !r.is_null() => r.clone(),
+        // An operation action's success carries only the common parameters.
+        _ if action.result_optional() => Value::Object(Default::default()),
         _ => return Err(bad("no Result".into(), Some(meta.request_id))),
     };
     let value: T = serde_json::from_value(result).map_err(|e| {
@@ -441,6 +535,20 @@ pub fn parse_response<T: DeserializeOwned>(
     })
 }
 
+/// An entry without an `InstanceId` (`null` reads as empty) would make the VM asked about
+/// look unlisted, which is read as gone: such an answer is unusable, not an empty one.
+fn unnamed_instance(r: &Called<DescribeInstancesResult>) -> Result<(), CloudError> {
+    match r.value.instances.iter().any(|i| i.instance_id.is_empty()) {
+        true => Err(CloudError::BadResponse {
+            action: Action::DescribeInstances,
+            status: 200,
+            detail: "an instance without InstanceId".into(),
+            request_id: Some(r.request_id.clone()),
+        }),
+        false => Ok(()),
+    }
+}
+
 /// One method per action the operator uses, with typed parameters and answers.
 impl EcsClient {
     pub async fn describe_instances(
@@ -448,12 +556,15 @@ impl EcsClient {
         region: &str,
         query: DescribeQuery,
     ) -> Result<Called<DescribeInstancesResult>, CloudError> {
-        self.call(
-            region,
-            Action::DescribeInstances,
-            query.to_params().into_vec(),
-        )
-        .await
+        let r: Called<DescribeInstancesResult> = self
+            .call(
+                region,
+                Action::DescribeInstances,
+                query.to_params().into_vec(),
+            )
+            .await?;
+        unnamed_instance(&r)?;
+        Ok(r)
     }
 
     pub async fn delete_instances(
@@ -554,6 +665,110 @@ mod tests {
 
     fn parse(status: u16, body: &str) -> Result<Called<OperationDetailsResult>, CloudError> {
         parse_response(Action::DeleteInstances, status, body.as_bytes())
+    }
+
+    /// An operation action's success may come without `Result`, or with `null`; an action
+    /// whose answer is data may not (a DescribeInstances without `Result` is not "no VMs").
+    #[test]
+    fn operation_actions_succeed_without_result() {
+        for body in [
+            r#"{"ResponseMetadata":{"RequestId":"r1"}}"#,
+            r#"{"ResponseMetadata":{"RequestId":"r1"},"Result":null}"#,
+        ] {
+            for a in [
+                Action::ModifyInstanceAttribute,
+                Action::UntagResources,
+                Action::TagResources,
+                Action::DeleteInstance,
+            ] {
+                let r = parse_response::<EmptyResult>(a, 200, body.as_bytes());
+                assert_eq!(r.unwrap().request_id, "r1", "{a} {body}");
+            }
+            for a in [
+                Action::DescribeInstances,
+                Action::DeleteInstances,
+                Action::RunInstances,
+            ] {
+                let e =
+                    parse_response::<DescribeInstancesResult>(a, 200, body.as_bytes()).unwrap_err();
+                assert_eq!(e.code(), "BadResponse", "{a} {body}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_instance_without_an_id_makes_the_answer_unusable() {
+        let mut r = Called {
+            request_id: "r".into(),
+            value: DescribeInstancesResult {
+                instances: vec![Instance {
+                    instance_id: "i-a".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        };
+        assert!(unnamed_instance(&r).is_ok());
+        r.value.instances.push(Instance::default());
+        assert_eq!(unnamed_instance(&r).unwrap_err().code(), "BadResponse");
+    }
+
+    /// The SDKs' regional-host regions go to their own host while the endpoint is the
+    /// default; an explicit per-region endpoint wins; every other region uses the endpoint.
+    #[test]
+    fn each_region_goes_to_its_endpoint() {
+        let creds = Credentials {
+            access_key: "ak".into(),
+            secret_key: crate::signer::Secret::new("sk"),
+            session_token: None,
+        };
+        let mut cfg = ClientConfig::new(DEFAULT_ENDPOINT, "cn-beijing", creds.clone());
+        cfg.region_endpoints = vec![(
+            "cn-shanghai".into(),
+            "https://ecs.cn-shanghai.volcengineapi.com".into(),
+        )];
+        let c = EcsClient::new(cfg, None).unwrap();
+        assert_eq!(c.url_for("cn-beijing"), "https://open.volcengineapi.com/");
+        assert_eq!(
+            c.url_for("ap-southeast-3"),
+            "https://ecs.ap-southeast-3.volcengineapi.com/"
+        );
+        assert_eq!(
+            c.url_for("cn-shanghai"),
+            "https://ecs.cn-shanghai.volcengineapi.com/"
+        );
+        let c = EcsClient::new(
+            ClientConfig::new("http://127.0.0.1:9", "cn-beijing", creds.clone()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.url_for("ap-southeast-3"), "http://127.0.0.1:9/");
+        let mut cfg = ClientConfig::new(DEFAULT_ENDPOINT, "cn-beijing", creds);
+        cfg.region_endpoints = vec![("x".into(), "http://example.com".into())];
+        assert!(
+            EcsClient::new(cfg, None).is_err(),
+            "plain http to a remote host"
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now: jiff::Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let h = |v: &str| {
+            let mut m = reqwest::header::HeaderMap::new();
+            m.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            m
+        };
+        assert_eq!(retry_after(&h("3"), now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after(&h(" 0 "), now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(&h("Wed, 02 Dec 2026 10:00:05 GMT"), now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(retry_after(&h("Wed, 02 Dec 2026 09:59:00 GMT"), now), None);
+        assert_eq!(retry_after(&h("soon"), now), None);
+        assert_eq!(retry_after(&h("-1"), now), None);
+        assert_eq!(retry_after(&Default::default(), now), None);
     }
 
     #[test]

@@ -18,12 +18,25 @@ pub enum ErrorClass {
     Terminal,
 }
 
-/// Codes that mean "too fast".
+/// Codes that mean "too fast": Volcengine's own (`FlowLimitExceeded`, which Terraform
+/// retries; `AccountFlowLimitExceeded`) and every code the official Go SDK treats as
+/// throttling (`volcengine/request/retryer.go`, `throttleCodes`).
 pub const THROTTLE_CODES: &[&str] = &[
     "FlowLimitExceeded",
     "AccountFlowLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "Throttling",
+    "ThrottlingException",
     "RequestLimitExceeded",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "PriorRequestNotComplete",
+    "TransactionInProgressException",
 ];
+
+/// HTTP statuses the Go SDK treats as throttling whatever the code (`throttleStatusCodes`).
+pub const THROTTLE_STATUSES: &[u16] = &[429, 502, 503, 504];
 
 /// Codes that mean "try the very same request again later".
 pub const RETRYABLE_CODES: &[&str] = &[
@@ -151,7 +164,7 @@ impl CloudError {
         match self {
             CloudError::Api { code, status, .. } => classify(code, *status),
             CloudError::BadResponse { status, .. } => {
-                if *status == 429 {
+                if THROTTLE_STATUSES.contains(status) {
                     ErrorClass::Throttled
                 } else {
                     // A garbage body may be a proxy's error page or a cut-off answer:
@@ -172,10 +185,12 @@ impl CloudError {
 
 /// Classifies by code first (statuses differ between doc pages), then by HTTP status.
 pub fn classify(code: &str, status: u16) -> ErrorClass {
-    if THROTTLE_CODES.contains(&code) || status == 429 {
+    if THROTTLE_CODES.contains(&code) {
         ErrorClass::Throttled
     } else if AUTH_CODES.contains(&code) {
         ErrorClass::Auth
+    } else if THROTTLE_STATUSES.contains(&status) {
+        ErrorClass::Throttled
     } else if RETRYABLE_CODES.contains(&code) || status >= 500 || status == 412 {
         ErrorClass::Retryable
     } else {
@@ -269,9 +284,17 @@ mod tests {
             ("RequestLimitExceeded", 429, ErrorClass::Throttled),
             ("Whatever", 429, ErrorClass::Throttled),
             ("InternalError", 500, ErrorClass::Retryable),
-            ("ServiceUnavailableTemp", 503, ErrorClass::Retryable),
+            ("ServiceUnavailableTemp", 503, ErrorClass::Throttled),
+            ("Throttling", 400, ErrorClass::Throttled),
+            ("ThrottlingException", 400, ErrorClass::Throttled),
+            ("RequestThrottled", 400, ErrorClass::Throttled),
+            ("RequestThrottledException", 400, ErrorClass::Throttled),
+            ("TooManyRequestsException", 400, ErrorClass::Throttled),
+            ("Unknown", 504, ErrorClass::Throttled),
+            ("SignatureDoesNotMatch", 503, ErrorClass::Auth),
+            ("InternalError", 501, ErrorClass::Retryable),
             ("IdempotentProcessing", 412, ErrorClass::Retryable),
-            ("Unknown", 502, ErrorClass::Retryable),
+            ("Unknown", 502, ErrorClass::Throttled),
             ("SignatureDoesNotMatch", 401, ErrorClass::Auth),
             ("InvalidAccessKey", 401, ErrorClass::Auth),
             ("InvalidSecretToken", 401, ErrorClass::Auth),

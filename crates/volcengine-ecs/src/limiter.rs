@@ -33,6 +33,9 @@ pub struct RateLimiter {
 
 const MIN_PENALTY: Duration = Duration::from_millis(500);
 const MAX_PENALTY: Duration = Duration::from_secs(10);
+/// A longer `Retry-After` is read as this: a bogus hour-long value must not stop the
+/// operator's deletions for an hour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 impl RateLimiter {
     pub fn new(limit: RateLimit) -> Self {
@@ -90,14 +93,16 @@ impl RateLimiter {
         }
     }
 
-    /// The cloud throttled us: stop sending this action for a growing pause.
-    pub fn on_throttled(&self, action: Action) {
+    /// The cloud throttled us: stop sending this action for a growing pause, and at least
+    /// as long as the answer's `Retry-After` said (up to `MAX_RETRY_AFTER`).
+    pub fn on_throttled(&self, action: Action, retry_after: Option<Duration>) {
         if let Some(bucket) = self.buckets.get(&action) {
             let mut b = match bucket.lock() {
                 Ok(b) => b,
                 Err(p) => p.into_inner(),
             };
-            let until = Instant::now() + b.penalty;
+            let asked = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
+            let until = Instant::now() + b.penalty.max(asked);
             b.paused_until = Some(b.paused_until.map_or(until, |u| u.max(until)));
             b.tokens = 0.0;
             b.penalty = (b.penalty * 2).min(MAX_PENALTY);
@@ -147,13 +152,31 @@ mod tests {
             rate: 0.0,
             burst: 1,
         });
-        l.on_throttled(Action::RunInstances);
+        l.on_throttled(Action::RunInstances, None);
         let waited = l.acquire(Action::RunInstances).await;
         assert_eq!(waited, MIN_PENALTY);
-        l.on_throttled(Action::RunInstances);
+        l.on_throttled(Action::RunInstances, None);
         assert_eq!(l.acquire(Action::RunInstances).await, MIN_PENALTY * 2);
         l.on_success(Action::RunInstances);
-        l.on_throttled(Action::RunInstances);
+        l.on_throttled(Action::RunInstances, None);
         assert_eq!(l.acquire(Action::RunInstances).await, MIN_PENALTY);
+    }
+
+    /// A `Retry-After` longer than the penalty sets the pause; a bogus huge one is capped.
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_sets_the_pause_up_to_a_cap() {
+        let l = RateLimiter::new(RateLimit {
+            rate: 0.0,
+            burst: 1,
+        });
+        l.on_throttled(Action::DeleteInstances, Some(Duration::from_secs(7)));
+        assert_eq!(
+            l.acquire(Action::DeleteInstances).await,
+            Duration::from_secs(7)
+        );
+        l.on_throttled(Action::DeleteInstances, Some(Duration::from_millis(1)));
+        assert_eq!(l.acquire(Action::DeleteInstances).await, MIN_PENALTY * 2);
+        l.on_throttled(Action::DeleteInstances, Some(Duration::from_secs(86_400)));
+        assert_eq!(l.acquire(Action::DeleteInstances).await, MAX_RETRY_AFTER);
     }
 }

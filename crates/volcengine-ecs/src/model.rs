@@ -2,7 +2,18 @@
 //! results, and request builders that flatten to query parameters as the official SDK does
 //! (1-based `Name.N`, nested `Name.N.Field.M`, lowercase booleans, unset fields omitted).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `null` reads as the empty value: the API and both official SDKs send and accept `null`
+/// for an empty list, object or string (Terraform guards `Result.Instances == nil`), and one
+/// `null` must not fail a whole answer.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
 
 pub const API_VERSION: &str = "2020-04-01";
 pub const SERVICE: &str = "ecs";
@@ -52,6 +63,18 @@ impl Action {
         Action::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
+    /// Actions whose answer carries only the common parameters: a 2xx answer without
+    /// `Result` (or with `"Result": null`) is their success, as both SDKs read it.
+    pub fn result_optional(self) -> bool {
+        matches!(
+            self,
+            Action::ModifyInstanceAttribute
+                | Action::UntagResources
+                | Action::TagResources
+                | Action::DeleteInstance
+        )
+    }
+
     /// Whether the action changes state (and so takes a ClientToken).
     pub fn is_mutating(self) -> bool {
         !matches!(self, Action::DescribeInstances)
@@ -76,15 +99,15 @@ pub struct Envelope<T> {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct ResponseMetadata {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub request_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub action: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub service: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub region: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiErrorBody>,
@@ -95,9 +118,9 @@ pub struct ResponseMetadata {
 pub struct ApiErrorBody {
     #[serde(rename = "CodeN", skip_serializing_if = "Option::is_none")]
     pub code_n: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub code: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub message: String,
 }
 
@@ -105,7 +128,7 @@ pub struct ApiErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct OperationDetail {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub instance_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<OperationError>,
@@ -114,23 +137,23 @@ pub struct OperationDetail {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct OperationError {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub code: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct OperationDetailsResult {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub operation_details: Vec<OperationDetail>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct RunInstancesResult {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub instance_ids: Vec<String>,
 }
 
@@ -141,7 +164,7 @@ pub struct EmptyResult {}
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "PascalCase")]
 pub struct DescribeInstancesResult {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub instances: Vec<Instance>,
     #[serde(default)]
     pub next_token: Option<String>,
@@ -152,9 +175,9 @@ pub struct DescribeInstancesResult {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct Tag {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub key: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub value: String,
 }
 
@@ -169,7 +192,7 @@ pub struct NetworkInterface {
     pub vpc_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_ip_address: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub security_group_ids: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#type: Option<String>,
@@ -188,13 +211,13 @@ pub struct EipAddress {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
 pub struct Instance {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub instance_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_id: Option<String>,
@@ -208,11 +231,11 @@ pub struct Instance {
     pub host_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_pair_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eip_address: Option<EipAddress>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tags: Vec<Tag>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_protection: Option<bool>,
@@ -227,13 +250,27 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The primary interface's address: the interface whose `Type` is `primary` (the order
+    /// of interfaces is not documented). Only an answer that types no interface at all
+    /// falls back to the first one.
     pub fn primary_ip(&self) -> Option<&str> {
-        self.network_interfaces
-            .iter()
-            .find_map(|n| n.primary_ip_address.as_deref())
+        let nics = &self.network_interfaces;
+        let primary = if nics.iter().any(|n| n.r#type.is_some()) {
+            nics.iter().find(|n| n.r#type.as_deref() == Some("primary"))
+        } else {
+            nics.first()
+        };
+        primary?
+            .primary_ip_address
+            .as_deref()
+            .filter(|s| !s.is_empty())
     }
     pub fn public_ip(&self) -> Option<&str> {
-        self.eip_address.as_ref()?.ip_address.as_deref()
+        self.eip_address
+            .as_ref()?
+            .ip_address
+            .as_deref()
+            .filter(|s| !s.is_empty())
     }
     pub fn tag(&self, key: &str) -> Option<&str> {
         self.tags
@@ -317,8 +354,11 @@ pub struct RunInstancesRequest {
     pub instance_name: String,
     pub subnet_id: String,
     pub security_group_ids: Vec<String>,
-    /// `Volumes.1` is the system disk.
-    pub volumes: Vec<VolumeSpec>,
+    /// Sent as `Volumes.1`: the system disk is always the first volume.
+    pub system_volume: Option<VolumeSpec>,
+    /// Sent from `Volumes.2` on, whether or not a system volume is given, so a data disk
+    /// can never become the system disk.
+    pub data_volumes: Vec<VolumeSpec>,
     pub key_pair_name: Option<String>,
     pub host_name: Option<String>,
     pub description: Option<String>,
@@ -342,8 +382,13 @@ impl RunInstancesRequest {
                 "NetworkInterfaces.1.SecurityGroupIds",
                 &self.security_group_ids,
             );
-        for (i, v) in self.volumes.iter().enumerate() {
-            let n = i + 1;
+        let numbered = self.system_volume.iter().map(|v| (1, v)).chain(
+            self.data_volumes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i + 2, v)),
+        );
+        for (n, v) in numbered {
             p.opt(&format!("Volumes.{n}.VolumeType"), v.volume_type.as_deref())
                 .set(format!("Volumes.{n}.Size"), v.size)
                 .opt(
@@ -379,11 +424,11 @@ mod tests {
             instance_name: "k8s-node".into(),
             subnet_id: "subnet-1".into(),
             security_group_ids: vec!["sg-1".into(), "sg-2".into()],
-            volumes: vec![VolumeSpec {
+            system_volume: Some(VolumeSpec {
                 volume_type: Some("ESSD_PL0".into()),
                 size: 40,
                 delete_with_instance: None,
-            }],
+            }),
             tags: vec![Tag {
                 key: "owner".into(),
                 value: "my operator".into(),
@@ -396,6 +441,46 @@ mod tests {
         assert_eq!(
             q,
             "ClientToken=tok-3&Count=1&DeletionProtection=true&ImageId=image-abc&InstanceName=k8s-node&InstanceTypeId=ecs.g1.large&NetworkInterfaces.1.SecurityGroupIds.1=sg-1&NetworkInterfaces.1.SecurityGroupIds.2=sg-2&NetworkInterfaces.1.SubnetId=subnet-1&Tags.1.Key=owner&Tags.1.Value=my%20operator&Volumes.1.Size=40&Volumes.1.VolumeType=ESSD_PL0&ZoneId=cn-beijing-a"
+        );
+    }
+
+    /// Data disks start at `Volumes.2`, with or without a system volume: the first data
+    /// disk used to be sent as `Volumes.1`, the system disk, when none was given.
+    #[test]
+    fn data_volumes_never_take_the_system_disks_place() {
+        let data = |size| VolumeSpec {
+            volume_type: Some("ESSD_PL0".into()),
+            size,
+            delete_with_instance: Some(true),
+        };
+        let mut r = RunInstancesRequest {
+            data_volumes: vec![data(100), data(200)],
+            ..Default::default()
+        };
+        let sizes = |r: &RunInstancesRequest| -> Vec<(String, String)> {
+            r.to_params()
+                .into_vec()
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("Volumes.") && k.ends_with(".Size"))
+                .collect()
+        };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            sizes(&r),
+            pairs(&[("Volumes.2.Size", "100"), ("Volumes.3.Size", "200")])
+        );
+        r.system_volume = Some(data(40));
+        assert_eq!(
+            sizes(&r),
+            pairs(&[
+                ("Volumes.1.Size", "40"),
+                ("Volumes.2.Size", "100"),
+                ("Volumes.3.Size", "200")
+            ])
         );
     }
 
@@ -424,6 +509,65 @@ mod tests {
             d[1].error.as_ref().unwrap().code,
             "InvalidInstance.NotFound"
         );
+    }
+
+    /// `null` wherever the real API may send it reads as empty; one `null` used to fail
+    /// the whole answer.
+    #[test]
+    fn null_reads_as_empty_everywhere() {
+        let body = r#"{"ResponseMetadata":{"RequestId":"r","Action":null,"Version":null,"Service":null,"Region":null,"Error":null},
+            "Result":{"Instances":[{"InstanceId":"i-abc","Status":null,"Tags":null,"NetworkInterfaces":null,"EipAddress":null,
+            "InstanceName":null,"DeletionProtection":null,"CreatedAt":null}],"NextToken":null,"TotalCount":null}}"#;
+        let e: Envelope<DescribeInstancesResult> = serde_json::from_str(body).unwrap();
+        let i = &e.result.unwrap().instances[0];
+        assert_eq!((i.status.as_str(), i.tags.len()), ("", 0));
+        assert_eq!((i.primary_ip(), i.public_ip()), (None, None));
+        let nic = r#"{"InstanceId":"i-abc","NetworkInterfaces":[{"SecurityGroupIds":null,"Type":null,"PrimaryIpAddress":null}],"Tags":[{"Key":"k","Value":null}]}"#;
+        let i: Instance = serde_json::from_str(nic).unwrap();
+        assert_eq!(i.tag("k"), Some(""));
+        for empty in [
+            r#"{"Instances":null}"#,
+            r#"{"OperationDetails":null}"#,
+            r#"{"InstanceIds":null}"#,
+        ] {
+            let _: DescribeInstancesResult = serde_json::from_str(empty).unwrap();
+            let d: OperationDetailsResult = serde_json::from_str(empty).unwrap();
+            assert!(d.operation_details.is_empty());
+            let r: RunInstancesResult = serde_json::from_str(empty).unwrap();
+            assert!(r.instance_ids.is_empty());
+        }
+        let d: OperationDetailsResult = serde_json::from_str(
+            r#"{"OperationDetails":[{"InstanceId":null,"Error":{"Code":null,"Message":null}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(d.operation_details[0].instance_id, "");
+    }
+
+    /// The primary address is the `primary` interface's, wherever it is in the list.
+    #[test]
+    fn primary_ip_is_the_primary_interfaces() {
+        let nic = |t: Option<&str>, ip: &str| NetworkInterface {
+            r#type: t.map(str::to_string),
+            primary_ip_address: Some(ip.into()),
+            ..Default::default()
+        };
+        let mut i = Instance {
+            network_interfaces: vec![
+                nic(Some("secondary"), "10.0.0.9"),
+                nic(Some("primary"), "10.0.0.2"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(i.primary_ip(), Some("10.0.0.2"));
+        i.network_interfaces = vec![nic(Some("secondary"), "10.0.0.9")];
+        assert_eq!(i.primary_ip(), None);
+        i.network_interfaces = vec![nic(None, "10.0.0.3"), nic(None, "10.0.0.4")];
+        assert_eq!(i.primary_ip(), Some("10.0.0.3"));
+        i.eip_address = Some(EipAddress {
+            ip_address: Some(String::new()),
+            ..Default::default()
+        });
+        assert_eq!(i.public_ip(), None);
     }
 
     #[test]

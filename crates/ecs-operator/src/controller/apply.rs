@@ -408,7 +408,9 @@ async fn user_data(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     Ok(match secrets.get_opt(&r.name).await {
         Ok(s) => match s.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()) {
-            Some(bytes) => Ok(Some(base64::engine::general_purpose::STANDARD.encode(bytes.0))),
+            Some(bytes) => encode_user_data(&bytes.0).map(Some).map_err(|m| {
+                (Reason::UserDataTooLarge, format!("user data Secret {ns}/{} key {}: {m}", r.name, r.key))
+            }),
             None => Err((Reason::UserDataNotFound, format!("user data Secret {ns}/{} key {} not found", r.name, r.key))),
         },
         Err(kube::Error::Api(e)) if e.code == 403 => Err((Reason::UserDataForbidden, format!(
@@ -418,6 +420,21 @@ async fn user_data(
         Err(e) => return Err(e.into()),
     })
 }
+
+/// User data as RunInstances takes it: base64 of at most `MAX_USER_DATA` bytes before
+/// encoding (the limit Volcengine documents). Refused here rather than by the cloud, with
+/// the size in the message.
+pub fn encode_user_data(raw: &[u8]) -> Result<String, String> {
+    if raw.len() > MAX_USER_DATA {
+        return Err(format!(
+            "{} bytes, more than the {MAX_USER_DATA} bytes (16 KiB, before base64) the cloud accepts",
+            raw.len()
+        ));
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+pub const MAX_USER_DATA: usize = 16 * 1024;
 
 /// The RunInstances request of spec.create, with this resource's identity tags. Pure.
 pub fn run_request(
@@ -448,21 +465,20 @@ pub fn run_request(
             value: v,
         });
     }
-    let mut volumes = Vec::new();
-    if let Some(v) = &create.system_volume {
-        volumes.push(VolumeSpec {
-            volume_type: v.volume_type.clone(),
-            size: v.size,
-            delete_with_instance: None,
-        });
-    }
-    for v in &create.data_volumes {
-        volumes.push(VolumeSpec {
+    let system_volume = create.system_volume.as_ref().map(|v| VolumeSpec {
+        volume_type: v.volume_type.clone(),
+        size: v.size,
+        delete_with_instance: None,
+    });
+    let data_volumes = create
+        .data_volumes
+        .iter()
+        .map(|v| VolumeSpec {
             volume_type: v.volume_type.clone(),
             size: v.size,
             delete_with_instance: Some(true),
-        });
-    }
+        })
+        .collect();
     RunInstancesRequest {
         zone_id: create.zone_id.clone(),
         image_id: create.image_id.clone(),
@@ -473,7 +489,8 @@ pub fn run_request(
             .unwrap_or_else(|| obj.name_any()),
         subnet_id: create.subnet_id.clone(),
         security_group_ids: create.security_group_ids.clone(),
-        volumes,
+        system_volume,
+        data_volumes,
         key_pair_name: create.key_pair_name.clone(),
         host_name: create.host_name.clone(),
         description: create.description.clone(),
@@ -482,5 +499,20 @@ pub fn run_request(
         deletion_protection: obj.spec.deletion_protection,
         tags,
         client_token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_is_at_most_16_kib_before_encoding() {
+        let at_limit = vec![b'x'; MAX_USER_DATA];
+        let encoded = encode_user_data(&at_limit).unwrap();
+        assert_eq!(encoded.len(), MAX_USER_DATA.div_ceil(3) * 4);
+        let over = vec![b'x'; MAX_USER_DATA + 1];
+        let e = encode_user_data(&over).unwrap_err();
+        assert!(e.contains("16385 bytes") && e.contains("16 KiB"), "{e}");
     }
 }

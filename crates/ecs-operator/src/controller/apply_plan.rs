@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::ownership;
 use super::reasons::{Cond, EventNote, Reason};
 use crate::api::{
-    remove_condition, set_condition, EcsInstance, EcsInstanceStatus, MAX_COUNTER,
+    remove_condition, set_condition, CreateSpec, EcsInstance, EcsInstanceStatus, MAX_COUNTER,
     RELEASE_ANNOTATION,
 };
 use crate::cloud::{CloudError, Instance};
@@ -27,6 +27,8 @@ pub struct ApplyFacts {
     pub status: EcsInstanceStatus,
     pub region: String,
     pub has_create: bool,
+    /// Why spec.create cannot be sent as it is (`create_problem`); no RunInstances then.
+    pub create_problem: Option<&'static str>,
     /// This operator created the VM (spec.create, and a create was recorded).
     pub created_by_us: bool,
     pub spec_protection: Option<bool>,
@@ -71,6 +73,7 @@ impl ApplyFacts {
             generation: obj.metadata.generation,
             region: region.to_string(),
             has_create: obj.spec.create.is_some(),
+            create_problem: obj.spec.create.as_ref().and_then(create_problem),
             created_by_us: obj.spec.create.is_some() && status.create_hash.is_some(),
             spec_protection: obj.spec.deletion_protection,
             recreate_missing,
@@ -98,6 +101,15 @@ impl ApplyFacts {
     fn inst(&self) -> Option<&Instance> {
         self.observed.as_ref()?.as_ref().ok()?.as_ref()
     }
+}
+
+/// What the CRD's rules reject at admission and the operator still meets in resources stored
+/// before them: `Volumes.1` is the system disk, so without one the first data disk would
+/// become it.
+pub fn create_problem(create: &CreateSpec) -> Option<&'static str> {
+    create.system_volume.is_none().then_some(
+        "spec.create.systemVolume is required: Volumes.1 is the system disk of the VM, and nothing is created without one",
+    )
 }
 
 /// Immutable fields: report a change instead of silently ignoring it or acting on it.
@@ -195,6 +207,9 @@ pub fn plan(f: &ApplyFacts) -> ApplyStep {
         (None, None) => return ApplyStep::LookUpByUid,
         (None, Some(Err(_))) => return done(ApplyOutcome::Failed(Call::Lookup)),
         (None, Some(Ok(Some(id)))) => return ApplyStep::Adopt { id: id.clone() },
+        (None, Some(Ok(None))) if f.create_problem.is_some() => {
+            return done(ApplyOutcome::InvalidSpec)
+        }
         (None, Some(Ok(None))) => return ApplyStep::Create,
     };
     let inst = match &f.observed {
@@ -297,7 +312,10 @@ pub fn report(f: &ApplyFacts, o: ApplyOutcome) -> ApplyReport {
     let mut st = f.status.clone();
     match o {
         ApplyOutcome::InvalidSpec => {
-            let msg = "set spec.instanceId to adopt a VM, or spec.create to create one";
+            let msg = f
+                .create_problem
+                .filter(|_| f.has_create)
+                .unwrap_or("set spec.instanceId to adopt a VM, or spec.create to create one");
             for (t, on) in [
                 (Cond::Ready, false),
                 (Cond::Synced, false),
@@ -539,7 +557,7 @@ mod tests {
     fn create_spec() -> CreateSpec {
         serde_json::from_value(serde_json::json!({
             "zoneId": "z", "imageId": "img", "instanceTypeId": "t", "subnetId": "s",
-            "securityGroupIds": ["sg"]
+            "securityGroupIds": ["sg"], "systemVolume": {"size": 40}
         }))
         .unwrap()
     }
@@ -606,6 +624,15 @@ mod tests {
             f.lookup = lookup.map(|r| r.map(|o| o.map(str::to_string)));
             f
         };
+        let no_system_volume = || {
+            let mut o = obj(None, true);
+            if let Some(c) = o.spec.create.as_mut() {
+                c.system_volume = None;
+            }
+            let mut f = facts(&o);
+            f.lookup = Some(Ok(None));
+            f
+        };
         let adopted = |observed: Option<Result<Option<Instance>, CloudError>>| {
             let mut f = facts(&obj(Some(ID), false));
             f.observed = observed;
@@ -641,6 +668,7 @@ mod tests {
             ("lookup fails: report, back off",          creating(Some(Err(err()))),         d(O::Failed(Call::Lookup))),
             ("found one: adopt it",                     creating(Some(Ok(Some(ID)))),       ApplyStep::Adopt { id: ID.into() }),
             ("none: create",                            creating(Some(Ok(None))),           ApplyStep::Create),
+            ("none, no system volume: nothing created", no_system_volume(),                 d(O::InvalidSpec)),
             ("instanceId: describe",                    adopted(None),                      ApplyStep::Describe { id: ID.into() }),
             ("describe fails: report, back off",        adopted(Some(Err(err()))),          d(O::Failed(Call::Describe))),
             ("not listed, adopted: missing",            adopted(Some(Ok(None))),            d(O::Missing)),

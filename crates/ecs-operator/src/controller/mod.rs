@@ -25,6 +25,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::{controller, reflector, watcher, Controller, PredicateConfig, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
@@ -81,6 +82,8 @@ pub struct Context {
     /// Namespaces seen terminating (an Event create was refused): Events there are skipped
     /// for a while, since the API server refuses them and they would die with the namespace.
     pub terminating: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Events published and not yet answered, at most `EVENT_BACKLOG` (`status::event`).
+    pub event_backlog: Arc<tokio::sync::Semaphore>,
     /// The watch caches, once all of them synced (see `all_instances`).
     caches: std::sync::Mutex<Option<Vec<reflector::Store<EcsInstance>>>>,
     /// The cluster-wide LIST `all_instances` falls back to before the caches sync.
@@ -91,6 +94,8 @@ pub struct Context {
 type Listing = Result<Arc<Vec<Arc<EcsInstance>>>, Arc<kube::Error>>;
 
 const TERMINATING_TTL: Duration = Duration::from_secs(60);
+/// Events in flight or waiting for the API client; more are dropped and counted.
+pub const EVENT_BACKLOG: usize = 256;
 
 impl Context {
     pub fn new(
@@ -139,6 +144,7 @@ impl Context {
             ns_annotation: FreshMap::default(),
             crd_state: Fresh::default(),
             terminating: std::sync::Mutex::new(HashMap::new()),
+            event_backlog: Arc::new(tokio::sync::Semaphore::new(EVENT_BACKLOG)),
             caches: std::sync::Mutex::new(None),
             listing: Fresh::default(),
         }
@@ -217,7 +223,7 @@ impl Context {
         loop {
             let page = api.list(&lp).await?;
             out.extend(page.items.into_iter().map(|mut o| {
-                slim(&mut o);
+                ownership_view(&mut o);
                 Arc::new(o)
             }));
             match page.metadata.continue_ {
@@ -324,6 +330,29 @@ fn slim(o: &mut EcsInstance) {
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// What `ownership::others` reads of the other resources, and all that the cluster-wide
+/// cache and LIST of `all_instances` keep: about a tenth of a slimmed object (their create
+/// spec, conditions and labels are never read there). Only for caches no reconcile reads.
+fn ownership_view(o: &mut EcsInstance) {
+    let m = std::mem::take(&mut o.metadata);
+    o.metadata = ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        ..Default::default()
+    };
+    o.spec = crate::api::EcsInstanceSpec {
+        instance_id: o.spec.instance_id.take(),
+        ..Default::default()
+    };
+    o.status = o.status.take().map(|s| crate::api::EcsInstanceStatus {
+        instance_id: s.instance_id,
+        ownership: s.ownership,
+        ..Default::default()
+    });
+}
+
 /// Runs the controller until `shutdown` resolves. One watch per namespace given, or one
 /// cluster-wide watch.
 /// (Over 80 lines on purpose: the per-watch wiring — stream, cache, readiness, controller —
@@ -426,7 +455,7 @@ async fn watch_cluster_wide(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(slim)
+    .modify(ownership_view)
     .reflect(writer)
     .applied_objects()
     .for_each(|_| futures::future::ready(()));
@@ -448,6 +477,70 @@ async fn watch_cluster_wide(
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    /// The ownership check decides the same on the projection as on whole objects, for a
+    /// resource naming the VM in spec, in status, refused it, or carrying the tag's uid.
+    #[test]
+    fn the_ownership_view_keeps_what_the_ownership_check_reads() {
+        use crate::api::{EcsInstanceStatus, Ownership};
+        let full =
+            |name: &str, uid: &str, spec: Option<&str>, st: Option<(&str, Option<Ownership>)>| {
+                let mut o = EcsInstance::new(name, Default::default());
+                o.metadata.namespace = Some("ns".into());
+                o.metadata.uid = Some(uid.into());
+                o.metadata.labels = Some([("team".to_string(), "a".to_string())].into());
+                o.metadata.finalizers = Some(vec![crate::api::FINALIZER.to_string()]);
+                o.spec.instance_id = spec.map(str::to_string);
+                o.spec.deletion_protection = Some(true);
+                o.status = st.map(|(id, own)| EcsInstanceStatus {
+                    instance_id: Some(id.into()),
+                    ownership: own,
+                    private_ip: Some("10.0.0.2".into()),
+                    ..Default::default()
+                });
+                o
+            };
+        let all = vec![
+            full("spec", "u1", Some("i-a"), None),
+            full("status", "u2", None, Some(("i-a", None))),
+            full(
+                "refused",
+                "u3",
+                Some("i-a"),
+                Some(("i-a", Some(Ownership::Refused))),
+            ),
+            full(
+                "tagged",
+                "u4",
+                Some("i-b"),
+                Some(("i-b", Some(Ownership::Claimed))),
+            ),
+            full("other", "u5", Some("i-c"), None),
+        ];
+        let viewed: Vec<EcsInstance> = all
+            .iter()
+            .cloned()
+            .map(|mut o| {
+                ownership_view(&mut o);
+                o
+            })
+            .collect();
+        let boxed = |v: &[EcsInstance]| v.iter().map(|o| Arc::new(o.clone())).collect::<Vec<_>>();
+        for (uid, id, tag) in [
+            ("u9", "i-a", Some("u4")),
+            ("u1", "i-a", None),
+            ("u9", "i-c", Some("u3")),
+            ("u9", "i-z", None),
+        ] {
+            assert_eq!(
+                super::ownership::others(&boxed(&all), uid, id, tag),
+                super::ownership::others(&boxed(&viewed), uid, id, tag),
+                "{uid} {id} {tag:?}"
+            );
+        }
+        assert_eq!(viewed[1].metadata.labels, None);
+        assert_eq!(viewed[1].status.as_ref().unwrap().private_ip, None);
+    }
 
     #[test]
     fn slim_drops_what_the_operator_never_reads_and_keeps_the_rest() {

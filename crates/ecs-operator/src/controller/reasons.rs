@@ -51,6 +51,7 @@ pub enum Reason {
     Adopted,
     UserDataNotFound,
     UserDataForbidden,
+    UserDataTooLarge,
     Creating,
     Created,
 }
@@ -100,6 +101,7 @@ impl Reason {
             Adopted => "Adopted",
             UserDataNotFound => "UserDataNotFound",
             UserDataForbidden => "UserDataForbidden",
+            UserDataTooLarge => "UserDataTooLarge",
             Creating => "Creating",
             Created => "Created",
         }

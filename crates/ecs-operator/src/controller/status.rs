@@ -136,11 +136,21 @@ pub fn event(
     if ctx.is_terminating(&ns) {
         return;
     }
+    // Events wait behind the API client's cap on requests in flight; 10,000 adoptions at
+    // once would queue 10,000 of them, each holding its request. Past the backlog an Event
+    // is dropped and counted, as client-go's broadcaster drops when its queue is full: the
+    // condition it accompanies is written anyway.
+    let Ok(permit) = ctx.event_backlog.clone().try_acquire_owned() else {
+        ctx.metrics.events_dropped.inc();
+        tracing::debug!(namespace = %ns, name = %obj.name_any(), reason, "event dropped: backlog full");
+        return;
+    };
     let reference = obj.object_ref(&());
     let name = obj.name_any();
     let ctx = ctx.clone();
     let (reason, action) = (reason.to_string(), action.to_string());
     tokio::spawn(async move {
+        let _permit = permit;
         let ev = Note {
             warning,
             reason: &reason,

@@ -227,6 +227,10 @@ mod tests {
                 instance_type_id: "ecs.g1.large".into(),
                 subnet_id: "subnet-1".into(),
                 security_group_ids: vec!["sg-1".into()],
+                system_volume: Some(crate::api::VolumeSpec {
+                    volume_type: None,
+                    size: 40,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
