@@ -397,9 +397,11 @@ fn parse_endpoint(raw: &str, allow_insecure_http: bool) -> Result<Endpoint, Clou
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&host) || allow_insecure_http => {}
-        "http" => return Err(CloudError::Config(format!(
+        "http" => {
+            return Err(CloudError::Config(format!(
             "refusing plain http to non-loopback endpoint {raw}; use https or allow it explicitly"
-        ))),
+        )))
+        }
         s => {
             return Err(CloudError::Config(format!(
                 "unsupported endpoint scheme {s:?}"

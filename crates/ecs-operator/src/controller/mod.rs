@@ -94,6 +94,9 @@ pub struct Context {
 type Listing = Result<Arc<Vec<Arc<EcsInstance>>>, Arc<kube::Error>>;
 
 const TERMINATING_TTL: Duration = Duration::from_secs(60);
+/// The namespace and CRD reads of the deletion policy wait this long so concurrent
+/// deletions share them (`policy::Fresh::lingering`).
+const POLICY_READ_LINGER: Duration = Duration::from_millis(50);
 /// Events in flight or waiting for the API client; more are dropped and counted.
 pub const EVENT_BACKLOG: usize = 256;
 
@@ -141,8 +144,8 @@ impl Context {
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
             settings,
             gate,
-            ns_annotation: FreshMap::default(),
-            crd_state: Fresh::default(),
+            ns_annotation: FreshMap::lingering(POLICY_READ_LINGER),
+            crd_state: Fresh::lingering(POLICY_READ_LINGER),
             terminating: std::sync::Mutex::new(HashMap::new()),
             event_backlog: Arc::new(tokio::sync::Semaphore::new(EVENT_BACKLOG)),
             caches: std::sync::Mutex::new(None),

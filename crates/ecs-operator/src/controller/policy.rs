@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::reasons::Reason;
 use crate::api::{DeletionPolicy, NAMESPACE_POLICY_ANNOTATION};
@@ -143,18 +144,29 @@ pub fn resolve(
 pub struct Fresh<V> {
     started: AtomicU64,
     slot: tokio::sync::Mutex<Option<(u64, V)>>,
+    /// How long a read waits before it starts, so the callers that arrive meanwhile share it.
+    linger: Duration,
 }
 
 impl<V: Clone> Default for Fresh<V> {
     fn default() -> Self {
-        Self {
-            started: AtomicU64::new(0),
-            slot: tokio::sync::Mutex::new(None),
-        }
+        Self::lingering(Duration::ZERO)
     }
 }
 
 impl<V: Clone> Fresh<V> {
+    /// Reads start `linger` after the first caller that needs one. Without it, callers
+    /// arriving a few milliseconds apart (a namespace controller marking 80 objects a
+    /// second) each start a read of their own: one GET per deletion, per key, competing
+    /// with the marking itself. A read still starts after every caller it serves asked.
+    pub fn lingering(linger: Duration) -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            slot: tokio::sync::Mutex::new(None),
+            linger,
+        }
+    }
+
     pub async fn get<F, Fut>(&self, read: F) -> V
     where
         F: FnOnce() -> Fut,
@@ -168,6 +180,10 @@ impl<V: Clone> Fresh<V> {
             if *n >= want {
                 return v.clone();
             }
+        }
+        if !self.linger.is_zero() {
+            // Callers arriving now see `started` unchanged, so they wait for the read below.
+            tokio::time::sleep(self.linger).await;
         }
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         let v = read().await;
@@ -184,12 +200,20 @@ impl<V: Clone> Fresh<V> {
 /// One `Fresh` per key (namespace name).
 pub struct FreshMap<V> {
     map: std::sync::Mutex<HashMap<String, Arc<Fresh<V>>>>,
+    linger: Duration,
 }
 
 impl<V: Clone> Default for FreshMap<V> {
     fn default() -> Self {
+        Self::lingering(Duration::ZERO)
+    }
+}
+
+impl<V: Clone> FreshMap<V> {
+    pub fn lingering(linger: Duration) -> Self {
         Self {
             map: std::sync::Mutex::new(HashMap::new()),
+            linger,
         }
     }
 }
@@ -200,7 +224,10 @@ impl<V: Clone> FreshMap<V> {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        m.entry(key.to_string()).or_default().clone()
+        let linger = self.linger;
+        m.entry(key.to_string())
+            .or_insert_with(|| Arc::new(Fresh::lingering(linger)))
+            .clone()
     }
 }
 
@@ -221,6 +248,42 @@ mod tests {
         assert!(f.slot.lock().await.is_none(), "the result is not kept");
         assert_eq!(f.get(read).await, 2);
         assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    /// Callers arriving 1 ms apart each started a read of their own (reads take 1 ms);
+    /// with a linger they share a few, and every read still starts after its callers asked.
+    #[tokio::test(start_paused = true)]
+    async fn lingering_reads_are_shared_by_callers_arriving_meanwhile() {
+        async fn count_reads(f: Arc<Fresh<Duration>>) -> u64 {
+            let epoch = tokio::time::Instant::now();
+            let reads = Arc::new(AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..100 {
+                let (f, reads) = (f.clone(), reads.clone());
+                let asked = epoch.elapsed();
+                tasks.push(tokio::spawn(async move {
+                    let read_started = f
+                        .get(|| async {
+                            reads.fetch_add(1, Ordering::SeqCst);
+                            let at = epoch.elapsed();
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            at
+                        })
+                        .await;
+                    assert!(read_started >= asked, "a read older than the ask");
+                }));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            reads.load(Ordering::SeqCst)
+        }
+        let eager = count_reads(Arc::new(Fresh::default())).await;
+        let lingering = count_reads(Arc::new(Fresh::lingering(Duration::from_millis(50)))).await;
+        println!("100 callers 1 ms apart: {eager} reads without a linger, {lingering} with 50 ms");
+        assert!(eager >= 40, "without a linger: {eager} reads");
+        assert!(lingering <= 4, "with a 50 ms linger: {lingering} reads");
     }
 
     /// One row per combination that matters (a table; long for that reason).
