@@ -27,7 +27,8 @@ SUMMARY=()
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Checks a tier's output reports: cargo's "test result: ok. N passed", pytest's "N passed", the
+# Checks a tier's output reports: cargo's "test result: ok. N passed", pytest's and the Go
+# SDK step's "N passed", the
 # Lua tests' "N/M passed", and the "CHECKS N" lines of the lint steps.
 count_checks() {
   {
@@ -180,6 +181,17 @@ wire() {
   cargo test -q $(wire_targets)
   step "official Python SDK against the emulator"
   ECS_EMULATOR_BIN="$CARGO_TARGET_DIR/debug/ecs-emulator" "$venv/bin/pytest" -q tests/python
+  step "official Go SDK against the emulator"
+  command -v go >/dev/null || { echo "go not found: the Go SDK tests need Go (1.22+)"; return 1; }
+  local out
+  local emulator
+  emulator="$(cd "$CARGO_TARGET_DIR" && pwd)/debug/ecs-emulator"
+  out=$(cd tests/go && ECS_EMULATOR_BIN="$emulator" go test -count=1 -v ./... 2>&1) || {
+    echo "$out"
+    return 1
+  }
+  echo "$out" | grep -E '^(--- |ok|FAIL)'
+  echo "$(echo "$out" | grep -c '^--- PASS') passed"
 }
 
 e2e_newest() {

@@ -2,7 +2,8 @@
 
 Needs: pip install volcenginesdk-ecs pytest (this file installs nothing), and a built
 binary: $ECS_EMULATOR_BIN, default target/debug/ecs-emulator. The emulator is started with
-`--listen 127.0.0.1:0` and its first stdout line gives the address.
+`--listen 127.0.0.1:0 --realism` (null for empty fields, no Result for operation actions, as
+the real API may answer) and its first stdout line gives the address.
 """
 
 import json
@@ -42,7 +43,7 @@ def emulator():
         pytest.fail(f"emulator binary {BIN} not found; run `cargo build --bins` or set ECS_EMULATOR_BIN")
     proc = subprocess.Popen(
         [BIN, "--listen", "127.0.0.1:0",
-         "--access-key", AK, "--secret-key", SK,
+         "--access-key", AK, "--secret-key", SK, "--realism",
          "--create-delay-ms", str(DELAY_MS), "--stop-delay-ms", str(DELAY_MS),
          "--start-delay-ms", str(DELAY_MS), "--delete-delay-ms", str(DELAY_MS)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

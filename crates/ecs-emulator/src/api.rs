@@ -178,8 +178,10 @@ async fn process(
         .unwrap_or("")
         .to_string();
     rec.client_token = params.non_empty("ClientToken").map(str::to_string);
-    meta.action = params.get("Action").unwrap_or("").to_string();
-    meta.version = params.get("Version").unwrap_or("").to_string();
+    // Action and Version come from the query only (see `route` below).
+    let from_query = Params::from_pairs(query.clone());
+    meta.action = from_query.get("Action").unwrap_or("").to_string();
+    meta.version = from_query.get("Version").unwrap_or("").to_string();
     rec.action = meta.action.clone();
 
     if parts.method != Method::GET && parts.method != Method::POST {
@@ -210,7 +212,7 @@ async fn process(
     }
     // The documentation: Action and Version are query parameters. A form body may carry
     // the others, never these two.
-    let action = match route(&Params::from_pairs(query.clone())) {
+    let action = match route(&from_query) {
         Ok(a) => a,
         Err(e) => return error(meta, &e, rec),
     };

@@ -73,8 +73,8 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         at: &["spec", "create", "tags"],
-        rule: "self.all(k, size(k) >= 1 && size(k) <= 128 && !k.lowerAscii().startsWith('volc:') && !k.lowerAscii().startsWith('sys:'))",
-        message: "spec.create.tags: a key is 1 to 128 characters and may not start with volc: or sys: (reserved for system tags)",
+        rule: "self.all(k, size(k) >= 1 && size(k) <= 128 && k.trim() == k && !k.lowerAscii().startsWith('volc:') && !k.lowerAscii().startsWith('sys:'))",
+        message: "spec.create.tags: a key is 1 to 128 characters, does not start or end with a space, and may not start with volc: or sys: (reserved for system tags)",
         field_path: None,
     },
     Rule {

@@ -368,8 +368,9 @@ impl EcsClient {
 }
 
 /// A `Retry-After` longer than this is not slept through inside one call: the call fails
-/// (the limiter stays paused) and the caller's own backoff takes over.
-pub const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(30);
+/// (a throttled action's limiter stays paused, up to `limiter::MAX_RETRY_AFTER`) and the
+/// caller plans again, with fresh checks, after its own backoff.
+pub const MAX_IN_CALL_WAIT: Duration = Duration::from_secs(5);
 
 /// `Retry-After` as delta-seconds (what the Go SDK reads) or an HTTP-date; anything else,
 /// or a date in the past, is no hint.

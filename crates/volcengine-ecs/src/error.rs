@@ -185,6 +185,15 @@ impl CloudError {
 
 /// Classifies by code first (statuses differ between doc pages), then by HTTP status.
 pub fn classify(code: &str, status: u16) -> ErrorClass {
+    // An error without a code (`"Code": null` or empty, shown as `Unknown`) says nothing
+    // about whether the call was applied: retry it as is, never take it for a refusal.
+    if code.is_empty() || code == "Unknown" {
+        return if THROTTLE_STATUSES.contains(&status) {
+            ErrorClass::Throttled
+        } else {
+            ErrorClass::Retryable
+        };
+    }
     if THROTTLE_CODES.contains(&code) {
         ErrorClass::Throttled
     } else if AUTH_CODES.contains(&code) {
@@ -303,6 +312,8 @@ mod tests {
             ("IdempotentParameterMismatch", 400, ErrorClass::Terminal),
             ("InvalidInstance.NotFound", 404, ErrorClass::Terminal),
             ("MissingParameter", 400, ErrorClass::Terminal),
+            ("Unknown", 400, ErrorClass::Retryable),
+            ("", 200, ErrorClass::Retryable),
         ];
         for (code, status, want) in cases {
             assert_eq!(classify(code, status), want, "{code} {status}");

@@ -33,9 +33,11 @@ pub struct RateLimiter {
 
 const MIN_PENALTY: Duration = Duration::from_millis(500);
 const MAX_PENALTY: Duration = Duration::from_secs(10);
-/// A longer `Retry-After` is read as this: a bogus hour-long value must not stop the
-/// operator's deletions for an hour.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A longer `Retry-After` is read as this, the longest pause the limiter ever had: a call
+/// waiting here was planned on a check (the ownership proof before DeleteInstances, the
+/// sweeper's listing) that grows stale while it waits, so the wait stays short and a
+/// longer one fails the call instead (`client::MAX_IN_CALL_WAIT`), to be planned afresh.
+pub const MAX_RETRY_AFTER: Duration = MAX_PENALTY;
 
 impl RateLimiter {
     pub fn new(limit: RateLimit) -> Self {

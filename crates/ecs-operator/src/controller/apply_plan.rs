@@ -98,6 +98,11 @@ impl ApplyFacts {
         self.status.instance_id.as_deref().filter(|s| !s.is_empty())
     }
 
+    /// A RunInstances was sent for this resource (it may still be appearing).
+    fn create_sent(&self) -> bool {
+        self.status.run_instances_at.is_some() || self.status.create_hash.is_some()
+    }
+
     fn inst(&self) -> Option<&Instance> {
         self.observed.as_ref()?.as_ref().ok()?.as_ref()
     }
@@ -207,7 +212,8 @@ pub fn plan(f: &ApplyFacts) -> ApplyStep {
         (None, None) => return ApplyStep::LookUpByUid,
         (None, Some(Err(_))) => return done(ApplyOutcome::Failed(Call::Lookup)),
         (None, Some(Ok(Some(id)))) => return ApplyStep::Adopt { id: id.clone() },
-        (None, Some(Ok(None))) if f.create_problem.is_some() => {
+        // A create already sent (before the rule) is left to appear as usual.
+        (None, Some(Ok(None))) if f.create_problem.is_some() && !f.create_sent() => {
             return done(ApplyOutcome::InvalidSpec)
         }
         (None, Some(Ok(None))) => return ApplyStep::Create,

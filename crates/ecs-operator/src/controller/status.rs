@@ -122,6 +122,22 @@ mod merge_tests {
     }
 }
 
+/// Events that are the only record of what happened: the resource is released (and gone)
+/// right after them.
+fn must_publish(reason: &str) -> bool {
+    use super::reasons::Reason::*;
+    [
+        Deleted,
+        AlreadyGone,
+        DeletionAccepted,
+        ReleasedWithoutVm,
+        ReleasedWithoutDelete,
+        Orphaned,
+    ]
+    .iter()
+    .any(|r| r.as_str() == reason)
+}
+
 /// Publishes an Event without holding up the reconcile; a failed Event is logged, never
 /// fatal.
 pub fn event(
@@ -137,13 +153,18 @@ pub fn event(
         return;
     }
     // Events wait behind the API client's cap on requests in flight; 10,000 adoptions at
-    // once would queue 10,000 of them, each holding its request. Past the backlog an Event
-    // is dropped and counted, as client-go's broadcaster drops when its queue is full: the
-    // condition it accompanies is written anyway.
-    let Ok(permit) = ctx.event_backlog.clone().try_acquire_owned() else {
-        ctx.metrics.events_dropped.inc();
-        tracing::debug!(namespace = %ns, name = %obj.name_any(), reason, "event dropped: backlog full");
-        return;
+    // once would queue 10,000 of them, each holding its request. Past the backlog a routine
+    // Event is dropped and counted, as client-go's broadcaster drops when its queue is full:
+    // the condition it accompanies is written anyway. Warnings and the record of a release
+    // (the object is gone after it, and its conditions with it) always wait their turn.
+    let permit = match ctx.event_backlog.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) if warning || must_publish(reason) => None,
+        Err(_) => {
+            ctx.metrics.events_dropped.inc();
+            tracing::debug!(namespace = %ns, name = %obj.name_any(), reason, "event dropped: backlog full");
+            return;
+        }
     };
     let reference = obj.object_ref(&());
     let name = obj.name_any();

@@ -40,7 +40,9 @@ pub const DELETING: &str = "DELETING";
 pub fn decide(seen: Seen<'_>, waited: Duration, bound: Duration) -> Next {
     match seen {
         Seen::Gone => Next::Release,
-        Seen::Listed(status) if status != DELETING => Next::Resend,
+        // A listing without a status (`"Status": null` reads as empty) says nothing of a
+        // rollback: wait as for an unknown answer, never re-send on it.
+        Seen::Listed(status) if status != DELETING && !status.is_empty() => Next::Resend,
         Seen::Listed(_) | Seen::Unknown if waited > bound => Next::Stalled,
         Seen::Listed(_) | Seen::Unknown => Next::Wait,
     }
@@ -70,7 +72,8 @@ mod tests {
             (Seen::Listed("ERROR"), late, Next::Resend),
             // A busy state: the new request gets InvalidInstanceStatus and retries as usual.
             (Seen::Listed("STOPPING"), early, Next::Resend),
-            (Seen::Listed(""), early, Next::Resend),
+            (Seen::Listed(""), early, Next::Wait),
+            (Seen::Listed(""), late, Next::Stalled),
         ];
         for (i, (seen, waited, next)) in rows.into_iter().enumerate() {
             assert_eq!(
