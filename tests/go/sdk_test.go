@@ -253,7 +253,7 @@ func TestCallLevelErrorsCarryCodeStatusAndRequestId(t *testing.T) {
 		t.Fatalf("wrong secret: %#v", err)
 	}
 	_, err = client(t, sk).UntagResources(&ecs.UntagResourcesInput{
-		ResourceIds: volcengine.StringSlice(strings.Split(strings.Repeat("i-x,", 51), ",")[:51]),
+		ResourceIds:  volcengine.StringSlice(strings.Split(strings.Repeat("i-x,", 51), ",")[:51]),
 		ResourceType: volcengine.String("instance"), TagKeys: volcengine.StringSlice([]string{"k"})})
 	rf, ok = err.(volcengineerr.RequestFailure)
 	if !ok || rf.Code() != "LimitExceeded.MaximumResourceIds" || rf.StatusCode() != 400 {
