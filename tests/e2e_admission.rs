@@ -92,6 +92,17 @@ async fn cel_rules_reject_bad_objects_at_creation() {
         no_system,
         "spec.create.systemVolume is required",
     );
+    let mut small = create_spec();
+    small["create"]["systemVolume"] = json!({"volumeType": "ESSD_PL0", "size": 10});
+    rejected(
+        &ns,
+        "small-system",
+        small,
+        "a system disk is 20 to 2048 GiB",
+    );
+    let mut ptssd = create_spec();
+    ptssd["create"]["systemVolume"] = json!({"volumeType": "PTSSD", "size": 10});
+    accepted(&ns, "ptssd-system", ptssd);
     accepted(&ns, "good-create", create_spec());
     accepted(&ns, "good-adopt", json!({"instanceId": "i-abcd1234"}));
     tag_rules(&ns);

@@ -90,6 +90,12 @@ pub const RULES: &[Rule] = &[
         field_path: None,
     },
     Rule {
+        at: &["spec", "create", "systemVolume"],
+        rule: "(has(self.volumeType) && self.volumeType == 'PTSSD') ? (self.size >= 10 && self.size <= 500) : (self.size >= 20 && self.size <= 2048)",
+        message: "spec.create.systemVolume.size: a system disk is 20 to 2048 GiB (PTSSD: 10 to 500), the sizes Volcengine accepts",
+        field_path: Some(".size"),
+    },
+    Rule {
         at: &["spec", "create"],
         rule: "has(self.systemVolume)",
         message: "spec.create.systemVolume is required: Volumes.1 is the system disk of the VM",
