@@ -121,7 +121,7 @@ pub struct CloudArgs {
     /// Attempts per cloud call (retries re-send the same ClientToken).
     #[arg(long, env = "ECS_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
-    /// Client-side rate limit per action, requests per second (0 = none).
+    /// Client-side rate limit per region and action, requests per second (0 = none).
     #[arg(long, env = "ECS_RATE_LIMIT", default_value_t = 4.0)]
     pub rate_limit: f64,
     /// Client-side burst per action.

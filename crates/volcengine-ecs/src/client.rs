@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::error::{CloudError, ErrorClass};
-use super::limiter::{RateLimit, RateLimiter};
+use super::limiter::{RateLimit, RegionLimiters};
 use super::model::*;
 use super::signer::{self, Credentials, SignRequest};
 use super::Called;
@@ -114,7 +114,7 @@ pub struct EcsClient {
     /// Regions served elsewhere (`ClientConfig::region_endpoints`, `REGIONAL_HOST_REGIONS`).
     regional: std::collections::HashMap<String, Endpoint>,
     cfg: ClientConfig,
-    limiter: RateLimiter,
+    limiters: RegionLimiters,
     metrics: Option<Arc<dyn CallObserver>>,
 }
 
@@ -165,7 +165,7 @@ impl EcsClient {
             http,
             endpoint,
             regional,
-            limiter: RateLimiter::new(cfg.rate_limit),
+            limiters: RegionLimiters::new(cfg.rate_limit),
             cfg,
             metrics,
         })
@@ -201,9 +201,10 @@ impl EcsClient {
             tracing::info!(%action, code = e.code(), error = %e, "cloud call not sent");
             return Err(e);
         }
+        let limiter = self.limiters.get(region);
         let mut attempt = 1;
         loop {
-            let waited = self.limiter.acquire(action).await;
+            let waited = limiter.acquire(action).await;
             if let Some(m) = &self.metrics {
                 m.throttle_wait(action.as_str(), waited.as_secs_f64());
             }
@@ -219,7 +220,7 @@ impl EcsClient {
             match res {
                 Ok(v) => {
                     tracing::debug!(%action, request_id = %v.request_id, attempt, "cloud call ok");
-                    self.limiter.on_success(action);
+                    limiter.on_success(action);
                     return Ok(v);
                 }
                 Err(e) => {
@@ -229,7 +230,7 @@ impl EcsClient {
                     // The server's own word on when to come back outranks our backoff.
                     let hint = retry_after.filter(|_| e.is_retryable());
                     if class == ErrorClass::Throttled {
-                        self.limiter.on_throttled(action, hint);
+                        limiter.on_throttled(action, hint);
                     }
                     let wait = self.backoff(attempt).max(hint.unwrap_or_default());
                     if !e.is_retryable()

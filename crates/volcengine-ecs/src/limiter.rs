@@ -1,4 +1,4 @@
-//! Client-side rate limits: one token bucket per action (Volcengine's Terraform provider
+//! Client-side rate limits: one token bucket per region and action (Volcengine's Terraform provider
 //! uses 4 requests/s with a burst of 10), paused for a while when the cloud says we are
 //! throttled, so the whole operator slows down instead of every caller retrying at once.
 
@@ -122,9 +122,51 @@ impl RateLimiter {
     }
 }
 
+/// One `RateLimiter` per region, made on first use: a region whose host throttles or fails
+/// (a 503 counts as throttling) pauses that region's calls, not every region's.
+#[derive(Debug)]
+pub struct RegionLimiters {
+    limit: RateLimit,
+    by_region: Mutex<HashMap<String, std::sync::Arc<RateLimiter>>>,
+}
+
+impl RegionLimiters {
+    pub fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            by_region: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, region: &str) -> std::sync::Arc<RateLimiter> {
+        let mut m = match self.by_region.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.entry(region.to_string())
+            .or_insert_with(|| std::sync::Arc::new(RateLimiter::new(self.limit)))
+            .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A throttled region pauses itself only.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_region_does_not_pause_another() {
+        let l = RegionLimiters::new(RateLimit {
+            rate: 0.0,
+            burst: 1,
+        });
+        l.get("cn-beijing")
+            .on_throttled(Action::DeleteInstances, Some(Duration::from_secs(5)));
+        let other = l.get("cn-shanghai").acquire(Action::DeleteInstances).await;
+        assert_eq!(other, Duration::ZERO);
+        let same = l.get("cn-beijing").acquire(Action::DeleteInstances).await;
+        assert_eq!(same, Duration::from_secs(5));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_rate() {
