@@ -553,10 +553,12 @@ pub fn answer_cases() -> Vec<AnswerCase> {
             UNKNOWN_REGION,
             UnknownRegion,
         ),
+        // A proxy's 502 page: the status makes it throttling, as the Go SDK reads
+        // 429/502/503/504 whatever the body (the limiter slows down).
         c(
             "html",
             "BadResponse",
-            "CloudError",
+            "CloudThrottled",
             "HTTP 502 with an unusable response: not JSON",
             Garbage("html"),
         ),
