@@ -185,7 +185,7 @@ pub struct RunArgs {
     #[arg(long, env = "ECS_CONCURRENCY", default_value_t = 512)]
     pub concurrency: u16,
     /// Kubernetes API requests in flight at once (each is one connection to the API
-    /// server); more wait their turn. Leader election has its own connection.
+    /// server); more wait their turn.
     #[arg(long, env = "ECS_KUBE_API_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub kube_api_in_flight: u16,
     /// Largest batch of instance IDs per DeleteInstances/DescribeInstances call (1 disables batching).

@@ -174,7 +174,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let raw: Arc<dyn Cloud> = Arc::new(EcsClient::new(cloud_cfg, Some(metrics.clone()))?);
     let cloud: Arc<dyn Cloud> = Arc::new(GatedCloud::new(raw, gate.clone()));
     let kube_config = kube::Config::infer().await?;
-    let client = limited_client(kube_config.clone(), usize::from(args.kube_api_in_flight))?;
+    let client = limited_client(kube_config, usize::from(args.kube_api_in_flight))?;
     // Never start with a guessed identity: it decides which VMs the sweeper may delete.
     let sweep_deletes = args.sweep_interval_secs > 0 && args.sweep_mode == SweepMode::Delete;
     let identity =
@@ -249,10 +249,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         // A standby replica is ready: it serves probes and waits for the Lease.
         let standby_ready = ready.clone();
         let cache_ready = Arc::new(AtomicBool::new(false));
-        // Its own connection, outside the cap: a renewal must not queue behind the
-        // controller's writes, or a busy API server would cost this replica its Lease.
         leader::run_as_leader(
-            kube::Client::try_from(kube_config)?,
+            client,
             cfg,
             token.clone(),
             gate,
