@@ -4,6 +4,7 @@
 
 use ecs_test_harness as support;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use ecs_operator::api::EcsInstance;
@@ -37,7 +38,7 @@ async fn adopt(api: &Api<EcsInstance>, name: &str, id: &str) -> EcsInstance {
 async fn kubectl_delete_deletes_the_vm_exactly_once() {
     let client = client().await;
     let ns = namespace(&client, "e2e-one").await;
-    let emu = Emulator::start("one", &["--delete-delay-ms", "200"]);
+    let emu = Emulator::realistic("one", &["--delete-delay-ms", "200"]);
     let _op = Operator::start("one", &ns, &emu, &[]);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
@@ -92,7 +93,7 @@ async fn kubectl_delete_deletes_the_vm_exactly_once() {
 async fn a_stopping_vm_keeps_the_finalizer_until_it_is_stopped() {
     let client = client().await;
     let ns = namespace(&client, "e2e-stopping").await;
-    let emu = Emulator::start("stopping", &["--stop-delay-ms", "6000"]);
+    let emu = Emulator::realistic("stopping", &["--stop-delay-ms", "6000"]);
     let _op = Operator::start("stopping", &ns, &emu, &[]);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
@@ -145,7 +146,7 @@ async fn a_stopping_vm_keeps_the_finalizer_until_it_is_stopped() {
 async fn a_vm_already_gone_releases_the_resource_promptly() {
     let client = client().await;
     let ns = namespace(&client, "e2e-gone").await;
-    let emu = Emulator::start("gone", &[]);
+    let emu = Emulator::realistic("gone", &[]);
     let _op = Operator::start("gone", &ns, &emu, &[]);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
@@ -179,7 +180,7 @@ async fn a_resource_without_a_vm_is_released_without_a_cloud_call() {
     // admission: tests/e2e_admission.rs.)
     let client = client().await;
     let ns = namespace(&client, "e2e-novm").await;
-    let emu = Emulator::start("novm", &[]);
+    let emu = Emulator::realistic("novm", &[]);
     emu.faults(
         "RunInstances",
         json!({"fail_next": 1000, "error_code": "InvalidParameter", "error_status": 400}),
@@ -206,7 +207,7 @@ async fn a_resource_without_a_vm_is_released_without_a_cloud_call() {
 async fn namespace_deletion_deletes_every_vm() {
     let client = client().await;
     let ns = namespace(&client, "e2e-nsdel").await;
-    let emu = Emulator::start("nsdel", &["--delete-delay-ms", "0"]);
+    let emu = Emulator::realistic("nsdel", &["--delete-delay-ms", "0"]);
     let _op = Operator::start("nsdel", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let n = 60;
@@ -243,13 +244,18 @@ async fn namespace_deletion_deletes_every_vm() {
         "{} DeleteInstances calls for {n} VMs",
         calls.len()
     );
+    // Under ambient throttling (the realistic emulator): some of these calls were refused
+    // as throttled, with several of the codes the SDKs know, and nothing leaked or doubled.
+    let throttled = emu.ambient_throttles().await;
+    let codes: HashSet<&str> = throttled.iter().map(|(_, c)| c.as_str()).collect();
+    assert!(codes.len() >= 3, "ambient throttles: {throttled:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_collection_through_owner_references() {
     let client = client().await;
     let ns = namespace(&client, "e2e-gc").await;
-    let emu = Emulator::start("gc", &["--delete-delay-ms", "0"]);
+    let emu = Emulator::realistic("gc", &["--delete-delay-ms", "0"]);
     let _op = Operator::start("gc", &ns, &emu, &[]);
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
     let owner = cms
@@ -300,7 +306,7 @@ async fn garbage_collection_through_owner_references() {
 async fn gitops_prune_deletes_the_pruned_vms_only() {
     let client = client().await;
     let ns = namespace(&client, "e2e-prune").await;
-    let emu = Emulator::start("prune", &["--delete-delay-ms", "0"]);
+    let emu = Emulator::realistic("prune", &["--delete-delay-ms", "0"]);
     let _op = Operator::start("prune", &ns, &emu, &[]);
     let mut ids = Vec::new();
     let mut docs = Vec::new();
@@ -356,7 +362,7 @@ async fn gitops_prune_deletes_the_pruned_vms_only() {
 async fn a_500_then_a_lost_response_retry_with_the_same_token() {
     let client = client().await;
     let ns = namespace(&client, "e2e-retry").await;
-    let emu = Emulator::start("retry", &[]);
+    let emu = Emulator::realistic("retry", &[]);
     let _op = Operator::start("retry", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let a = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -397,7 +403,7 @@ async fn a_500_then_a_lost_response_retry_with_the_same_token() {
 async fn wrong_credentials_keep_the_finalizer_and_say_why() {
     let client = client().await;
     let ns = namespace(&client, "e2e-creds").await;
-    let emu = Emulator::start("creds", &[]);
+    let emu = Emulator::realistic("creds", &[]);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let mut op = Operator::start_with_env(
@@ -458,7 +464,7 @@ async fn wrong_credentials_keep_the_finalizer_and_say_why() {
 async fn operator_killed_mid_deletion_finishes_with_the_same_token() {
     let client = client().await;
     let ns = namespace(&client, "e2e-crash").await;
-    let emu = Emulator::start("crash", &[]);
+    let emu = Emulator::realistic("crash", &[]);
     let mut op = Operator::start("crash", &ns, &emu, &["--request-timeout-secs", "30"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -525,7 +531,7 @@ async fn conflict(api: &Api<EcsInstance>, name: &str) -> EcsInstance {
 async fn two_resources_adopting_one_vm_one_owner() {
     let client = client().await;
     let ns = namespace(&client, "e2e-owner").await;
-    let emu = Emulator::start("owner", &["--delete-delay-ms", "0"]);
+    let emu = Emulator::realistic("owner", &["--delete-delay-ms", "0"]);
     let _op = Operator::start("owner", &ns, &emu, &["--cluster-id", "c1"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -609,7 +615,7 @@ async fn two_resources_adopting_one_vm_one_owner() {
 async fn adopting_a_stale_owners_vm_transfers_ownership() {
     let client = client().await;
     let ns = namespace(&client, "e2e-stale").await;
-    let emu = Emulator::start("stale", &["--delete-delay-ms", "0"]);
+    let emu = Emulator::realistic("stale", &["--delete-delay-ms", "0"]);
     // The stale owner was of this cluster (a VM of another cluster is refused instead).
     let _op = Operator::start("stale", &ns, &emu, &["--cluster-id", "stale-cluster"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
@@ -655,7 +661,7 @@ async fn adopting_a_stale_owners_vm_transfers_ownership() {
 async fn deletion_during_the_visibility_lag_deletes_the_vm_once() {
     let client = client().await;
     let ns = namespace(&client, "e2e-lagdel").await;
-    let emu = Emulator::start(
+    let emu = Emulator::realistic(
         "lagdel",
         &[
             "--create-delay-ms",
@@ -707,7 +713,7 @@ async fn deletion_during_the_visibility_lag_deletes_the_vm_once() {
 async fn a_poisoned_member_never_holds_back_its_batch() {
     let client = client().await;
     let ns = namespace(&client, "e2e-poison").await;
-    let emu = Emulator::start("poison", &["--delete-delay-ms", "0"]);
+    let emu = Emulator::realistic("poison", &["--delete-delay-ms", "0"]);
     // A long idle gap so that the five deletions share their batches.
     let _op = Operator::start("poison", &ns, &emu, &["--batch-idle-ms", "500"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);

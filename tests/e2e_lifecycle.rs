@@ -32,7 +32,7 @@ async fn ready(api: &Api<EcsInstance>, name: &str) -> EcsInstance {
 async fn create_observe_delete_with_ownership_tags() {
     let client = client().await;
     let ns = namespace(&client, "e2e-create").await;
-    let emu = Emulator::start("create", &["--create-delay-ms", "1500"]);
+    let emu = Emulator::realistic("create", &["--create-delay-ms", "1500"]);
     let _op = Operator::start("create", &ns, &emu, &["--cluster-id", "test-cluster"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     create(&api, "web", create_spec()).await;
@@ -99,13 +99,18 @@ async fn create_observe_delete_with_ownership_tags() {
             "{r} missing: {evs:?}"
         );
     }
+    // The realistic emulator throttled some of these calls (and the VM still came up once
+    // and went once): the realism switches were on.
+    let throttled = emu.ambient_throttles().await;
+    assert!(!throttled.is_empty(), "no ambient throttle answered");
+    println!("ambient throttles: {throttled:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_after_run_instances_adopts_instead_of_creating_again() {
     let client = client().await;
     let ns = namespace(&client, "e2e-crashrun").await;
-    let emu = Emulator::start("crashrun", &["--create-delay-ms", "0"]);
+    let emu = Emulator::realistic("crashrun", &["--create-delay-ms", "0"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     // No operator yet: the resource exists, and a VM tagged with its uid exists, as if an
     // operator had sent RunInstances and died before writing the instance ID.
@@ -126,7 +131,7 @@ async fn crash_after_run_instances_adopts_instead_of_creating_again() {
 async fn orphan_policy_keeps_the_vm_from_spec_or_namespace_annotation() {
     let client = client().await;
     let ns = namespace(&client, "e2e-orphan").await;
-    let emu = Emulator::start("orphan", &[]);
+    let emu = Emulator::realistic("orphan", &[]);
     let _op = Operator::start("orphan", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let a = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -180,11 +185,65 @@ async fn orphan_policy_keeps_the_vm_from_spec_or_namespace_annotation() {
     );
 }
 
+/// An UntagResources success is not proof the tags are gone (an answer without `Result`, a
+/// tag index that lags): the orphan is released only once DescribeInstances shows them gone.
+/// A VM left with its uid and cluster tags after its resource is gone would look leaked to
+/// the sweeper.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orphan_is_released_only_once_its_tags_are_seen_gone() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-untag").await;
+    let emu = Emulator::realistic("untag", &[]);
+    let _op = Operator::start("untag", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "keep",
+        json!({"instanceId": id, "deletionPolicy": "Orphan"}),
+    )
+    .await;
+    ready(&api, "keep").await;
+    // The first UntagResources answers success and changes nothing.
+    emu.faults("UntagResources", json!({"unapplied_next": 1}))
+        .await;
+    delete(&api, "keep").await;
+    wait_for(30, "UntagUnconfirmed Event", || async {
+        let evs = events(&client, &ns, "keep").await;
+        evs.iter()
+            .any(|(_, r, _)| r == "UntagUnconfirmed")
+            .then_some(())
+    })
+    .await;
+    wait_for(60, "keep gone", || gone(&api, "keep")).await;
+    let vm = emu.instance(&id).await.expect("the VM is kept");
+    let ours: Vec<_> = vm["Tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t["Key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("ecs.volcengine.io/"))
+        })
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "released with ownership tags on the VM: {ours:?}"
+    );
+    let untags = emu.calls("UntagResources").await;
+    assert!(
+        untags.len() >= 2,
+        "sent again after the unconfirmed one: {untags:?}"
+    );
+    assert_eq!(emu.deletions_of(&id).await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deletion_protection_blocks_until_the_user_turns_it_off() {
     let client = client().await;
     let ns = namespace(&client, "e2e-protect").await;
-    let emu = Emulator::start("protect", &[]);
+    let emu = Emulator::realistic("protect", &[]);
     let op = Operator::start("protect", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -240,7 +299,7 @@ async fn deletion_protection_blocks_until_the_user_turns_it_off() {
 async fn prepaid_vm_is_a_terminal_condition_not_a_hot_loop() {
     let client = client().await;
     let ns = namespace(&client, "e2e-prepaid").await;
-    let emu = Emulator::start("prepaid", &[]);
+    let emu = Emulator::realistic("prepaid", &[]);
     let _op = Operator::start("prepaid", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING", "InstanceChargeType": "PrePaid", "ExpiredAt": "2099-01-01T00:00:00Z"})).await;
@@ -284,7 +343,7 @@ async fn prepaid_vm_is_a_terminal_condition_not_a_hot_loop() {
 async fn vm_deleted_outside_kubernetes_is_reported_not_recreated() {
     let client = client().await;
     let ns = namespace(&client, "e2e-oob").await;
-    let emu = Emulator::start("oob", &[]);
+    let emu = Emulator::realistic("oob", &[]);
     let op = Operator::start("oob", &ns, &emu, &["--resync-secs", "1"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     create(&api, "web", create_spec()).await;
@@ -323,7 +382,7 @@ async fn vm_deleted_outside_kubernetes_is_reported_not_recreated() {
 async fn immutable_field_change_is_reported_and_ignored() {
     let client = client().await;
     let ns = namespace(&client, "e2e-immut").await;
-    let emu = Emulator::start("immut", &[]);
+    let emu = Emulator::realistic("immut", &[]);
     let _op = Operator::start("immut", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let a = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -382,7 +441,7 @@ async fn immutable_field_change_is_reported_and_ignored() {
 async fn wait_for_termination_keeps_the_finalizer_until_the_vm_is_gone() {
     let client = client().await;
     let ns = namespace(&client, "e2e-wait").await;
-    let emu = Emulator::start("wait", &["--delete-delay-ms", "4000"]);
+    let emu = Emulator::realistic("wait", &["--delete-delay-ms", "4000"]);
     let _op = Operator::start("wait", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -413,7 +472,7 @@ async fn wait_for_termination_keeps_the_finalizer_until_the_vm_is_gone() {
 async fn a_reverted_deletion_is_sent_again_with_a_new_token() {
     let client = client().await;
     let ns = namespace(&client, "e2e-revert").await;
-    let emu = Emulator::start("revert", &["--delete-delay-ms", "1500"]);
+    let emu = Emulator::realistic("revert", &["--delete-delay-ms", "1500"]);
     let _op = Operator::start("revert", &ns, &emu, &[]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -468,7 +527,7 @@ async fn a_reverted_deletion_is_sent_again_with_a_new_token() {
 async fn a_slow_termination_reports_stalled_and_keeps_waiting() {
     let client = client().await;
     let ns = namespace(&client, "e2e-slowterm").await;
-    let emu = Emulator::start("slowterm", &["--delete-delay-ms", "8000"]);
+    let emu = Emulator::realistic("slowterm", &["--delete-delay-ms", "8000"]);
     let _op = Operator::start("slowterm", &ns, &emu, &["--termination-timeout-secs", "2"]);
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
@@ -549,7 +608,7 @@ async fn schema_rejects_malformed_specs() {
 async fn recreate_option_replaces_a_vanished_vm_with_a_new_token() {
     let client = client().await;
     let ns = namespace(&client, "e2e-recreate").await;
-    let emu = Emulator::start("recreate", &["--create-delay-ms", "0"]);
+    let emu = Emulator::realistic("recreate", &["--create-delay-ms", "0"]);
     let _op = Operator::start(
         "recreate",
         &ns,
@@ -598,7 +657,7 @@ async fn recreate_option_replaces_a_vanished_vm_with_a_new_token() {
 async fn visibility_lag_never_creates_a_second_vm() {
     let client = client().await;
     let ns = namespace(&client, "e2e-lag").await;
-    let emu = Emulator::start("lag", &["--create-delay-ms", "0"]);
+    let emu = Emulator::realistic("lag", &["--create-delay-ms", "0"]);
     emu.send(
         reqwest::Method::PUT,
         "config",

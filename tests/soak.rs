@@ -38,7 +38,9 @@ async fn soak_under_faults() {
     let kill_every = Duration::from_secs(env_or("SOAK_KILL_EVERY_SECS", 30));
     let client = client().await;
     let ns = namespace(&client, "soak").await;
-    let emu = Emulator::start(
+    // Every realism switch: `--realism`, the visibility lag and ambient throttling (each
+    // throttling answer the SDKs know in turn), besides the random faults below.
+    let emu = Emulator::realistic(
         "soak",
         &[
             "--create-delay-ms",
@@ -47,6 +49,8 @@ async fn soak_under_faults() {
             "300",
             "--visibility-lag-ms",
             "1500",
+            "--throttle-every",
+            "13",
         ],
     );
     for action in [
@@ -281,6 +285,10 @@ async fn soak_under_faults() {
     assert!(code_count("InternalError") > 0, "no InternalError fired");
     assert!(code_count("FlowLimitExceeded") > 0, "no throttling fired");
     assert!(lost > 0, "no response was lost");
+    // Ambient throttling answered with every throttling code the SDKs know.
+    for (code, _, _) in ecs_emulator::THROTTLE_VARIANTS {
+        assert!(code_count(code) > 0, "throttling code {code} never fired");
+    }
     assert!(
         vms_created >= total / 2,
         "only {vms_created} VMs created for {total} resources"

@@ -450,6 +450,7 @@ struct ConfigDoc {
     visibility_lag_ms: Option<u64>,
     null_empty: Option<bool>,
     omit_operation_result: Option<bool>,
+    throttle_every: Option<u32>,
 }
 
 fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
@@ -467,6 +468,7 @@ fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
         visibility_lag_ms: Some(c.visibility_lag_ms),
         null_empty: Some(c.null_empty),
         omit_operation_result: Some(c.omit_operation_result),
+        throttle_every: Some(c.throttle_every),
     }
 }
 
@@ -518,6 +520,9 @@ async fn set_config(State(emu): Emu, body: Bytes) -> Response {
     }
     if let Some(v) = d.omit_operation_result {
         c.omit_operation_result = v;
+    }
+    if let Some(v) = d.throttle_every {
+        c.throttle_every = v;
     }
     Json(config_doc(c)).into_response()
 }

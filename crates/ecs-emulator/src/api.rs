@@ -218,7 +218,12 @@ async fn process(
     };
     let (decision, details) = {
         let mut inner = emu.lock();
-        let d = match inner.faults.decide(action, std::time::Instant::now()) {
+        let every = inner.cfg.throttle_every;
+        let d = match inner.faults.ambient(every) {
+            Some(d) => d,
+            None => inner.faults.decide(action, std::time::Instant::now()),
+        };
+        let d = match d {
             d @ Decision::Proceed { .. } => inner
                 .faults
                 .poisoned(action, &params.list("InstanceIds"))
@@ -248,6 +253,17 @@ async fn process(
             latency,
             lose_response,
         } => (latency, lose_response),
+        Decision::AckUnapplied => {
+            rec.status = 200;
+            rec.code = "OK".into();
+            rec.fault = Some("unapplied".into());
+            let body = realistic(meta.ok(serde_json::json!({})), action, &emu.lock().cfg);
+            return Reply::Json {
+                status: 200,
+                body,
+                retry_after: None,
+            };
+        }
     };
     let token = if action.is_mutating() {
         params.non_empty("ClientToken").map(str::to_string)

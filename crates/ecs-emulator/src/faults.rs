@@ -62,6 +62,11 @@ pub struct FaultSpec {
     /// per instance) with `error_code`/`error_status`, default 400
     /// `InvalidInstanceId.Malformed`, before anything is applied. Until cleared.
     pub poison_ids: Vec<String>,
+    /// Actions that return only the common parameters (UntagResources, TagResources,
+    /// ModifyInstanceAttribute, DeleteInstance): the next N calls answer success without
+    /// applying anything, as a write not yet visible to reads (or dropped) looks to a client.
+    /// Ignored for other actions.
+    pub unapplied_next: u32,
     /// DeleteInstances: the next N applied (not replayed) calls are accepted, recorded in the
     /// deletions log as `reverted`, and every VM they accepted goes DELETING and then back to
     /// the state it was in (a deletion the cloud rolled back).
@@ -123,7 +128,27 @@ pub enum Decision {
         latency: Duration,
         lose_response: bool,
     },
+    /// Answer success, apply nothing (`FaultSpec::unapplied_next`).
+    AckUnapplied,
 }
+
+/// The throttling answers the SDKs know, in the order ambient throttling
+/// (`EmulatorConfig::throttle_every`) uses them: (code, HTTP status, Retry-After seconds).
+/// Codes: the Go SDK's `throttleCodes` (volcengine/request/retryer.go) plus Volcengine's own
+/// `FlowLimitExceeded` (Terraform retries on it) and `AccountFlowLimitExceeded`; statuses:
+/// the Go SDK's 429/502/503/504 with and without `Retry-After`.
+pub const THROTTLE_VARIANTS: [(&str, u16, Option<u64>); 10] = [
+    ("FlowLimitExceeded", 429, Some(1)),
+    ("Throttling", 400, None),
+    ("ThrottlingException", 400, None),
+    ("RequestLimitExceeded", 400, None),
+    ("RequestThrottled", 400, None),
+    ("RequestThrottledException", 400, None),
+    ("TooManyRequestsException", 429, Some(1)),
+    ("AccountFlowLimitExceeded", 429, None),
+    ("ServiceUnavailable", 503, Some(1)),
+    ("GatewayTimeout", 504, None),
+];
 
 #[derive(Debug)]
 struct Bucket {
@@ -140,9 +165,14 @@ struct ActionFaults {
 #[derive(Debug, Default)]
 pub struct Faults {
     per_action: HashMap<Action, ActionFaults>,
+    /// Real-API calls seen by ambient throttling.
+    ambient_seq: u64,
 }
 
 const DEFAULT_OVERSIZED: usize = 5 << 20;
+
+/// The call log's `fault` of an ambient throttle (test harnesses leave these out of counts).
+pub const AMBIENT_THROTTLE: &str = "ambient_throttle";
 
 impl Faults {
     pub fn set(&mut self, action: Action, spec: FaultSpec) {
@@ -202,6 +232,24 @@ impl Faults {
         true
     }
 
+    /// Ambient throttling: every `every`th call (0 = never) is throttled before anything
+    /// else, with the next of `THROTTLE_VARIANTS`. Deterministic, so a test's counts are too.
+    pub fn ambient(&mut self, every: u32) -> Option<Decision> {
+        if every == 0 {
+            return None;
+        }
+        self.ambient_seq += 1;
+        if !self.ambient_seq.is_multiple_of(u64::from(every)) {
+            return None;
+        }
+        let n = THROTTLE_VARIANTS.len() as u64;
+        let i = usize::try_from((self.ambient_seq / u64::from(every) - 1) % n).unwrap_or(0);
+        let (code, status, retry_after) = THROTTLE_VARIANTS[i];
+        let mut e = ApiError::new(status, code, "Request rate exceeds the call-rate limit.");
+        e.retry_after = retry_after;
+        Some(Decision::Reject(e, AMBIENT_THROTTLE))
+    }
+
     pub fn decide(&mut self, action: Action, now: Instant) -> Decision {
         let Some(f) = self.per_action.get_mut(&action) else {
             return Decision::Proceed {
@@ -241,6 +289,10 @@ impl Faults {
                 status: spec.garbage_status.unwrap_or(default_status),
                 bytes: spec.garbage_bytes.unwrap_or(DEFAULT_OVERSIZED),
             };
+        }
+        if spec.unapplied_next > 0 && action.result_optional() {
+            spec.unapplied_next -= 1;
+            return Decision::AckUnapplied;
         }
         let lose_response = if spec.lose_next > 0 {
             spec.lose_next -= 1;
@@ -296,6 +348,46 @@ mod tests {
             latency: Duration::ZERO,
             lose_response: false,
         }
+    }
+
+    #[test]
+    fn ambient_throttling_hits_every_nth_call_with_each_variant_in_turn() {
+        let mut f = Faults::default();
+        assert_eq!(f.ambient(0), None);
+        let mut seen = Vec::new();
+        for call in 1..=3 * THROTTLE_VARIANTS.len() as u32 {
+            match f.ambient(3) {
+                Some(Decision::Reject(e, AMBIENT_THROTTLE)) => {
+                    assert_eq!(call % 3, 0, "call {call}");
+                    seen.push((e.code, e.status, e.retry_after));
+                }
+                None => assert_ne!(call % 3, 0, "call {call}"),
+                d => panic!("{d:?}"),
+            }
+        }
+        let want: Vec<_> = THROTTLE_VARIANTS
+            .iter()
+            .map(|(c, s, r)| (c.to_string(), *s, *r))
+            .collect();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn unapplied_next_only_for_operation_actions() {
+        let mut f = Faults::default();
+        let spec = FaultSpec {
+            unapplied_next: 1,
+            ..Default::default()
+        };
+        f.set(Action::UntagResources, spec.clone());
+        f.set(Action::DeleteInstances, spec);
+        let now = Instant::now();
+        assert_eq!(
+            f.decide(Action::UntagResources, now),
+            Decision::AckUnapplied
+        );
+        assert_eq!(f.decide(Action::UntagResources, now), proceed());
+        assert_eq!(f.decide(Action::DeleteInstances, now), proceed());
     }
 
     #[test]

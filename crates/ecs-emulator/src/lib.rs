@@ -54,6 +54,13 @@
 //! - `--realism` (admin config `null_empty`, `omit_operation_result`): `null` for every empty
 //!   list, string and object of a `Result`, and no `Result` at all for the actions that
 //!   return only the common parameters. Both SDKs read either.
+//! - `--throttle-every N` (admin config `throttle_every`): every Nth real-API call is
+//!   throttled before it is applied, with each throttling answer the SDKs know in turn
+//!   (`faults::THROTTLE_VARIANTS`). The deletion and lifecycle end-to-end suites run with
+//!   it, `--realism` and a visibility lag (`Emulator::realistic` in the test harness).
+//! - fault `unapplied_next` (operation actions only): success without the change, as a
+//!   tag write not yet visible to DescribeInstances looks. Whether the real tag index lags
+//!   is not documented; the operator confirms an untag by describing before it relies on it.
 
 mod actions;
 mod admin;
@@ -75,7 +82,7 @@ use tokio::net::TcpListener;
 
 use volcengine_ecs::signer::Secret;
 
-pub use faults::{FaultSpec, GarbageKind};
+pub use faults::{FaultSpec, GarbageKind, AMBIENT_THROTTLE, THROTTLE_VARIANTS};
 pub use log::{ActionStats, CallRecord};
 pub use state::{Delays, Deletion};
 
@@ -139,6 +146,12 @@ pub struct EmulatorArgs {
     /// The end-to-end suites and the soak run with it.
     #[arg(long)]
     pub realism: bool,
+    /// Ambient throttling: every Nth call of the real API (0 = none) is answered with the
+    /// next of the throttling answers the SDKs know (`faults::THROTTLE_VARIANTS`: each code,
+    /// 429/503/504, with and without `Retry-After`) before it is applied. Admin config
+    /// `throttle_every`.
+    #[arg(long, default_value_t = 0)]
+    pub throttle_every: u32,
 }
 
 /// Volcengine's documented TagFilters limit.
@@ -168,6 +181,8 @@ pub struct EmulatorConfig {
     /// Operation actions (ModifyInstanceAttribute, TagResources, UntagResources,
     /// DeleteInstance) answer without `Result`, only the common parameters.
     pub omit_operation_result: bool,
+    /// Every Nth real-API call is throttled (0 = none); see `EmulatorArgs::throttle_every`.
+    pub throttle_every: u32,
 }
 
 impl Default for EmulatorConfig {
@@ -185,6 +200,7 @@ impl Default for EmulatorConfig {
             visibility_lag_ms: 0,
             null_empty: false,
             omit_operation_result: false,
+            throttle_every: 0,
         }
     }
 }
@@ -212,6 +228,7 @@ impl From<&EmulatorArgs> for EmulatorConfig {
             visibility_lag_ms: a.visibility_lag_ms,
             null_empty: a.realism,
             omit_operation_result: a.realism,
+            throttle_every: a.throttle_every,
             ..Self::default()
         }
     }

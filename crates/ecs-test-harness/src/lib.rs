@@ -296,6 +296,11 @@ fn log_dir() -> PathBuf {
     d
 }
 
+/// `Emulator::realistic`: how long a new VM stays invisible after RunInstances.
+pub const REALISTIC_LAG_MS: u64 = 800;
+/// `Emulator::realistic`: every this many real-API calls, one is throttled.
+pub const REALISTIC_THROTTLE_EVERY: u32 = 7;
+
 /// The emulator, as its own process on a free loopback port.
 pub struct Emulator {
     child: Child,
@@ -307,6 +312,24 @@ impl Emulator {
     /// With the harness's credentials (`AK`, `SK`).
     pub fn start(name: &str, extra: &[&str]) -> Self {
         Self::start_with(name, AK, SK, extra)
+    }
+
+    /// Every realism switch on, as the deletion and lifecycle suites run: `--realism`, a
+    /// visibility lag after RunInstances (`REALISTIC_LAG_MS`, by ID and by tag) and ambient
+    /// throttling (every `REALISTIC_THROTTLE_EVERY`th call answered with the next throttling
+    /// code, 429/503/504, with and without Retry-After). `extra` may set either flag itself.
+    /// `calls` leaves the ambient throttles out; `all_calls` has them.
+    pub fn realistic(name: &str, extra: &[&str]) -> Self {
+        let lag = REALISTIC_LAG_MS.to_string();
+        let every = REALISTIC_THROTTLE_EVERY.to_string();
+        let mut args: Vec<&str> = extra.to_vec();
+        if !extra.contains(&"--visibility-lag-ms") {
+            args.extend(["--visibility-lag-ms", &lag]);
+        }
+        if !extra.contains(&"--throttle-every") {
+            args.extend(["--throttle-every", &every]);
+        }
+        Self::start(name, &args)
     }
 
     /// With the given credentials; `extra` are further `ecs-emulator` flags. Always with
@@ -392,8 +415,29 @@ impl Emulator {
             .cloned()
     }
 
-    /// Calls of one action, in order.
+    /// Calls of one action that got past ambient throttling (`realistic`), in order.
     pub async fn calls(&self, action: &str) -> Vec<Value> {
+        let mut v = self.all_calls(action).await;
+        v.retain(|c| c["fault"] != ecs_emulator::AMBIENT_THROTTLE);
+        v
+    }
+
+    /// The ambient throttles (`realistic`) answered so far, as (action, code) pairs.
+    pub async fn ambient_throttles(&self) -> Vec<(String, String)> {
+        let v = self.get("calls").await;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["fault"] == ecs_emulator::AMBIENT_THROTTLE)
+            .map(|c| {
+                let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+                (s("action"), s("code"))
+            })
+            .collect()
+    }
+
+    /// Every call of one action, in order, ambient throttles included.
+    pub async fn all_calls(&self, action: &str) -> Vec<Value> {
         let v = self.get(&format!("calls?action={action}")).await;
         v.as_array().cloned().unwrap_or_default()
     }

@@ -17,8 +17,25 @@ use super::policy::{self, Doubt, NsAnnotation, Source};
 use super::reasons::EventNote;
 use super::{finalizer, status, Context};
 use crate::api::{DeletionPolicy, EcsInstance, MAX_COUNTER, RELEASE_ANNOTATION};
-use crate::cloud::CloudError;
+use crate::cloud::{CloudError, Instance};
 use crate::Error;
+
+/// What a describe after a successful UntagResources shows: any `ecs.volcengine.io/*`
+/// ownership key left counts, whatever its value (all four were asked to go).
+fn untag_check(seen: Option<&Instance>) -> delete_plan::UntagCheck {
+    use delete_plan::UntagCheck;
+    match seen {
+        None => UntagCheck::NotListed,
+        Some(i)
+            if i.tags
+                .iter()
+                .any(|t| OWNERSHIP_TAGS.contains(&t.key.as_str())) =>
+        {
+            UntagCheck::StillTagged
+        }
+        Some(_) => UntagCheck::Untagged,
+    }
+}
 
 pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
     let mut x = Exec::new(obj, ctx);
@@ -98,6 +115,11 @@ impl<'a> Exec<'a> {
                 ctx.describe_one(&self.region, &id).await,
                 Ok(None)
             )),
+            Step::ConfirmUntag { id } => Answer::UntagCheck(
+                ctx.describe_one(&self.region, &id)
+                    .await
+                    .map(|seen| untag_check(seen.as_ref())),
+            ),
             Step::AwaitTermination { id } => {
                 let seen = ctx.describe_one(&self.region, &id).await;
                 if let Err(e) = &seen {

@@ -64,6 +64,8 @@ pub struct Facts {
     pub untag: Option<Result<String, CloudError>>,
     /// After an untag failure: whether DescribeInstances no longer returns the VM.
     pub untag_gone: Option<bool>,
+    /// After an untag success: what DescribeInstances shows now.
+    pub untag_check: Option<Result<UntagCheck, CloudError>>,
     /// wait-for-termination: the VM's state now (`None`: not listed), or the error code.
     pub termination: Option<Result<Option<String>, String>>,
     /// ModifyInstanceAttribute DeletionProtection=false: its RequestId, or the error.
@@ -110,6 +112,7 @@ impl Facts {
             claim: None,
             untag: None,
             untag_gone: None,
+            untag_check: None,
             termination: None,
             protection_off: None,
             delete: None,
@@ -199,6 +202,7 @@ impl Facts {
             Answer::Claim(r) => set(&mut self.claim, r),
             Answer::Untag(r) => set(&mut self.untag, r),
             Answer::UntagGone(g) => set(&mut self.untag_gone, g),
+            Answer::UntagCheck(c) => set(&mut self.untag_check, c),
             Answer::Termination(r) => set(&mut self.termination, r),
             Answer::ProtectionOff(r) => {
                 let ev = r.as_ref().ok().map(|request_id| {
@@ -228,10 +232,27 @@ pub enum Answer {
     Claim(Result<(), CloudError>),
     Untag(Result<String, CloudError>),
     UntagGone(bool),
+    UntagCheck(Result<UntagCheck, CloudError>),
     Termination(Result<Option<String>, String>),
     ProtectionOff(Result<String, String>),
     Delete(Decision),
     BusyStatus(Option<String>),
+}
+
+/// What DescribeInstances shows of a VM after UntagResources answered success.
+///
+/// A 2xx answer is not proof the tags are gone: some answers carry no `Result` at all, and
+/// tags are read through an index that may lag. An orphaned VM that still carries this
+/// resource's uid and cluster tags after the resource is gone is a sweeper candidate, so the
+/// release waits until the tags are seen gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UntagCheck {
+    /// Listed, no `ecs.volcengine.io/*` ownership tag left.
+    Untagged,
+    /// Listed, and some ownership tag is still there.
+    StillTagged,
+    /// Not listed: gone.
+    NotListed,
 }
 
 /// The next step of a deleting resource.
@@ -257,6 +278,10 @@ pub enum Step {
     },
     /// The untag failed: is the VM still listed?
     CheckGone {
+        id: String,
+    },
+    /// The untag succeeded: are the ownership tags gone from what DescribeInstances shows?
+    ConfirmUntag {
         id: String,
     },
     /// wait-for-termination: describe the VM.
@@ -307,6 +332,8 @@ pub enum Outcome {
     LookAgain,
     /// deletionPolicy Orphan: untagged, or the VM is gone.
     Orphaned,
+    /// deletionPolicy Orphan: UntagResources answered success, yet the tags are still shown.
+    UntagUnconfirmed,
     /// wait-for-termination: what the describe means.
     Termination(Next),
     /// `status.deletionAttempt` at its bound: no further DeleteInstances.
@@ -327,6 +354,8 @@ pub enum Held {
     Proof,
     Claim,
     Untag,
+    /// The describe after a successful untag failed.
+    UntagCheck,
 }
 
 fn done(o: Outcome) -> Step {
@@ -437,7 +466,12 @@ fn plan_proof(f: &Facts, policy: DeletionPolicy, id: &str) -> Option<Step> {
 fn plan_orphan(f: &Facts, id: String) -> Step {
     match (&f.untag, f.untag_gone) {
         (None, _) => Step::Untag { id },
-        (Some(Ok(_)), _) => done(Outcome::Orphaned),
+        (Some(Ok(_)), _) => match &f.untag_check {
+            None => Step::ConfirmUntag { id },
+            Some(Ok(UntagCheck::Untagged | UntagCheck::NotListed)) => done(Outcome::Orphaned),
+            Some(Ok(UntagCheck::StillTagged)) => done(Outcome::UntagUnconfirmed),
+            Some(Err(_)) => done(Outcome::Hold(Held::UntagCheck)),
+        },
         (Some(Err(e)), _) if e.is_instance_not_found() => done(Outcome::Orphaned),
         // Whatever UntagResources said, a VM that DescribeInstances does not return is gone.
         (Some(Err(_)), None) => Step::CheckGone { id },
@@ -568,6 +602,18 @@ pub fn report(f: &Facts, o: &Outcome) -> Report {
         }
         Outcome::LookAgain => Report::then(Then::Backoff),
         Outcome::Orphaned => Report::release(Some(EventNote::normal(Reason::Orphaned, "Delete", orphan_note(f, &id)))),
+        Outcome::UntagUnconfirmed => {
+            let request_id = match &f.untag {
+                Some(Ok(r)) => r.as_str(),
+                _ => "-",
+            };
+            let msg = format!("deletionPolicy Orphan: UntagResources answered success (RequestId {request_id}) but DescribeInstances still shows ecs.volcengine.io/* tags on VM {id}; the finalizer stays until they are seen gone (left tagged, the VM would look leaked to the sweeper). UntagResources is sent again after backoff");
+            let r = Reason::UntagUnconfirmed;
+            let mut st = f.status.clone();
+            cond(&mut st, f, Cond::Synced, false, r, &msg);
+            cond(&mut st, f, Cond::Ready, false, Reason::Deleting, &msg);
+            held(st, r, Some(warn(r, msg)), Then::Backoff)
+        }
         Outcome::Termination(next) => report_termination(f, *next, &id),
         Outcome::Exhausted => {
             let msg = format!("status.deletionAttempt reached its limit {MAX_COUNTER}: no further DeleteInstances is sent for VM {id}, which is kept. Delete the VM by hand and set the annotation {RELEASE_ANNOTATION}, or lower status.deletionAttempt to retry");
@@ -668,6 +714,10 @@ fn report_hold(f: &Facts, h: Held, id: &str) -> Report {
         (Held::Proof, _, _, Some(Err(e)), ..) => failed(e, format!("checking that this resource owns VM {id} before letting go of it (DescribeInstances)")),
         (Held::Claim, _, _, _, Some(Err(e)), _) => failed(e, format!("claiming VM {id} before deleting it (DescribeInstances)")),
         (Held::Untag, .., Some(Err(e))) => failed(e, format!("releasing VM {id} (UntagResources)")),
+        (Held::UntagCheck, ..) => match &f.untag_check {
+            Some(Err(e)) => failed(e, format!("confirming the ownership tags of VM {id} are gone after UntagResources (DescribeInstances)")),
+            _ => (Reason::CloudError, format!("deletion of VM {id} held")),
+        },
         // Not reachable from `plan`; still a hold, never a release.
         _ => (Reason::CloudError, format!("deletion of VM {id} held")),
     };
@@ -1072,6 +1122,11 @@ mod tests {
             f.untag_gone = gone;
             f
         };
+        let untag_seen = |c: Result<UntagCheck, CloudError>| {
+            let mut f = untagged(Ok("req-u".into()), None);
+            f.untag_check = Some(c);
+            f
+        };
         let protection =
             |spec: Option<bool>, status: Option<bool>, tried: Option<Result<String, String>>| {
                 let mut f = proven();
@@ -1144,7 +1199,11 @@ mod tests {
             ("claim recorded, tags not ours: keep",      proof(Ok(Proof::Unproven), Delete),      d(O::Unproven)),
             // Orphan
             ("Orphan: untag",                            proven_orphan(),                         Step::Untag { id: id() }),
-            ("untagged: release",                        untagged(Ok("req-u".into()), None),      d(O::Orphaned)),
+            ("untagged: confirm the tags are gone",      untagged(Ok("req-u".into()), None),      Step::ConfirmUntag { id: id() }),
+            ("untag confirmed: release",                 untag_seen(Ok(UntagCheck::Untagged)),    d(O::Orphaned)),
+            ("untagged, VM not listed: release",         untag_seen(Ok(UntagCheck::NotListed)),   d(O::Orphaned)),
+            ("untag answered OK, tags still shown: keep", untag_seen(Ok(UntagCheck::StillTagged)), d(O::UntagUnconfirmed)),
+            ("untag answered OK, describe fails: keep",  untag_seen(Err(e500())),                 d(O::Hold(Held::UntagCheck))),
             ("untag says not found: release",            untagged(Err(nf()), None),               d(O::Orphaned)),
             ("untag fails: is the VM still listed?",     untagged(Err(e500()), None),             Step::CheckGone { id: id() }),
             ("untag fails, VM not listed: release",      untagged(Err(e500()), Some(true)),       d(O::Orphaned)),
@@ -1229,6 +1288,11 @@ mod tests {
         let mut untag_failed = proven_orphan();
         untag_failed.untag = Some(Err(cloud_err("InternalError", 500)));
         untag_failed.untag_gone = Some(false);
+        let mut untag_unseen = proven_orphan();
+        untag_unseen.untag = Some(Ok("req-u".into()));
+        untag_unseen.untag_check = Some(Ok(UntagCheck::StillTagged));
+        let mut untag_confirmed = untag_unseen.clone();
+        untag_confirmed.untag_check = Some(Ok(UntagCheck::Untagged));
         let mut honoured = base();
         honoured.release_annotation = true;
         honoured.release = Some(ReleaseCheck::Honoured {
@@ -1266,6 +1330,8 @@ mod tests {
             ("no VM, Orphan",     orphan_none,                want(Release, None, Some((false, R::Orphaned)))),
             ("no VM, Delete",     no_vm_delete(),             want(Release, None, None)),
             ("untag failed",      untag_failed,               Want { conds: &[("Synced", "False", R::CloudError), ("Ready", "False", R::Deleting)], ..want(Backoff, Some(R::CloudError), Some((true, R::CloudError))) }),
+            ("untag not seen",    untag_unseen,               Want { conds: &[("Synced", "False", R::UntagUnconfirmed), ("Ready", "False", R::Deleting)], ..want(Backoff, Some(R::UntagUnconfirmed), Some((true, R::UntagUnconfirmed))) }),
+            ("untag seen",        untag_confirmed,            want(Release, None, Some((false, R::Orphaned)))),
             ("gone at proof",     proof_gone(),               want(Release, None, Some((false, R::AlreadyGone)))),
             ("unproven",          unproven(),                 Want { conds: &[("Synced", "False", R::OwnershipUnproven), ("Ready", "False", R::OwnershipUnproven)], ..want(Backoff, Some(R::OwnershipUnproven), Some((true, R::OwnershipUnproven))) }),
             ("exhausted",         exhausted,                  Want { conds: &[("Synced", "False", R::DeletionAttemptsExhausted), ("Stalled", "True", R::DeletionAttemptsExhausted)], ..want(Slow, Some(R::DeletionAttemptsExhausted), Some((true, R::DeletionAttemptsExhausted))) }),
@@ -1486,6 +1552,12 @@ mod tests {
                 Answer::Untag(Err(e500())),
             ],
             Step::CheckGone { .. } => vec![Answer::UntagGone(true), Answer::UntagGone(false)],
+            Step::ConfirmUntag { .. } => vec![
+                Answer::UntagCheck(Ok(UntagCheck::Untagged)),
+                Answer::UntagCheck(Ok(UntagCheck::StillTagged)),
+                Answer::UntagCheck(Ok(UntagCheck::NotListed)),
+                Answer::UntagCheck(Err(e500())),
+            ],
             Step::AwaitTermination { .. } => vec![
                 Answer::Termination(Ok(None)),
                 Answer::Termination(Ok(Some("DELETING".into()))),
@@ -1538,6 +1610,14 @@ mod tests {
                     O::NothingToDo | O::Gone | O::NeverOwned | O::Orphaned | O::Released
                 ) || matches!(o, O::Termination(Next::Release));
                 assert!(why, "released on {o:?}: {f:?}");
+                // An orphan is let go only once its ownership tags are seen gone (or it is).
+                if *o == O::Orphaned && matches!(f.untag, Some(Ok(_))) {
+                    let seen = matches!(
+                        f.untag_check,
+                        Some(Ok(UntagCheck::Untagged | UntagCheck::NotListed))
+                    );
+                    assert!(seen, "orphan released unconfirmed: {f:?}");
+                }
             }
             if r.held.is_some() || r.event.as_ref().is_some_and(|e| e.warning) {
                 assert!(!matches!(r.then, Then::Release), "{o:?}");

@@ -24,6 +24,7 @@ pub enum Reason {
     ReleasedWithoutDelete,
     ReleaseAnnotationIgnored,
     Orphaned,
+    UntagUnconfirmed,
     CrdDeleting,
     // Policy doubts (`policy::Doubt`).
     CrdUnreadable,
@@ -77,6 +78,7 @@ impl Reason {
             ReleasedWithoutDelete => "ReleasedWithoutDelete",
             ReleaseAnnotationIgnored => "ReleaseAnnotationIgnored",
             Orphaned => "Orphaned",
+            UntagUnconfirmed => "UntagUnconfirmed",
             CrdDeleting => "CrdDeleting",
             CrdUnreadable => "CrdUnreadable",
             InvalidDeletionPolicy => "InvalidDeletionPolicy",
@@ -195,6 +197,7 @@ mod tests {
             (TerminationTimeout, "TerminationTimeout"),
             (InstanceAppearing, "InstanceAppearing"),
             (NotFoundReplayed, "NotFoundReplayed"),
+            (UntagUnconfirmed, "UntagUnconfirmed"),
             (ManagementConflict, "ManagementConflict"),
             (Observed, "Observed"),
         ];
