@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use volcengine_ecs::model::{
     Action, DescribeInstancesResult, EmptyResult, Instance, NetworkInterface, OperationDetail,
-    OperationDetailsResult, OperationError, RunInstancesResult, Tag,
+    OperationDetailsResult, OperationError, RunInstancesResult, Tag, VolumeRef,
 };
 
 use super::faults::DetailOverrides;
@@ -230,6 +230,14 @@ fn run_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, A
                 ..Default::default()
             }],
             tags: tags.clone(),
+            // One disk per `Volumes.N`, in order: `Volumes.1`, the system disk, first.
+            volumes: p
+                .groups("Volumes")
+                .iter()
+                .map(|_| VolumeRef {
+                    volume_id: new_resource_id("vol"),
+                })
+                .collect(),
             deletion_protection: Some(protection),
             instance_charge_type: Some(charge.to_string()),
             created_at: Some(rfc3339(ctx.now)),
@@ -715,6 +723,33 @@ mod tests {
         let q = format!("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm&NetworkInterfaces.1.SubnetId=subnet-1&NetworkInterfaces.1.SecurityGroupIds.1=sg-1{tags}");
         let d = dispatch(store, &ctx(Timestamp::now()), Action::RunInstances, &p(&q)).unwrap();
         d.result["InstanceIds"][0].as_str().unwrap().to_string()
+    }
+
+    /// DescribeInstances lists a VM's disks by ID only (Go SDK
+    /// `VolumeForDescribeInstancesOutput`), one per `Volumes.N`, the system disk first.
+    #[test]
+    fn describe_lists_one_volume_id_per_disk() {
+        let mut s = Store::default();
+        let id = run(
+            &mut s,
+            "&Volumes.1.Size=40&Volumes.2.Size=100&Volumes.3.Size=200",
+        );
+        let q = format!("InstanceIds.1={id}");
+        let d = dispatch(
+            &mut s,
+            &ctx(Timestamp::now()),
+            Action::DescribeInstances,
+            &p(&q),
+        );
+        let vols = d.unwrap().result["Instances"][0]["Volumes"].clone();
+        let ids: Vec<&str> = vols
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["VolumeId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 3, "{vols}");
+        assert!(ids.iter().all(|v| v.starts_with("vol-")), "{vols}");
     }
 
     /// The documented limits and required parameters, each with its code; a call that is

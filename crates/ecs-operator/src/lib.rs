@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod config;
 pub mod controller;
 pub mod identity;
+pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod server;

@@ -174,7 +174,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let raw: Arc<dyn Cloud> = Arc::new(EcsClient::new(cloud_cfg, Some(metrics.clone()))?);
     let cloud: Arc<dyn Cloud> = Arc::new(GatedCloud::new(raw, gate.clone()));
     let kube_config = kube::Config::infer().await?;
-    let client = limited_client(kube_config, usize::from(args.kube_api_in_flight))?;
+    let client =
+        ecs_operator::kube_client::limited(kube_config, usize::from(args.kube_api_in_flight))?;
     // Never start with a guessed identity: it decides which VMs the sweeper may delete.
     let sweep_deletes = args.sweep_interval_secs > 0 && args.sweep_mode == SweepMode::Delete;
     let identity =
@@ -280,17 +281,4 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!("stopped");
     result
-}
-
-/// The controller's API client, with at most `max_in_flight` requests in flight. kube's
-/// client speaks HTTP/1.1, one TLS connection per request in flight: with 2,048 reconciles
-/// and their Events, adopting 10,000 resources opened 2,361 connections, about 80 MiB of
-/// buffers and TLS state (heaptrack, docs/benchmarks.md). The rest wait their turn in
-/// kube's request buffer; a request holds its slot until its response headers arrive, so a
-/// watch's open stream does not.
-fn limited_client(config: kube::Config, max_in_flight: usize) -> Result<kube::Client, kube::Error> {
-    let limit = tower::limit::ConcurrencyLimitLayer::new(max_in_flight.max(1));
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&limit)
-        .build())
 }

@@ -207,6 +207,15 @@ pub struct EipAddress {
     pub ip_address: Option<String>,
 }
 
+/// `Result.Instances[].Volumes[]` of DescribeInstances (Go SDK
+/// `VolumeForDescribeInstancesOutput`: only `VolumeId`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeRef {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub volume_id: String,
+}
+
 /// `Result.Instances[]` of DescribeInstances (the fields the operator reads).
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
@@ -237,6 +246,9 @@ pub struct Instance {
     pub eip_address: Option<EipAddress>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub tags: Vec<Tag>,
+    /// The VM's disks, as DescribeInstances gives them: IDs only, the system disk first.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub volumes: Vec<VolumeRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_protection: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -118,7 +118,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
 
 fn event(ctx: &Arc<Context>, obj: &EcsInstance, e: Option<EventNote>) {
     if let Some(e) = e {
-        status::event(ctx, obj, e.warning, e.reason.as_str(), e.action, e.note);
+        status::event(ctx, obj, e);
     }
 }
 

@@ -160,14 +160,7 @@ impl<'a> Exec<'a> {
 
     fn event(&self, e: Option<EventNote>) {
         if let Some(e) = e {
-            status::event(
-                self.ctx,
-                self.obj,
-                e.warning,
-                e.reason.as_str(),
-                e.action,
-                e.note,
-            );
+            status::event(self.ctx, self.obj, e);
         }
     }
 

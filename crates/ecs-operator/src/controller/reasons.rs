@@ -109,6 +109,22 @@ impl Reason {
         }
     }
 
+    /// An Event with this reason is the only record of what happened: the resource is
+    /// released (and gone, its conditions with it) right after it. Such Events are never
+    /// dropped from a full Event backlog (`status::event`).
+    pub fn is_release_record(self) -> bool {
+        use Reason::*;
+        matches!(
+            self,
+            Deleted
+                | AlreadyGone
+                | DeletionAccepted
+                | ReleasedWithoutVm
+                | ReleasedWithoutDelete
+                | Orphaned
+        )
+    }
+
     /// The reason for a failed cloud call of this class.
     pub fn cloud(class: ErrorClass) -> Reason {
         match class {

@@ -9,6 +9,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::events::Note;
+use super::reasons::EventNote;
 use super::Context;
 use crate::api::{EcsInstance, EcsInstanceStatus};
 use crate::Error;
@@ -122,32 +123,15 @@ mod merge_tests {
     }
 }
 
-/// Events that are the only record of what happened: the resource is released (and gone)
-/// right after them.
-fn must_publish(reason: &str) -> bool {
-    use super::reasons::Reason::*;
-    [
-        Deleted,
-        AlreadyGone,
-        DeletionAccepted,
-        ReleasedWithoutVm,
-        ReleasedWithoutDelete,
-        Orphaned,
-    ]
-    .iter()
-    .any(|r| r.as_str() == reason)
-}
-
 /// Publishes an Event without holding up the reconcile; a failed Event is logged, never
 /// fatal.
-pub fn event(
-    ctx: &Arc<Context>,
-    obj: &EcsInstance,
-    warning: bool,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
+pub fn event(ctx: &Arc<Context>, obj: &EcsInstance, e: EventNote) {
+    let EventNote {
+        warning,
+        reason,
+        action,
+        note,
+    } = e;
     let ns = obj.namespace().unwrap_or_default();
     if ctx.is_terminating(&ns) {
         return;
@@ -159,10 +143,10 @@ pub fn event(
     // (the object is gone after it, and its conditions with it) always wait their turn.
     let permit = match ctx.event_backlog.clone().try_acquire_owned() {
         Ok(p) => Some(p),
-        Err(_) if warning || must_publish(reason) => None,
+        Err(_) if warning || reason.is_release_record() => None,
         Err(_) => {
             ctx.metrics.events_dropped.inc();
-            tracing::debug!(namespace = %ns, name = %obj.name_any(), reason, "event dropped: backlog full");
+            tracing::debug!(namespace = %ns, name = %obj.name_any(), %reason, "event dropped: backlog full");
             return;
         }
     };
@@ -193,6 +177,49 @@ pub fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With the API server not answering Events, past the backlog a routine Event is
+    /// dropped and counted; warnings and release records still wait their turn, and every
+    /// kept Event is written once the API server answers again.
+    #[tokio::test]
+    async fn a_full_backlog_drops_routine_events_only() {
+        use crate::controller::reasons::Reason;
+        use crate::controller::EVENT_BACKLOG;
+        use crate::testing::{context, settings, FakeCloud, FakeKube, REGION};
+        let kube = FakeKube::new();
+        kube.create_namespace("team-a", &[]);
+        kube.traffic.hold_events(true);
+        let ctx = context(&kube, Arc::new(FakeCloud::new(REGION)), settings());
+        let mut obj = EcsInstance::new("web", Default::default());
+        obj.metadata.namespace = Some("team-a".into());
+        obj.metadata.uid = Some("uid-web".into());
+        let extra = 30;
+        for i in 0..EVENT_BACKLOG + extra {
+            let note = EventNote::normal(Reason::Adopted, "Adopt", format!("routine {i}"));
+            event(&ctx, &obj, note);
+        }
+        for i in 0..5 {
+            let w = EventNote::warning(Reason::CloudError, "Delete", format!("warning {i}"));
+            event(&ctx, &obj, w);
+            let d = EventNote::normal(Reason::Deleted, "Delete", format!("deleted {i}"));
+            event(&ctx, &obj, d);
+        }
+        assert_eq!(ctx.metrics.events_dropped.get(), extra as u64);
+        kube.traffic.hold_events(false);
+        let written = || {
+            let st = kube.state();
+            let n = st.requests.iter();
+            n.filter(|r| r.contains("/apis/events.k8s.io/")).count()
+        };
+        let want = EVENT_BACKLOG + 10;
+        for _ in 0..1000 {
+            if written() >= want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(written(), want);
+    }
 
     #[test]
     fn the_guarded_write_carries_the_version_read_or_is_not_made() {

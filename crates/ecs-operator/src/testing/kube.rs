@@ -9,7 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -39,6 +41,70 @@ pub struct KubeState {
 #[derive(Clone, Default)]
 pub struct FakeKube {
     state: Arc<Mutex<KubeState>>,
+    /// How requests arrive: how many at once, how slowly answered, Events held back.
+    pub traffic: Arc<Traffic>,
+}
+
+/// Request timing of a `FakeKube`, for tests of the client's cap and the Event backlog.
+#[derive(Debug)]
+pub struct Traffic {
+    now: AtomicUsize,
+    max: AtomicUsize,
+    delay_ms: AtomicU64,
+    events_held: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self {
+            now: AtomicUsize::new(0),
+            max: AtomicUsize::new(0),
+            delay_ms: AtomicU64::new(0),
+            events_held: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl Traffic {
+    /// Every answer waits this long.
+    pub fn set_delay(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// While held, Event writes (POST and PATCH) get no answer.
+    pub fn hold_events(&self, held: bool) {
+        self.events_held.send_replace(held);
+    }
+
+    /// The most requests that were in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+
+    async fn pass(&self, event: bool) -> InFlight<'_> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+        let guard = InFlight(&self.now);
+        let ms = self.delay_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if event {
+            let mut rx = self.events_held.subscribe();
+            // Err: the sender is gone with the FakeKube, nothing to wait for.
+            let _ = rx.wait_for(|held| !held).await;
+        }
+        guard
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn now() -> Value {
@@ -90,12 +156,30 @@ impl FakeKube {
 
     /// A `kube::Client` talking to this store.
     pub fn client(&self) -> kube::Client {
+        kube::Client::new(self.service(), "default")
+    }
+
+    /// The store as a tower service, for a client stack of a test's own.
+    pub fn service(
+        &self,
+    ) -> impl tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+           + Send
+           + 'static {
         let kube = self.clone();
-        let svc = tower::service_fn(move |req: Request<Body>| {
+        tower::service_fn(move |req: Request<Body>| {
             let kube = kube.clone();
-            async move { Ok::<_, Infallible>(kube.handle(req).await) }
-        });
-        kube::Client::new(svc, "default")
+            async move {
+                let traffic = kube.traffic.clone();
+                let event = req.uri().path().starts_with("/apis/events.k8s.io/");
+                let _in_flight = traffic.pass(event).await;
+                Ok::<_, Infallible>(kube.handle(req).await)
+            }
+        })
     }
 
     pub fn create_namespace(&self, name: &str, annotations: &[(&str, &str)]) {
