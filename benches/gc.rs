@@ -663,6 +663,12 @@ async fn main() {
     // Bring the control plane up first: its script prints to stdout, which would otherwise
     // land inside the table.
     control_plane();
+    // A run interrupted earlier leaves its namespace, finalizers stranded: thousands of
+    // objects in the API server's caches and the operator's would skew every figure.
+    let left = remove_leftover_namespaces("bench-").await;
+    if left > 0 {
+        eprintln!("removed {left} namespaces left by an earlier run");
+    }
     println!("| N | batch | seconds | DeleteInstances | all calls | peak RSS MiB | CPU s | VMs left | resources left | first marked s | last marked s | mark->gone p50 ms | mark->gone p95 ms | mark->gone max ms | tail s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Rows are printed as runs finish (long runs show results early); the prose waits

@@ -368,23 +368,31 @@ async fn answers_with_nulls_and_without_result_are_read() {
 
 /// One signed call, its body as JSON (what any client receives).
 async fn raw_call(emu: &Emu, action: &str, params: &[(&str, &str)]) -> Value {
-    use ecs_operator::cloud::signer::{canonical_query, sign, SignRequest};
     let mut q: Vec<(String, String)> = params
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     q.push(("Action".into(), action.into()));
     q.push(("Version".into(), "2020-04-01".into()));
-    let x_date = jiff::Timestamp::now()
-        .strftime("%Y%m%dT%H%M%SZ")
-        .to_string();
+    let req = signed_get(emu, &q, jiff::Timestamp::now());
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+/// A GET of the real API with `query`, signed as the operator's client signs, dated `at`.
+fn signed_get(
+    emu: &Emu,
+    query: &[(String, String)],
+    at: jiff::Timestamp,
+) -> reqwest::RequestBuilder {
+    use ecs_operator::cloud::signer::{canonical_query, sign, SignRequest};
+    let x_date = at.strftime("%Y%m%dT%H%M%SZ").to_string();
     let sig = sign(
         &creds(AK, SK, None),
         &SignRequest {
             method: "GET",
             host: &emu.host,
             path: "/",
-            query: &q,
+            query,
             headers: &[],
             body: b"",
             x_date: &x_date,
@@ -394,11 +402,11 @@ async fn raw_call(emu: &Emu, action: &str, params: &[(&str, &str)]) -> Value {
     );
     let mut req = emu
         .http
-        .get(format!("{}/?{}", emu.base, canonical_query(&q)));
+        .get(format!("{}/?{}", emu.base, canonical_query(query)));
     for (k, v) in &sig.headers {
         req = req.header(k, v);
     }
-    req.send().await.unwrap().json().await.unwrap()
+    req
 }
 
 #[tokio::test]
@@ -805,35 +813,13 @@ async fn auth_errors_are_classified_and_logged() {
 
 #[tokio::test]
 async fn clock_skew_is_rejected() {
-    use ecs_operator::cloud::signer::{canonical_query, sign, SignRequest};
     let emu = start().await;
-    let host = emu.base.trim_start_matches("http://").to_string();
     let query = vec![
         ("Action".to_string(), "DescribeInstances".to_string()),
         ("Version".to_string(), "2020-04-01".to_string()),
     ];
     let send = |at: jiff::Timestamp| {
-        let x_date = at.strftime("%Y%m%dT%H%M%SZ").to_string();
-        let sig = sign(
-            &creds(AK, SK, None),
-            &SignRequest {
-                method: "GET",
-                host: &host,
-                path: "/",
-                query: &query,
-                headers: &[],
-                body: b"",
-                x_date: &x_date,
-                region: REGION,
-                service: "ecs",
-            },
-        );
-        let mut req = emu
-            .http
-            .get(format!("{}/?{}", emu.base, canonical_query(&query)));
-        for (k, v) in sig.headers {
-            req = req.header(k, v);
-        }
+        let req = signed_get(&emu, &query, at);
         async move {
             let r = req.send().await.unwrap();
             let status = r.status().as_u16();

@@ -600,6 +600,12 @@ fn modify(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError
     Ok(done(EmptyResult {}))
 }
 
+/// The `Result` of TagResources and UntagResources: the documented sample (docs 6396/1394799)
+/// and both SDKs' output models carry the RequestId inside it too.
+fn tag_result(ctx: &Ctx<'_>) -> serde_json::Value {
+    serde_json::json!({ "RequestId": ctx.request_id })
+}
+
 /// UntagResources for instances: all IDs must exist (checked before any change, so a
 /// failed call changes nothing); keys a VM does not carry are ignored, as removing an
 /// absent tag is already done.
@@ -634,7 +640,7 @@ fn untag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError>
         r.inst.tags.retain(|t| !keys.contains(&t.key));
         r.inst.updated_at = Some(rfc3339(now));
     }
-    Ok(done(EmptyResult {}))
+    Ok(done(tag_result(ctx)))
 }
 
 /// TagResources for instances, as the SDK sends it (`ResourceIds.N`, `Tags.N.Key`,
@@ -688,7 +694,7 @@ fn tag(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
         }
         r.inst.updated_at = Some(rfc3339(now));
     }
-    Ok(done(EmptyResult {}))
+    Ok(done(tag_result(ctx)))
 }
 
 #[cfg(test)]

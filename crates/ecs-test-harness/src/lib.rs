@@ -251,6 +251,33 @@ impl Drop for TestNamespace {
     }
 }
 
+/// Removes every namespace whose name starts with `prefix` (left by an interrupted run: its
+/// EcsInstances' finalizers stranded) and waits until they are gone, so their teardown does
+/// not load the API server during a measurement. Returns how many there were.
+pub async fn remove_leftover_namespaces(prefix: &str) -> usize {
+    let client = client().await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    let names = || async {
+        let l = nss.list(&ListParams::default()).await.map(|l| l.items);
+        l.unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .filter(|n| n.starts_with(prefix))
+            .collect::<Vec<_>>()
+    };
+    let left = names().await;
+    for ns in &left {
+        remove_namespace(ns).await;
+    }
+    if !left.is_empty() {
+        wait_for(900, "leftover namespaces gone", || async {
+            names().await.is_empty().then_some(())
+        })
+        .await;
+    }
+    left.len()
+}
+
 /// Strips the EcsInstances' finalizers (a few at a time), then deletes the namespace
 /// without waiting. Best effort: a failure leaves a namespace in a per-run control plane.
 async fn remove_namespace(ns: &str) {
