@@ -91,6 +91,16 @@ lint() {
   cargo fetch -q # every platform's crates: cargo-deny's metadata needs them all offline
   cargo deny --offline --log-level error check licenses bans sources
   echo "CHECKS 1"
+  step "one version of each core crate (README: tokio, hyper, http, serde, kube, reqwest, rustls)"
+  local crate n
+  for crate in tokio hyper http serde kube reqwest rustls; do
+    n=$(grep -c "^name = \"$crate\"$" Cargo.lock || true)
+    if [[ $n -ne 1 ]]; then
+      echo "Cargo.lock holds $n versions of $crate" >&2
+      return 1
+    fi
+  done
+  echo "CHECKS 1"
   step "shellcheck scripts/*.sh .ci/run"
   shellcheck -S warning scripts/*.sh .ci/run
   echo "CHECKS 1"

@@ -15,6 +15,7 @@ async fn misconfigured_operators_report_and_hold_the_finalizer() {
     let rows = run_config_cases(MATRIX, &Evidence::default()).await;
     print_matrix(&rows);
     assert_eq!(rows.len(), config_cases(&MATRIX).len());
+    assert_observed_as_expected(&rows);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,6 +23,17 @@ async fn bad_cloud_answers_report_and_hold_the_finalizer() {
     let rows = run_answer_cases(MATRIX, &Evidence::default()).await;
     print_matrix(&rows);
     assert_eq!(rows.len(), answer_cases().len());
+    assert_observed_as_expected(&rows);
+}
+
+/// The matrix holds what was observed (each row's reasons were read from the resource's
+/// conditions); every observed reason must be the one the case expects.
+fn assert_observed_as_expected(rows: &[Row]) {
+    let off: Vec<&Row> = rows.iter().filter(|r| !r.as_expected()).collect();
+    assert!(
+        off.is_empty(),
+        "observed reasons differ from the expected: {off:?}"
+    );
 }
 
 /// A production user who points the operator at a plain-http or malformed endpoint gets a

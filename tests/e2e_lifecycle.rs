@@ -65,7 +65,7 @@ async fn create_observe_delete_with_ownership_tags() {
     );
     assert_eq!(tag("ecs.volcengine.io/name").as_deref(), Some("web"));
     assert_eq!(tag("team").as_deref(), Some("web"));
-    let runs = emu.calls("RunInstances").await;
+    let runs = emu.all_calls("RunInstances").await;
     let tok = format!("ecsop-run-{}", o.uid().unwrap());
     assert!(
         runs.iter()
@@ -92,12 +92,8 @@ async fn create_observe_delete_with_ownership_tags() {
     delete(&api, "web").await;
     wait_for(30, "gone", || gone(&api, "web")).await;
     assert_eq!(emu.deletions_of(&id).await, 1);
-    let evs = events(&client, &ns, "web").await;
-    for r in ["Created", "Ready", "DeletionRequested", "Deleted"] {
-        assert!(
-            evs.iter().any(|(_, reason, _)| reason == r),
-            "{r} missing: {evs:?}"
-        );
+    for want in ["Created", "Ready", "DeletionRequested", "Deleted"] {
+        wait_for_event(&client, &ns, "web", |_, r, _| r == want).await;
     }
     // The realistic emulator throttled some of these calls (and the VM still came up once
     // and went once): the realism switches were on.
@@ -122,9 +118,11 @@ async fn crash_after_run_instances_adopts_instead_of_creating_again() {
     let _op = Operator::start("crashrun", &ns, &emu, &[]);
     let o = ready(&api, "web").await;
     assert_eq!(o.status.unwrap().instance_id.as_deref(), Some(id.as_str()));
-    assert!(emu.calls("RunInstances").await.is_empty(), "no second VM");
-    let evs = events(&client, &ns, "web").await;
-    assert!(evs.iter().any(|(_, r, _)| r == "Adopted"), "{evs:?}");
+    assert!(
+        emu.all_calls("RunInstances").await.is_empty(),
+        "no second VM"
+    );
+    wait_for_event(&client, &ns, "web", |_, r, _| r == "Adopted").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -177,12 +175,10 @@ async fn orphan_policy_keeps_the_vm_from_spec_or_namespace_annotation() {
         "the resource's own policy wins over the namespace"
     );
     assert!(emu.instance(&a).await.is_some() && emu.instance(&b).await.is_some());
-    let evs = events(&client, &ns, "spec-orphan").await;
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| r == "Orphaned" && n.contains(&a)),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "spec-orphan", |_, r, n| {
+        r == "Orphaned" && n.contains(&a)
+    })
+    .await;
 }
 
 /// An UntagResources success is not proof the tags are gone (an answer without `Result`, a
@@ -208,13 +204,7 @@ async fn an_orphan_is_released_only_once_its_tags_are_seen_gone() {
     emu.faults("UntagResources", json!({"unapplied_next": 1}))
         .await;
     delete(&api, "keep").await;
-    wait_for(30, "UntagUnconfirmed Event", || async {
-        let evs = events(&client, &ns, "keep").await;
-        evs.iter()
-            .any(|(_, r, _)| r == "UntagUnconfirmed")
-            .then_some(())
-    })
-    .await;
+    wait_for_event(&client, &ns, "keep", |_, r, _| r == "UntagUnconfirmed").await;
     wait_for(60, "keep gone", || gone(&api, "keep")).await;
     let vm = emu.instance(&id).await.expect("the VM is kept");
     let ours: Vec<_> = vm["Tags"]
@@ -237,6 +227,41 @@ async fn an_orphan_is_released_only_once_its_tags_are_seen_gone() {
         "sent again after the unconfirmed one: {untags:?}"
     );
     assert_eq!(emu.deletions_of(&id).await, 0);
+}
+
+/// The same, when the untag lands after the describe that was to confirm it (a lagging tag
+/// read, or a crash in between): the next look finds the uid tag gone, and under Orphan
+/// that is the goal met, not a lost ownership proof. The resource is released, the VM kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orphan_whose_untag_lands_late_is_released() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-untag-late").await;
+    let emu = Emulator::realistic("untag-late", &[]);
+    let _op = Operator::start("untag-late", &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    create(
+        &api,
+        "keep",
+        json!({"instanceId": id, "deletionPolicy": "Orphan"}),
+    )
+    .await;
+    ready(&api, "keep").await;
+    // Every untag answers success and changes nothing, until the test lands one by hand.
+    emu.faults("UntagResources", json!({"unapplied_next": 1000}))
+        .await;
+    delete(&api, "keep").await;
+    wait_for_event(&client, &ns, "keep", |_, r, _| r == "UntagUnconfirmed").await;
+    emu.send(
+        reqwest::Method::PATCH,
+        &format!("instances/{id}"),
+        json!({"Tags": []}),
+    )
+    .await;
+    wait_for(60, "keep gone", || gone(&api, "keep")).await;
+    assert!(emu.instance(&id).await.is_some(), "the VM is kept");
+    assert_eq!(emu.deletions_of(&id).await, 0);
+    assert!(emu.all_calls("DeleteInstances").await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -271,12 +296,10 @@ async fn deletion_protection_blocks_until_the_user_turns_it_off() {
         .await;
     assert_eq!(has_finalizer(&api, "vm").await, Some(true));
     assert!(emu.instance(&id).await.is_some(), "protected VM kept");
-    let evs = events(&client, &ns, "vm").await;
-    assert!(
-        evs.iter()
-            .any(|(t, r, _)| t == "Warning" && r == "DeletionRefused"),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "vm", |t, r, _| {
+        t == "Warning" && r == "DeletionRefused"
+    })
+    .await;
     // The operator never turned protection off by itself.
     assert!(emu
         .calls("ModifyInstanceAttribute")
@@ -368,12 +391,10 @@ async fn vm_deleted_outside_kubernetes_is_reported_not_recreated() {
         1,
         "never silently re-created"
     );
-    let evs = events(&client, &ns, "web").await;
-    assert!(
-        evs.iter()
-            .any(|(t, r, _)| t == "Warning" && r == "InstanceNotFound"),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "web", |t, r, _| {
+        t == "Warning" && r == "InstanceNotFound"
+    })
+    .await;
     delete(&api, "web").await;
     wait_for(30, "gone", || gone(&api, "web")).await;
 }
@@ -417,12 +438,10 @@ async fn immutable_field_change_is_reported_and_ignored() {
         (o.condition("Synced")?.reason == "ImmutableFieldChanged").then_some(())
     })
     .await;
-    let evs = events(&client, &ns, "made").await;
-    assert!(
-        evs.iter()
-            .any(|(t, r, _)| t == "Warning" && r == "ImmutableFieldChanged"),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "made", |t, r, _| {
+        t == "Warning" && r == "ImmutableFieldChanged"
+    })
+    .await;
     delete(&api, "vm").await;
     wait_for(30, "gone", || gone(&api, "vm")).await;
     assert_eq!(
@@ -513,12 +532,10 @@ async fn a_reverted_deletion_is_sent_again_with_a_new_token() {
     assert_eq!(mine.len(), 2, "{mine:?}");
     assert_eq!(mine[0]["reverted"], true);
     assert_ne!(mine[0]["client_token"], mine[1]["client_token"], "{mine:?}");
-    let evs = events(&client, &ns, "vm").await;
-    assert!(
-        evs.iter()
-            .any(|(t, r, _)| t == "Warning" && r == "DeletionReverted"),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "vm", |t, r, _| {
+        t == "Warning" && r == "DeletionReverted"
+    })
+    .await;
 }
 
 /// A VM that stays DELETING past --termination-timeout-secs: Stalled=True with a reason and
@@ -550,12 +567,10 @@ async fn a_slow_termination_reports_stalled_and_keeps_waiting() {
         .iter()
         .any(|f| f == ecs_operator::api::FINALIZER));
     assert!(emu.instance(&id).await.is_some(), "still DELETING");
-    let evs = events(&client, &ns, "vm").await;
-    assert!(
-        evs.iter()
-            .any(|(t, r, _)| t == "Warning" && r == "TerminationTimeout"),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "vm", |t, r, _| {
+        t == "Warning" && r == "TerminationTimeout"
+    })
+    .await;
     wait_for(30, "gone", || gone(&api, "vm")).await;
     assert!(emu.instance(&id).await.is_none());
     assert_eq!(emu.deletions_of(&id).await, 1);
@@ -636,7 +651,7 @@ async fn recreate_option_replaces_a_vanished_vm_with_a_new_token() {
     })
     .await;
     assert!(emu.instance(&second).await.is_some());
-    let runs = emu.calls("RunInstances").await;
+    let runs = emu.all_calls("RunInstances").await;
     let tokens: HashSet<String> = runs
         .iter()
         .map(|c| c["params"]["ClientToken"].as_str().unwrap().to_string())
@@ -646,8 +661,7 @@ async fn recreate_option_replaces_a_vanished_vm_with_a_new_token() {
         tokens,
         HashSet::from([format!("ecsop-run-{uid}"), format!("ecsop-run-{uid}-1")])
     );
-    let evs = events(&client, &ns, "web").await;
-    assert!(evs.iter().any(|(_, r, _)| r == "Recreating"), "{evs:?}");
+    wait_for_event(&client, &ns, "web", |_, r, _| r == "Recreating").await;
 }
 
 /// Eventual consistency: with `--on-missing-instance Recreate` a VM the cloud does not list
@@ -706,7 +720,7 @@ async fn visibility_lag_never_creates_a_second_vm() {
     let o = ready_obj.expect("Ready after the lag");
     assert!(appearing_seen, "InstanceAppearing reported during the lag");
     assert_eq!(emu.get("stats").await["instances"], 1);
-    let runs = emu.calls("RunInstances").await;
+    let runs = emu.all_calls("RunInstances").await;
     assert!(
         runs.iter()
             .all(|c| c["params"]["ClientToken"] == format!("ecsop-run-{uid}").as_str()),

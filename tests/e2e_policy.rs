@@ -73,13 +73,10 @@ async fn an_unrecognised_namespace_policy_keeps_the_vm_until_it_is_fixed() {
     assert!(emu.calls("DeleteInstances").await.is_empty());
     assert!(emu.calls("UntagResources").await.is_empty());
     assert!(emu.instance(&id).await.is_some());
-    let evs = events(&client, &ns, "vm").await;
-    assert!(
-        evs.iter().any(|(t, r, n)| t == "Warning"
-            && r == "InvalidDeletionPolicy"
-            && n.contains("orphan")),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "vm", |t, r, n| {
+        t == "Warning" && r == "InvalidDeletionPolicy" && n.contains("orphan")
+    })
+    .await;
 
     // Fixed to Delete: picked up by the next retry, and the VM is deleted exactly once.
     annotate_namespace(&client, &ns, "Delete").await;
@@ -145,7 +142,10 @@ async fn release_annotation_frees_a_stuck_deletion_without_a_cloud_call() {
     assert_eq!(after, before, "a cloud call after the annotation");
     assert!(emu.instance(&id).await.is_some(), "the VM is untouched");
     assert_eq!(emu.deletions_of(&id).await, 0);
-    let evs = events(&client, &ns, "vm").await;
+    let evs = wait_for_event(&client, &ns, "vm", |t, r, _| {
+        t == "Warning" && r == "ReleasedWithoutDelete"
+    })
+    .await;
     assert!(
         evs.iter().any(|(t, r, n)| t == "Warning"
             && r == "ReleasedWithoutDelete"
@@ -192,13 +192,11 @@ async fn orphan_of_a_vm_describe_no_longer_returns_is_released() {
     wait_for(30, "resource released", || gone(&api, "vm")).await;
     // DescribeInstances (the ownership check before any untagging) no longer lists the VM:
     // that confirms it is gone, whatever UntagResources would have answered.
-    let evs = events(&client, &ns, "vm").await;
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| (r == "Orphaned" && n.contains("already gone"))
-                || (r == "AlreadyGone" && n.contains("does not exist"))),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "vm", |_, r, n| {
+        (r == "Orphaned" && n.contains("already gone"))
+            || (r == "AlreadyGone" && n.contains("does not exist"))
+    })
+    .await;
 }
 
 /// A ClusterRole with every rule of `deploy/rbac/cluster-role.yaml` except reading
@@ -276,12 +274,8 @@ async fn an_unreadable_namespace_keeps_the_vm_until_it_can_be_read() {
         (c.status == "False" && c.reason == "NamespaceUnreadable").then_some(())
     })
     .await;
-    wait_for(20, "Warning Event NamespaceUnreadable", || async {
-        events(&client, &ns, "vm")
-            .await
-            .iter()
-            .any(|(t, r, _)| t == "Warning" && r == "NamespaceUnreadable")
-            .then_some(())
+    wait_for_event(&client, &ns, "vm", |t, r, _| {
+        t == "Warning" && r == "NamespaceUnreadable"
     })
     .await;
     // Progress, not a sleep: the operator retried the read and held again, three times.

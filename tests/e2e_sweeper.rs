@@ -321,12 +321,10 @@ async fn orphaned_vm_is_untagged_and_never_swept() {
     })
     .await;
     assert_eq!(has_finalizer(&api, "keep").await, Some(true));
-    let evs = events(&client, &ns, "keep").await;
-    assert!(
-        evs.iter()
-            .any(|(t, _, note)| t == "Warning" && note.contains("UntagResources")),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "keep", |t, _, note| {
+        t == "Warning" && note.contains("UntagResources")
+    })
+    .await;
 
     emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
     wait_for(30, "resource released", || gone(&api, "keep")).await;
@@ -405,13 +403,10 @@ async fn orphan_after_a_lost_run_answer_is_found_and_untagged() {
         Some(true),
         "released without knowing whether a VM exists"
     );
-    let evs = events(&client, &ns, "lost").await;
-    assert!(
-        evs.iter().any(|(t, r, note)| t == "Warning"
-            && r == "CloudError"
-            && note.contains("InternalError")),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "lost", |t, r, note| {
+        t == "Warning" && r == "CloudError" && note.contains("InternalError")
+    })
+    .await;
 
     emu.send(reqwest::Method::DELETE, "faults", json!({})).await;
     wait_for(30, "resource released", || gone(&api, "lost")).await;

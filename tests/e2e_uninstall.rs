@@ -91,15 +91,12 @@ async fn deleting_the_crd_orphans_every_vm() {
     assert_eq!(emu.deletions_of(&id).await, 0);
     assert!(emu.calls("DeleteInstances").await.is_empty());
     assert_eq!(emu.calls("UntagResources").await.len(), 1);
-    let evs = events(&client, &ns, "vm").await;
-    assert!(
-        evs.iter()
-            .any(|(t, r, n)| t == "Warning" && r == "CrdDeleting" && n.contains(CRD_NAME)),
-        "{evs:?}"
-    );
-    assert!(
-        evs.iter()
-            .any(|(_, r, n)| r == "Orphaned" && n.contains(&id)),
-        "{evs:?}"
-    );
+    wait_for_event(&client, &ns, "vm", |t, r, n| {
+        t == "Warning" && r == "CrdDeleting" && n.contains(CRD_NAME)
+    })
+    .await;
+    wait_for_event(&client, &ns, "vm", |_, r, n| {
+        r == "Orphaned" && n.contains(&id)
+    })
+    .await;
 }

@@ -283,7 +283,10 @@ async fn soak_under_faults() {
         code_count("FlowLimitExceeded")
     );
     assert!(code_count("InternalError") > 0, "no InternalError fired");
-    assert!(code_count("FlowLimitExceeded") > 0, "no throttling fired");
+    // The random throttling of the fault spec (ambient throttles use the same codes, so
+    // count by the fault that shaped the answer).
+    let random_throttles = calls.iter().filter(|c| c["fault"] == "throttle").count();
+    assert!(random_throttles > 0, "no random throttling fired");
     assert!(lost > 0, "no response was lost");
     // Ambient throttling answered with every throttling code the SDKs know.
     for (code, _, _) in ecs_emulator::THROTTLE_VARIANTS {

@@ -418,6 +418,11 @@ async fn set_fault(State(emu): Emu, Path(action): Path<String>, body: Bytes) -> 
     if !(0.0..=1.0).contains(&spec.error_rate) || !(0.0..=1.0).contains(&spec.lose_response_rate) {
         return fail(StatusCode::BAD_REQUEST, "rates must be within 0..1");
     }
+    // A fault that would never fire is refused, so a test cannot think it injected one.
+    if spec.unapplied_next > 0 && !action.result_optional() {
+        let msg = format!("unapplied_next applies to operation actions only, not {action:?}");
+        return fail(StatusCode::BAD_REQUEST, msg);
+    }
     emu.lock().faults.set(action, spec.clone());
     Json(spec).into_response()
 }

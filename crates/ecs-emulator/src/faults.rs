@@ -136,8 +136,9 @@ pub enum Decision {
 /// (`EmulatorConfig::throttle_every`) uses them: (code, HTTP status, Retry-After seconds).
 /// Codes: the Go SDK's `throttleCodes` (volcengine/request/retryer.go) plus Volcengine's own
 /// `FlowLimitExceeded` (Terraform retries on it) and `AccountFlowLimitExceeded`; statuses:
-/// the Go SDK's 429/502/503/504 with and without `Retry-After`.
-pub const THROTTLE_VARIANTS: [(&str, u16, Option<u64>); 10] = [
+/// the Go SDK's 429/502/503/504 with and without `Retry-After`. The client classifies each
+/// as throttling (`tests/emulator_client.rs::every_throttling_code_and_status_is_throttling`).
+pub const THROTTLE_VARIANTS: [(&str, u16, Option<u64>); 14] = [
     ("FlowLimitExceeded", 429, Some(1)),
     ("Throttling", 400, None),
     ("ThrottlingException", 400, None),
@@ -148,6 +149,10 @@ pub const THROTTLE_VARIANTS: [(&str, u16, Option<u64>); 10] = [
     ("AccountFlowLimitExceeded", 429, None),
     ("ServiceUnavailable", 503, Some(1)),
     ("GatewayTimeout", 504, None),
+    ("BadGateway", 502, None),
+    ("ProvisionedThroughputExceededException", 400, None),
+    ("PriorRequestNotComplete", 400, None),
+    ("TransactionInProgressException", 400, None),
 ];
 
 #[derive(Debug)]

@@ -37,7 +37,7 @@ mod tests {
     async fn at_most_the_cap_is_in_flight() {
         let kube = FakeKube::new();
         kube.create_namespace("team-a", &[]);
-        kube.traffic.set_delay(Duration::from_millis(20));
+        kube.traffic.set_delay(Duration::from_millis(200));
         let client = limit_in_flight(ClientBuilder::new(kube.service(), "default"), 4).build();
         let api: Api<Namespace> = Api::all(client);
         let reads = (0..40).map(|_| api.get("team-a"));
@@ -52,7 +52,7 @@ mod tests {
     async fn without_the_cap_every_read_is_in_flight() {
         let kube = FakeKube::new();
         kube.create_namespace("team-a", &[]);
-        kube.traffic.set_delay(Duration::from_millis(20));
+        kube.traffic.set_delay(Duration::from_millis(200));
         let client = ClientBuilder::new(kube.service(), "default").build();
         let api: Api<Namespace> = Api::all(client);
         futures::future::join_all((0..40).map(|_| api.get("team-a"))).await;

@@ -636,7 +636,9 @@ mod tests {
         t.observe("c1", &vms, &LiveRefs::default(), Duration::ZERO, now);
         let a = t.token_for("i-leak");
         assert!(
-            a.starts_with("ecsop-swp-") && a.len() <= 64 && a.is_ascii(),
+            a.starts_with("ecsop-swp-")
+                && a.len() <= crate::controller::cleanup::MAX_TOKEN_LEN
+                && a.is_ascii(),
             "{a}"
         );
         assert_eq!(t.token_for("i-leak"), a, "stable until an answer");

@@ -258,8 +258,10 @@ pub async fn remove_leftover_namespaces(prefix: &str) -> usize {
     let client = client().await;
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
     let names = || async {
-        let l = nss.list(&ListParams::default()).await.map(|l| l.items);
-        l.unwrap_or_default()
+        // A failed list is not "nothing left": the measurement would run beside a teardown.
+        let l = nss.list(&ListParams::default()).await;
+        l.expect("list namespaces")
+            .items
             .into_iter()
             .filter_map(|n| n.metadata.name)
             .filter(|n| n.starts_with(prefix))
@@ -915,6 +917,28 @@ pub async fn events(client: &Client, ns: &str, name: &str) -> Vec<(String, Strin
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     last.unwrap_or_default()
+}
+
+/// Waits (up to 30 s) until an Event about `name` matches `pred(type, reason, note)`: Events
+/// are published asynchronously, so each expected one is waited for, not looked for once.
+/// Returns every Event about `name` then; panics with those seen if none matched.
+pub async fn wait_for_event(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    pred: impl Fn(&str, &str, &str) -> bool,
+) -> Vec<(String, String, String)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let evs = list_events(client, ns, name).await;
+        if evs.iter().any(|(t, r, n)| pred(t, r, n)) {
+            return evs;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("no matching Event about {ns}/{name} within 30 s; seen: {evs:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn list_events(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {

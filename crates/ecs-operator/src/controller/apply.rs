@@ -36,10 +36,11 @@ pub fn run_token(uid: &str, generation: u32) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(40)
         .collect();
-    if generation == 0 {
-        format!("ecsop-run-{uid}")
-    } else {
-        format!("ecsop-run-{uid}-{generation}")
+    // The schema bounds the counter; an object stored before it was is bounded here, so
+    // the token stays within `cleanup::MAX_TOKEN_LEN` (the README's one number).
+    match generation.min(crate::api::MAX_COUNTER) {
+        0 => format!("ecsop-run-{uid}"),
+        g => format!("ecsop-run-{uid}-{g}"),
     }
 }
 
@@ -504,6 +505,17 @@ pub fn run_request(
 
 #[cfg(test)]
 mod tests {
+    /// Every token the operator sends fits the one bound the README states
+    /// (`cleanup::MAX_TOKEN_LEN`), whatever the uid and generation.
+    #[test]
+    fn run_tokens_fit_the_token_bound() {
+        use crate::controller::cleanup::MAX_TOKEN_LEN;
+        let longest = run_token(&"x".repeat(100), u32::MAX);
+        assert!(longest.len() <= MAX_TOKEN_LEN, "{longest}");
+        assert_eq!(run_token("3f25-uid", 0), "ecsop-run-3f25-uid");
+        assert_eq!(run_token("3f25-uid", 2), "ecsop-run-3f25-uid-2");
+    }
+
     use super::*;
 
     #[test]

@@ -457,6 +457,12 @@ fn plan_proof(f: &Facts, policy: DeletionPolicy, id: &str) -> Option<Step> {
             Some(Ok(())) => done(Outcome::LookAgain),
         },
         Proof::NeverOwned => done(Outcome::NeverOwned),
+        // Orphan: the VM stays whatever happens, and without this resource's uid tag the
+        // sweeper never takes it for a leak; so the goal is met. Holding here would strand
+        // the finalizer once an earlier untag landed after the describe that was to confirm
+        // it (or before a crash). The VM's tags are left as they are: they may be another
+        // owner's now, under the same keys.
+        Proof::Unproven if policy == DeletionPolicy::Orphan => done(Outcome::Orphaned),
         Proof::Unproven => done(Outcome::Unproven),
     })
 }
@@ -779,6 +785,9 @@ fn orphan_note(f: &Facts, id: &str) -> String {
         Some(Err(e)) => format!(
             "deletionPolicy Orphan: VM {id} is already gone (DescribeInstances does not return it; UntagResources failed with {})",
             e.code()
+        ),
+        None if matches!(f.proof, Some(Ok(Proof::Unproven))) => format!(
+            "deletionPolicy Orphan: VM {id} left in place; it no longer carries this resource's uid tag (removed by an earlier UntagResources, or changed by someone else), so its tags are left as they are"
         ),
         None => format!("deletionPolicy Orphan: VM {id} left in place"),
     }
@@ -1197,6 +1206,7 @@ mod tests {
             ("claim finds nothing listed: look again",   never_claimed(Some(Ok(()))),             d(O::LookAgain)),
             ("refused earlier: release, VM untouched",   { let mut f = proof(Ok(Proof::NeverOwned), Delete); f.status.ownership = Some(Ownership::Refused); f }, d(O::NeverOwned)),
             ("claim recorded, tags not ours: keep",      proof(Ok(Proof::Unproven), Delete),      d(O::Unproven)),
+            ("Orphan, tags no longer ours: release, untouched", proof(Ok(Proof::Unproven), Orphan), d(O::Orphaned)),
             // Orphan
             ("Orphan: untag",                            proven_orphan(),                         Step::Untag { id: id() }),
             ("untagged: confirm the tags are gone",      untagged(Ok("req-u".into()), None),      Step::ConfirmUntag { id: id() }),
