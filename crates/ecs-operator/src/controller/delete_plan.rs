@@ -124,6 +124,14 @@ impl Facts {
         self.status.deletion_attempt.unwrap_or(0)
     }
 
+    /// The last reconcile held because the VM's tags did not show this resource's claim
+    /// (`OwnershipUnproven`) or still showed it after an untag (`UntagUnconfirmed`).
+    fn tags_doubted_before(&self) -> bool {
+        let r = self.reason_of(Cond::Synced);
+        r == Some(Reason::OwnershipUnproven.as_str())
+            || r == Some(Reason::UntagUnconfirmed.as_str())
+    }
+
     fn reason_of(&self, c: Cond) -> Option<&str> {
         let c = self
             .status
@@ -458,11 +466,16 @@ fn plan_proof(f: &Facts, policy: DeletionPolicy, id: &str) -> Option<Step> {
         },
         Proof::NeverOwned => done(Outcome::NeverOwned),
         // Orphan: the VM stays whatever happens, and without this resource's uid tag the
-        // sweeper never takes it for a leak; so the goal is met. Holding here would strand
-        // the finalizer once an earlier untag landed after the describe that was to confirm
-        // it (or before a crash). The VM's tags are left as they are: they may be another
-        // owner's now, under the same keys.
-        Proof::Unproven if policy == DeletionPolicy::Orphan => done(Outcome::Orphaned),
+        // sweeper never takes it for a leak; so the goal is met. Holding for good would
+        // strand the finalizer once an earlier untag landed after the describe that was to
+        // confirm it (or before a crash). But one read is not enough: a describe that
+        // missed tags still on the VM would leave it tagged for a resource that is gone,
+        // which the sweeper deletes. So the uid must be seen missing by a second look, after
+        // a hold that said so (or after an unconfirmed untag). The VM's tags are left as they
+        // are: they may be another owner's now, under the same keys.
+        Proof::Unproven if policy == DeletionPolicy::Orphan && f.tags_doubted_before() => {
+            done(Outcome::Orphaned)
+        }
         Proof::Unproven => done(Outcome::Unproven),
     })
 }
@@ -599,7 +612,11 @@ pub fn report(f: &Facts, o: &Outcome) -> Report {
         ))),
         Outcome::NeverOwned => Report::release(Some(EventNote::normal(Reason::ReleasedWithoutVm, "Delete", format!("this resource never owned VM {id} (its ownership tags name another resource, or none); the VM is left untouched")))),
         Outcome::Unproven => {
-            let msg = format!("VM {id} no longer carries this resource's ownership tags (ecs.volcengine.io/uid, /cluster), so it is not deleted; the finalizer stays. Restore the tags, or remove the finalizer by hand to let go of the VM");
+            let msg = if f.policy() == Some(DeletionPolicy::Orphan) {
+                format!("VM {id} does not carry this resource's ownership tags (ecs.volcengine.io/uid); under deletionPolicy Orphan the resource is released, VM untouched, if the next look (after backoff) finds the same")
+            } else {
+                format!("VM {id} no longer carries this resource's ownership tags (ecs.volcengine.io/uid, /cluster), so it is not deleted; the finalizer stays. Restore the tags, or remove the finalizer by hand to let go of the VM")
+            };
             let mut st = f.status.clone();
             for t in [Cond::Synced, Cond::Ready] {
                 cond(&mut st, f, t, false, Reason::OwnershipUnproven, &msg);
@@ -991,6 +1008,17 @@ mod tests {
         f
     }
 
+    fn with_synced(f: &mut Facts, reason: Reason) {
+        set_condition(
+            &mut f.status.conditions,
+            "Synced",
+            false,
+            reason.as_str(),
+            "m",
+            Some(1),
+        );
+    }
+
     fn with_ready(f: &mut Facts, reason: Reason) {
         set_condition(
             &mut f.status.conditions,
@@ -1206,7 +1234,10 @@ mod tests {
             ("claim finds nothing listed: look again",   never_claimed(Some(Ok(()))),             d(O::LookAgain)),
             ("refused earlier: release, VM untouched",   { let mut f = proof(Ok(Proof::NeverOwned), Delete); f.status.ownership = Some(Ownership::Refused); f }, d(O::NeverOwned)),
             ("claim recorded, tags not ours: keep",      proof(Ok(Proof::Unproven), Delete),      d(O::Unproven)),
-            ("Orphan, tags no longer ours: release, untouched", proof(Ok(Proof::Unproven), Orphan), d(O::Orphaned)),
+            ("Orphan, tags not ours, first look: keep",  proof(Ok(Proof::Unproven), Orphan),    d(O::Unproven)),
+            ("Orphan, not ours again: release untouched", { let mut f = proof(Ok(Proof::Unproven), Orphan); with_synced(&mut f, Reason::OwnershipUnproven); f }, d(O::Orphaned)),
+            ("Orphan, not ours after unconfirmed untag: release", { let mut f = proof(Ok(Proof::Unproven), Orphan); with_synced(&mut f, Reason::UntagUnconfirmed); f }, d(O::Orphaned)),
+            ("Delete, not ours again: still keep",       { let mut f = proof(Ok(Proof::Unproven), Delete); with_synced(&mut f, Reason::OwnershipUnproven); f }, d(O::Unproven)),
             // Orphan
             ("Orphan: untag",                            proven_orphan(),                         Step::Untag { id: id() }),
             ("untagged: confirm the tags are gone",      untagged(Ok("req-u".into()), None),      Step::ConfirmUntag { id: id() }),
