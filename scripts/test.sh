@@ -4,7 +4,8 @@
 #   1 unit          unit tests, CRD drift, signer vectors (no network, no processes)
 #   1 simulation    the real reconcile against an in-memory API server and a fake cloud,
 #                   10,000 seeded schedules (SIM_SCHEDULES=N for more)
-#   2 wire          the client and the official Python SDK against the emulator over HTTP
+#   1 fuzz-replay   every committed fuzz corpus file through its target (stable, no fuzzing)
+#   2 wire          the client and the official Python and Go SDKs against the emulator
 #   3 e2e-newest    every end-to-end test on the newest supported Kubernetes
 #   4 e2e-oldest    deletion, lifecycle, admission and RBAC suites on the oldest supported one
 #   5 soak          churn under faults with operator kills and an apiserver restart
@@ -225,6 +226,22 @@ e2e_oldest() {
   return "$rc"
 }
 
+# Every committed fuzz corpus file of every target, run once through its target (libFuzzer
+# executes the files it is given and stops: no fuzzing, no nightly). A check per file run.
+fuzz_replay() {
+  local dir="${FUZZ_TARGET_DIR:-$HOME/.cache/ecs-operator/fuzz-target}" target log
+  step "building the fuzz targets (fuzz/, its own workspace)"
+  (cd fuzz && cargo build -q --release --locked --target-dir "$dir")
+  log="$(mktemp)"
+  for target in fuzz/fuzz_targets/*.rs; do
+    target="$(basename "$target" .rs)"
+    step "replaying fuzz/corpus/$target"
+    "$dir/release/$target" fuzz/corpus/"$target"/* >"$log" 2>&1 || { cat "$log"; return 1; }
+    echo "CHECKS $(grep -c '^Executed ' "$log")"
+  done
+  rm -f "$log"
+}
+
 soak() {
   K8S_VERSION="$K8S_NEWEST" bash scripts/control-plane.sh up "$ECS_CP_DIR"
   SOAK_RESOURCES="${SOAK_RESOURCES:-200}" SOAK_SECS="${SOAK_SECS:-180}" \
@@ -242,6 +259,7 @@ step "cargo build"
 cargo build -q --workspace --bins --tests --benches
 tier unit unit
 tier simulation simulation
+tier fuzz-replay fuzz_replay
 tier wire wire
 tier e2e-newest e2e_newest
 [[ ${SKIP_OLDEST:-0} == 1 ]] || tier e2e-oldest e2e_oldest

@@ -192,7 +192,7 @@ impl<'a> Exec<'a> {
             .ctx
             .describe_one(&self.region, id)
             .await?
-            .map(|inst| ownership::carries_our_uid(&inst, &self.uid));
+            .map(|inst| ownership::seen(&inst, &self.uid));
         Ok(ownership::proof(f.status.ownership, f.appearing, seen))
     }
 

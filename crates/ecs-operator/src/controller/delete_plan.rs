@@ -124,14 +124,6 @@ impl Facts {
         self.status.deletion_attempt.unwrap_or(0)
     }
 
-    /// The last reconcile held because the VM's tags did not show this resource's claim
-    /// (`OwnershipUnproven`) or still showed it after an untag (`UntagUnconfirmed`).
-    fn tags_doubted_before(&self) -> bool {
-        let r = self.reason_of(Cond::Synced);
-        r == Some(Reason::OwnershipUnproven.as_str())
-            || r == Some(Reason::UntagUnconfirmed.as_str())
-    }
-
     fn reason_of(&self, c: Cond) -> Option<&str> {
         let c = self
             .status
@@ -465,18 +457,14 @@ fn plan_proof(f: &Facts, policy: DeletionPolicy, id: &str) -> Option<Step> {
             Some(Ok(())) => done(Outcome::LookAgain),
         },
         Proof::NeverOwned => done(Outcome::NeverOwned),
-        // Orphan: the VM stays whatever happens, and without this resource's uid tag the
-        // sweeper never takes it for a leak; so the goal is met. Holding for good would
-        // strand the finalizer once an earlier untag landed after the describe that was to
-        // confirm it (or before a crash). But one read is not enough: a describe that
-        // missed tags still on the VM would leave it tagged for a resource that is gone,
-        // which the sweeper deletes. So the uid must be seen missing by a second look, after
-        // a hold that said so (or after an unconfirmed untag). The VM's tags are left as they
-        // are: they may be another owner's now, under the same keys.
-        Proof::Unproven if policy == DeletionPolicy::Orphan && f.tags_doubted_before() => {
-            done(Outcome::Orphaned)
-        }
-        Proof::Unproven => done(Outcome::Unproven),
+        // Orphan, and no uid tag on the VM at all: this resource's own untag may have landed
+        // after the describe meant to confirm it (or before a crash). Untag again and confirm
+        // (`plan_orphan`): the untag is idempotent, and only a describe after it that shows
+        // none of the keys releases, so a read that merely missed tags still on the VM can
+        // never release it tagged (the sweeper would delete it). Holding instead would strand
+        // the finalizer for good.
+        Proof::Untagged if policy == DeletionPolicy::Orphan => return None,
+        Proof::Untagged | Proof::Unproven => done(Outcome::Unproven),
     })
 }
 
@@ -613,7 +601,7 @@ pub fn report(f: &Facts, o: &Outcome) -> Report {
         Outcome::NeverOwned => Report::release(Some(EventNote::normal(Reason::ReleasedWithoutVm, "Delete", format!("this resource never owned VM {id} (its ownership tags name another resource, or none); the VM is left untouched")))),
         Outcome::Unproven => {
             let msg = if f.policy() == Some(DeletionPolicy::Orphan) {
-                format!("VM {id} does not carry this resource's ownership tags (ecs.volcengine.io/uid); under deletionPolicy Orphan the resource is released, VM untouched, if the next look (after backoff) finds the same")
+                format!("VM {id} carries another owner's ecs.volcengine.io/uid tag now; deletionPolicy Orphan keeps the VM either way, but those tags are not this resource's to remove, so the finalizer stays. Set the annotation {RELEASE_ANNOTATION} to let go of the resource")
             } else {
                 format!("VM {id} no longer carries this resource's ownership tags (ecs.volcengine.io/uid, /cluster), so it is not deleted; the finalizer stays. Restore the tags, or remove the finalizer by hand to let go of the VM")
             };
@@ -802,9 +790,6 @@ fn orphan_note(f: &Facts, id: &str) -> String {
         Some(Err(e)) => format!(
             "deletionPolicy Orphan: VM {id} is already gone (DescribeInstances does not return it; UntagResources failed with {})",
             e.code()
-        ),
-        None if matches!(f.proof, Some(Ok(Proof::Unproven))) => format!(
-            "deletionPolicy Orphan: VM {id} left in place; it no longer carries this resource's uid tag (removed by an earlier UntagResources, or changed by someone else), so its tags are left as they are"
         ),
         None => format!("deletionPolicy Orphan: VM {id} left in place"),
     }
@@ -1006,17 +991,6 @@ mod tests {
         let mut f = proven();
         policy(&mut f, Orphan);
         f
-    }
-
-    fn with_synced(f: &mut Facts, reason: Reason) {
-        set_condition(
-            &mut f.status.conditions,
-            "Synced",
-            false,
-            reason.as_str(),
-            "m",
-            Some(1),
-        );
     }
 
     fn with_ready(f: &mut Facts, reason: Reason) {
@@ -1234,10 +1208,9 @@ mod tests {
             ("claim finds nothing listed: look again",   never_claimed(Some(Ok(()))),             d(O::LookAgain)),
             ("refused earlier: release, VM untouched",   { let mut f = proof(Ok(Proof::NeverOwned), Delete); f.status.ownership = Some(Ownership::Refused); f }, d(O::NeverOwned)),
             ("claim recorded, tags not ours: keep",      proof(Ok(Proof::Unproven), Delete),      d(O::Unproven)),
-            ("Orphan, tags not ours, first look: keep",  proof(Ok(Proof::Unproven), Orphan),    d(O::Unproven)),
-            ("Orphan, not ours again: release untouched", { let mut f = proof(Ok(Proof::Unproven), Orphan); with_synced(&mut f, Reason::OwnershipUnproven); f }, d(O::Orphaned)),
-            ("Orphan, not ours after unconfirmed untag: release", { let mut f = proof(Ok(Proof::Unproven), Orphan); with_synced(&mut f, Reason::UntagUnconfirmed); f }, d(O::Orphaned)),
-            ("Delete, not ours again: still keep",       { let mut f = proof(Ok(Proof::Unproven), Delete); with_synced(&mut f, Reason::OwnershipUnproven); f }, d(O::Unproven)),
+            ("Orphan, another owner's uid: keep",        proof(Ok(Proof::Unproven), Orphan),      d(O::Unproven)),
+            ("Orphan, no uid tag at all: untag again",   proof(Ok(Proof::Untagged), Orphan),      Step::Untag { id: id() }),
+            ("Delete, no uid tag at all: keep",          proof(Ok(Proof::Untagged), Delete),      d(O::Unproven)),
             // Orphan
             ("Orphan: untag",                            proven_orphan(),                         Step::Untag { id: id() }),
             ("untagged: confirm the tags are gone",      untagged(Ok("req-u".into()), None),      Step::ConfirmUntag { id: id() }),
@@ -1579,6 +1552,7 @@ mod tests {
                     Proof::Gone,
                     Proof::NeverOwned,
                     Proof::Unproven,
+                    Proof::Untagged,
                 ]
                 .into_iter()
                 .map(|p| Answer::Ownership(Ok(p)))

@@ -103,11 +103,6 @@ pub fn tagged_ours(inst: &Instance, uid: &str, cluster: &str) -> bool {
     inst.tag(TAG_UID) == Some(uid) && inst.tag(TAG_CLUSTER) == Some(cluster)
 }
 
-/// The deletion-time proof: the VM carries this resource's uid (see `decide` for why the uid
-/// alone proves it, whatever cluster identity an earlier version tagged).
-pub fn carries_our_uid(inst: &Instance, uid: &str) -> bool {
-    !uid.is_empty() && inst.tag(TAG_UID) == Some(uid)
-}
 
 /// Who else claims the VM, from every EcsInstance in the cluster (all namespaces).
 pub fn others(
@@ -168,14 +163,40 @@ pub enum Proof {
     NeverOwned,
     /// The claim is recorded but the VM's tags name someone else now: keep it, say so, retry.
     Unproven,
+    /// The claim is recorded and the VM carries no uid tag at all now (this resource's
+    /// own untag may have landed): Delete keeps it as `Unproven`; Orphan untags again.
+    Untagged,
 }
 
-/// `seen`: whether DescribeInstances returned the VM, and then whether its tags name us.
-pub fn proof(recorded: Option<Ownership>, appearing: bool, seen: Option<bool>) -> Proof {
+/// What DescribeInstances showed of the VM's uid tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// This resource's uid.
+    Ours,
+    /// No uid tag (or an empty one).
+    Untagged,
+    /// Another resource's uid.
+    Foreign,
+}
+
+/// The deletion-time look: does the VM carry this resource's uid (see `decide` for why the
+/// uid alone proves it, whatever cluster identity an earlier version tagged)?
+pub fn seen(inst: &Instance, uid: &str) -> Seen {
+    match inst.tag(TAG_UID).filter(|u| !u.is_empty()) {
+        Some(u) if !uid.is_empty() && u == uid => Seen::Ours,
+        Some(_) => Seen::Foreign,
+        None => Seen::Untagged,
+    }
+}
+
+/// `seen`: whether DescribeInstances returned the VM, and then what its uid tag says.
+pub fn proof(recorded: Option<Ownership>, appearing: bool, seen: Option<Seen>) -> Proof {
+    let claimed = recorded == Some(Ownership::Claimed);
     match seen {
-        Some(true) => Proof::Proven,
-        Some(false) if recorded == Some(Ownership::Claimed) => Proof::Unproven,
-        Some(false) => Proof::NeverOwned,
+        Some(Seen::Ours) => Proof::Proven,
+        Some(Seen::Untagged) if claimed => Proof::Untagged,
+        Some(Seen::Foreign) if claimed => Proof::Unproven,
+        Some(_) => Proof::NeverOwned,
         None if appearing => Proof::Appearing,
         None => Proof::Gone,
     }
@@ -270,14 +291,16 @@ mod tests {
         use Proof::*;
         #[rustfmt::skip]
         let rows = [
-            // recorded        appearing  seen (tags ours?)  proof
-            (Some(Claimed),    false,     Some(true),        Proven),
-            (None,             false,     Some(true),        Proven),     // created before claims were recorded
-            (Some(Refused),    false,     Some(true),        Proven),     // the tags are the current proof
-            (Some(Claimed),    false,     Some(false),       Unproven),   // claim lost: keep, tell, retry
-            (Some(Claimed),    true,      Some(false),       Unproven),
-            (Some(Refused),    false,     Some(false),       NeverOwned),
-            (None,             false,     Some(false),       NeverOwned),
+            // recorded        appearing  seen (uid tag)     proof
+            (Some(Claimed),    false,     Some(Seen::Ours),     Proven),
+            (None,             false,     Some(Seen::Ours),     Proven),     // created before claims were recorded
+            (Some(Refused),    false,     Some(Seen::Ours),     Proven),     // the tags are the current proof
+            (Some(Claimed),    false,     Some(Seen::Foreign),  Unproven),   // claim lost: keep, tell, retry
+            (Some(Claimed),    true,      Some(Seen::Foreign),  Unproven),
+            (Some(Claimed),    false,     Some(Seen::Untagged), Untagged),   // no uid at all (an untag landed?)
+            (Some(Refused),    false,     Some(Seen::Foreign),  NeverOwned),
+            (Some(Refused),    false,     Some(Seen::Untagged), NeverOwned),
+            (None,             false,     Some(Seen::Untagged), NeverOwned),
             (Some(Claimed),    true,      None,              Appearing),  // a NotFound now proves nothing
             (None,             true,      None,              Appearing),
             (Some(Claimed),    false,     None,              Gone),
