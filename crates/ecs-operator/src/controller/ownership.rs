@@ -103,7 +103,6 @@ pub fn tagged_ours(inst: &Instance, uid: &str, cluster: &str) -> bool {
     inst.tag(TAG_UID) == Some(uid) && inst.tag(TAG_CLUSTER) == Some(cluster)
 }
 
-
 /// Who else claims the VM, from every EcsInstance in the cluster (all namespaces).
 pub fn others(
     all: &[impl std::ops::Deref<Target = EcsInstance>],
