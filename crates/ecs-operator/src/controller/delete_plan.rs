@@ -479,8 +479,9 @@ fn plan_orphan(f: &Facts, id: String) -> Step {
             Some(Ok(UntagCheck::StillTagged)) => done(Outcome::UntagUnconfirmed),
             Some(Err(_)) => done(Outcome::Hold(Held::UntagCheck)),
         },
-        (Some(Err(e)), _) if e.is_instance_not_found() => done(Outcome::Orphaned),
-        // Whatever UntagResources said, a VM that DescribeInstances does not return is gone.
+        // Whatever UntagResources said (a NotFound too: the VM was listed with this
+        // resource's uid a moment ago, and one service's NotFound is no proof while its tags
+        // may still be on it), only a VM that DescribeInstances does not return is gone.
         (Some(Err(_)), None) => Step::CheckGone { id },
         (Some(Err(_)), Some(true)) => done(Outcome::Orphaned),
         (Some(Err(_)), Some(false)) => done(Outcome::Hold(Held::Untag)),
@@ -1218,7 +1219,8 @@ mod tests {
             ("untagged, VM not listed: release",         untag_seen(Ok(UntagCheck::NotListed)),   d(O::Orphaned)),
             ("untag answered OK, tags still shown: keep", untag_seen(Ok(UntagCheck::StillTagged)), d(O::UntagUnconfirmed)),
             ("untag answered OK, describe fails: keep",  untag_seen(Err(e500())),                 d(O::Hold(Held::UntagCheck))),
-            ("untag says not found: release",            untagged(Err(nf()), None),               d(O::Orphaned)),
+            ("untag says not found: is the VM still listed?", untagged(Err(nf()), None),         Step::CheckGone { id: id() }),
+            ("untag says not found, VM listed: keep",    untagged(Err(nf()), Some(false)),        d(O::Hold(Held::Untag))),
             ("untag fails: is the VM still listed?",     untagged(Err(e500()), None),             Step::CheckGone { id: id() }),
             ("untag fails, VM not listed: release",      untagged(Err(e500()), Some(true)),       d(O::Orphaned)),
             ("untag fails, VM listed: keep",             untagged(Err(e500()), Some(false)),      d(O::Hold(Held::Untag))),

@@ -117,6 +117,9 @@ pub struct CloudState {
     pub faults: VecDeque<(Option<Action>, Fault)>,
     /// Visibility lag of the next VMs RunInstances makes.
     pub lag_new_vms: u32,
+    /// DescribeInstances answers at most this many instances a page (with a NextToken),
+    /// whatever MaxResults asked. None: one page.
+    pub describe_page: Option<usize>,
     /// DeleteInstances tokens whose answer said NotFound for a VM that exists but was not
     /// visible yet (the answer a retry with the same token replays).
     pub not_found_while_lagging: Vec<String>,
@@ -364,10 +367,24 @@ impl Cloud for FakeCloud {
                     }
                 }
             }
+            let total = out.len();
+            let (out, next_token) = match st.describe_page {
+                None => (out, None),
+                Some(n) => {
+                    let start: usize = query
+                        .next_token
+                        .as_deref()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    let end = (start + n.max(1)).min(total);
+                    let page = out.get(start..end).map(<[_]>::to_vec).unwrap_or_default();
+                    (page, (end < total).then(|| end.to_string()))
+                }
+            };
             Ok(DescribeInstancesResult {
-                total_count: Some(out.len() as i64),
+                total_count: Some(total as i64),
                 instances: out,
-                next_token: None,
+                next_token,
             })
         };
         ready(self.call(
