@@ -677,3 +677,54 @@ async fn leak_beyond_the_tag_filter_limit_is_found() {
         "no listing without TagFilters"
     );
 }
+
+/// A listing that fails on a later page is no listing: the sweep is skipped, and the leak on
+/// the page that did arrive is kept (a sweeper acting on part of a listing would delete it).
+/// Once the pages answer, the same leak is deleted: the test could have seen a deletion.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_failing_on_a_later_page_skips_the_sweep() {
+    let client = client().await;
+    let cid = cluster_id(&client).await;
+    let ns = namespace(&client, "e2e-sweep-paged").await;
+    let emu = Emulator::start("sweep-paged", &["--delete-delay-ms", "0"]);
+    // The leak sorts first, so it is on the first page of 100; 120 more of this cluster's
+    // VMs (no uid tag: never candidates) make a second page.
+    let leak = "i-0000leak";
+    emu.seed(json!({"InstanceId": leak, "Status": "RUNNING", "Tags": owned(&cid, "gone-uid")}))
+        .await;
+    let filler = json!({"Count": 120, "Prefix": "i-zzfill", "Status": "RUNNING",
+        "Tags": [{"Key": "ecs.volcengine.io/cluster", "Value": cid}]});
+    emu.send(reqwest::Method::POST, "instances/bulk", filler)
+        .await;
+    emu.faults("DescribeInstances", json!({"fail_paged": true}))
+        .await;
+    let env = [
+        ("VOLCENGINE_SECRET_KEY", SK),
+        ("POD_NAMESPACE", ns.as_str()),
+    ];
+    let mut op = Operator::start_with_env("sweep-paged", &ns, &emu, &sweep_args("delete"), &env);
+    wait_for(30, "sweep skipped", || async {
+        op.log().contains("leak sweep skipped").then_some(())
+    })
+    .await;
+    // Three more sweeps, past the grace, each of which saw the leak on its first page.
+    wait_sweeps(&op, 3.0).await;
+    let failed_pages = emu
+        .all_calls("DescribeInstances")
+        .await
+        .iter()
+        .filter(|c| c["fault"] == "failed_page")
+        .count();
+    assert!(failed_pages >= 3, "{failed_pages} failed pages");
+    assert_eq!(
+        emu.deletions_of(leak).await,
+        0,
+        "deleted on a partial listing"
+    );
+    emu.clear_fault("DescribeInstances").await;
+    wait_for(40, "leak deleted once the pages answer", || async {
+        (emu.deletions_of(leak).await == 1).then_some(())
+    })
+    .await;
+    op.kill();
+}

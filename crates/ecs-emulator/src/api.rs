@@ -227,6 +227,10 @@ async fn process(
             d @ Decision::Proceed { .. } => inner
                 .faults
                 .poisoned(action, &params.list("InstanceIds"))
+                .or_else(|| {
+                    let paged = params.non_empty("NextToken").is_some();
+                    inner.faults.paged(action, paged)
+                })
                 .unwrap_or(d),
             d => d,
         };

@@ -67,6 +67,10 @@ pub struct FaultSpec {
     /// applying anything, as a write not yet visible to reads (or dropped) looks to a client.
     /// Ignored for other actions.
     pub unapplied_next: u32,
+    /// Every call that carries a `NextToken` (a later page of a listing) fails with
+    /// `error_code`/`error_status` (default 500 `InternalError`); first pages succeed. Until
+    /// cleared.
+    pub fail_paged: bool,
     /// DeleteInstances: the next N applied (not replayed) calls are accepted, recorded in the
     /// deletions log as `reverted`, and every VM they accepted goes DELETING and then back to
     /// the state it was in (a deletion the cloud rolled back).
@@ -223,6 +227,21 @@ impl Faults {
         let msg = format!("The specified instance id {hit} is invalid (injected fault).");
         let e = ApiError::new(spec.error_status.unwrap_or(400), code, msg);
         Some(Decision::Reject(e, "poisoned_id"))
+    }
+
+    /// A call-level failure for a later page of a listing (`FaultSpec::fail_paged`).
+    pub fn paged(&self, action: Action, has_next_token: bool) -> Option<Decision> {
+        let spec = &self.per_action.get(&action)?.spec;
+        if !(spec.fail_paged && has_next_token) {
+            return None;
+        }
+        let code = spec.error_code.as_deref().unwrap_or("InternalError");
+        let e = ApiError::new(
+            spec.error_status.unwrap_or(500),
+            code,
+            "Injected fault (a later page).",
+        );
+        Some(Decision::Reject(e, "failed_page"))
     }
 
     /// Whether the DeleteInstances about to be applied is to be rolled back (and counts it).
