@@ -181,32 +181,50 @@ async fn orphan_policy_keeps_the_vm_from_spec_or_namespace_annotation() {
     .await;
 }
 
+/// One adopted VM under `deletionPolicy: Orphan`, Ready, with UntagResources answering
+/// success without effect `unapplied` times; then the resource is deleted.
+struct OrphanCase {
+    client: kube::Client,
+    ns: TestNamespace,
+    emu: Emulator,
+    _op: Operator,
+    api: Api<EcsInstance>,
+    id: String,
+}
+
+async fn orphan_deleted(name: &str, unapplied: u32) -> OrphanCase {
+    let client = client().await;
+    let ns = namespace(&client, &format!("e2e-{name}")).await;
+    let emu = Emulator::realistic(name, &[]);
+    let op = Operator::start(name, &ns, &emu, &[]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    let id = emu.seed(json!({"Status": "RUNNING"})).await;
+    let spec = json!({"instanceId": id, "deletionPolicy": "Orphan"});
+    create(&api, "keep", spec).await;
+    ready(&api, "keep").await;
+    let fault = json!({ "unapplied_next": unapplied });
+    emu.faults("UntagResources", fault).await;
+    delete(&api, "keep").await;
+    OrphanCase {
+        client,
+        ns,
+        emu,
+        _op: op,
+        api,
+        id,
+    }
+}
+
 /// An UntagResources success is not proof the tags are gone (an answer without `Result`, a
 /// tag index that lags): the orphan is released only once DescribeInstances shows them gone.
 /// A VM left with its uid and cluster tags after its resource is gone would look leaked to
 /// the sweeper.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_orphan_is_released_only_once_its_tags_are_seen_gone() {
-    let client = client().await;
-    let ns = namespace(&client, "e2e-untag").await;
-    let emu = Emulator::realistic("untag", &[]);
-    let _op = Operator::start("untag", &ns, &emu, &[]);
-    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    let id = emu.seed(json!({"Status": "RUNNING"})).await;
-    create(
-        &api,
-        "keep",
-        json!({"instanceId": id, "deletionPolicy": "Orphan"}),
-    )
-    .await;
-    ready(&api, "keep").await;
-    // The first UntagResources answers success and changes nothing.
-    emu.faults("UntagResources", json!({"unapplied_next": 1}))
-        .await;
-    delete(&api, "keep").await;
-    wait_for_event(&client, &ns, "keep", |_, r, _| r == "UntagUnconfirmed").await;
-    wait_for(60, "keep gone", || gone(&api, "keep")).await;
-    let vm = emu.instance(&id).await.expect("the VM is kept");
+    let c = orphan_deleted("untag", 1).await;
+    wait_for_event(&c.client, &c.ns, "keep", |_, r, _| r == "UntagUnconfirmed").await;
+    wait_for(60, "keep gone", || gone(&c.api, "keep")).await;
+    let vm = c.emu.instance(&c.id).await.expect("the VM is kept");
     let ours: Vec<_> = vm["Tags"]
         .as_array()
         .into_iter()
@@ -221,47 +239,41 @@ async fn an_orphan_is_released_only_once_its_tags_are_seen_gone() {
         ours.is_empty(),
         "released with ownership tags on the VM: {ours:?}"
     );
-    let untags = emu.calls("UntagResources").await;
+    let untags = c.emu.calls("UntagResources").await;
     assert!(
         untags.len() >= 2,
         "sent again after the unconfirmed one: {untags:?}"
     );
-    assert_eq!(emu.deletions_of(&id).await, 0);
+    assert_eq!(c.emu.deletions_of(&c.id).await, 0);
 }
 
 /// The same, when the untag lands after the describe that was to confirm it (a lagging tag
-/// read, or a crash in between): the next look finds the uid tag gone, and under Orphan
-/// that is the goal met, not a lost ownership proof. The resource is released, the VM kept.
+/// read, or a crash in between): the next look finds no uid tag at all. Under Orphan that is
+/// not a lost ownership proof to hold on for good: the operator untags again (idempotent)
+/// and releases on the describe after that untag. The VM is kept.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_orphan_whose_untag_lands_late_is_released() {
-    let client = client().await;
-    let ns = namespace(&client, "e2e-untag-late").await;
-    let emu = Emulator::realistic("untag-late", &[]);
-    let _op = Operator::start("untag-late", &ns, &emu, &[]);
-    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
-    let id = emu.seed(json!({"Status": "RUNNING"})).await;
-    create(
-        &api,
-        "keep",
-        json!({"instanceId": id, "deletionPolicy": "Orphan"}),
-    )
-    .await;
-    ready(&api, "keep").await;
     // Every untag answers success and changes nothing, until the test lands one by hand.
-    emu.faults("UntagResources", json!({"unapplied_next": 1000}))
+    let c = orphan_deleted("untag-late", 1000).await;
+    wait_for_event(&c.client, &c.ns, "keep", |_, r, _| r == "UntagUnconfirmed").await;
+    let landed_ms = k8s_openapi::jiff::Timestamp::now().as_millisecond();
+    let path = format!("instances/{}", c.id);
+    c.emu
+        .send(reqwest::Method::PATCH, &path, json!({"Tags": []}))
         .await;
-    delete(&api, "keep").await;
-    wait_for_event(&client, &ns, "keep", |_, r, _| r == "UntagUnconfirmed").await;
-    emu.send(
-        reqwest::Method::PATCH,
-        &format!("instances/{id}"),
-        json!({"Tags": []}),
-    )
-    .await;
-    wait_for(60, "keep gone", || gone(&api, "keep")).await;
-    assert!(emu.instance(&id).await.is_some(), "the VM is kept");
-    assert_eq!(emu.deletions_of(&id).await, 0);
-    assert!(emu.all_calls("DeleteInstances").await.is_empty());
+    wait_for(60, "keep gone", || gone(&c.api, "keep")).await;
+    assert!(c.emu.instance(&c.id).await.is_some(), "the VM is kept");
+    assert_eq!(c.emu.deletions_of(&c.id).await, 0);
+    assert!(c.emu.all_calls("DeleteInstances").await.is_empty());
+    // Released through an untag sent after the tags were gone, not on a read alone.
+    let after = c.emu.calls("UntagResources").await;
+    let after = after
+        .iter()
+        .filter(|u| u["at_ms"].as_i64() > Some(landed_ms));
+    assert!(
+        after.count() >= 1,
+        "released without an untag after the tags went"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
