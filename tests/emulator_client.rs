@@ -1266,3 +1266,204 @@ async fn a_call_whose_client_hung_up_is_applied_and_logged_as_lost() {
     assert_eq!(logged[0]["fault"], "client_gone");
     assert_eq!(emu.deletions_of(&id).await, 1, "and applied");
 }
+
+/// AK/SK and STS token of `client_requests_are_logged_for_the_official_sdk`:
+/// `tests/python/test_client_requests.py` recomputes each signature with the same values.
+const WIRE_AK: &str = "AKLTwire-check";
+const WIRE_SK: &str = "wire-check-secret";
+const WIRE_TOKEN: &str = "STS2eyJ3aXJlIjoiY2hlY2sifQ+/a=";
+
+/// The real client through every action it has, with values that need percent-encoding
+/// (space, `/`, `+`, `=`, `~`, `*`, reserved characters, non-ASCII, an empty value), indexed
+/// lists past 9 (`InstanceIds.10` sorts before `InstanceIds.2`), `TagFilters.N.Values.M`,
+/// ClientTokens, two regions, with and without an STS token, while the emulator logs each
+/// request as it arrived (`EmulatorConfig::request_log`). The wire tier hands that log
+/// (`ECS_CLIENT_REQUESTS`) to the official Python SDK's signer, which must compute the same
+/// Authorization for every request: a check by an implementation that is not ours. Without
+/// `ECS_CLIENT_REQUESTS` the log goes to a temporary file and is only checked to be there.
+#[tokio::test]
+async fn client_requests_are_logged_for_the_official_sdk() {
+    use base64::Engine;
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    let path = match std::env::var_os("ECS_CLIENT_REQUESTS") {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => tmp.path().to_path_buf(),
+    };
+    // This test owns the file: start it empty so it holds exactly this run's requests.
+    std::fs::File::create(&path).unwrap();
+    let emu = Emu(EmulatorServer::start(EmulatorConfig {
+        access_key: WIRE_AK.into(),
+        secret_key: Secret::new(WIRE_SK),
+        delays: Delays::ZERO,
+        request_log: Some(path.clone()),
+        ..Default::default()
+    })
+    .await);
+    let plain = emu.client_with(|c| c.credentials = creds(WIRE_AK, WIRE_SK, None));
+    let sts = emu.client_with(|c| c.credentials = creds(WIRE_AK, WIRE_SK, Some(WIRE_TOKEN)));
+
+    let user_data =
+        base64::engine::general_purpose::STANDARD.encode(b"#!/bin/sh\necho \xfb\xff ~ok\n");
+    assert!(
+        user_data.contains('+') && user_data.contains('/') && user_data.ends_with('='),
+        "{user_data}"
+    );
+    let mut run = run_request("测试-vm_1", "tok run/1+=");
+    run.tags.push(Tag {
+        key: "a+b=c d".into(),
+        value: "x/y z+1=2 é~*".into(),
+    });
+    run.description = Some("!\"#$%&'()*,:;<>?@[\\]^`{|} 描述".into());
+    run.user_data = Some(user_data);
+    run.host_name = Some("host-1".into());
+    let first = plain.run_instances(REGION, run).await.unwrap().value;
+    let second = sts
+        .run_instances(REGION, run_request("second", "tok-run-2"))
+        .await
+        .unwrap()
+        .value;
+    let (a, b) = (first[0].clone(), second[0].clone());
+
+    // Twelve IDs: InstanceIds.10..12 sort before InstanceIds.2 in the canonical query.
+    let mut ids: Vec<String> = (3..=12).map(|n| format!("i-missing{n:012}")).collect();
+    ids.insert(0, b.clone());
+    ids.insert(0, a.clone());
+    let found = plain
+        .describe_instances(
+            REGION,
+            DescribeQuery {
+                instance_ids: ids,
+                tag_filters: vec![
+                    ("owner".into(), vec!["my operator".into(), "x".into()]),
+                    ("a+b=c d".into(), vec!["x/y z+1=2 é~*".into()]),
+                ],
+                max_results: Some(100),
+                next_token: None,
+            },
+        )
+        .await
+        .unwrap()
+        .value;
+    let got: Vec<&str> = found
+        .instances
+        .iter()
+        .map(|i| i.instance_id.as_str())
+        .collect();
+    assert_eq!(got, vec![a.as_str()]);
+    sts.describe_instances(
+        "cn-shanghai",
+        DescribeQuery {
+            tag_filters: vec![("owner".into(), vec!["测试 值".into()])],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    let tags = vec![
+        Tag {
+            key: "team/名前".into(),
+            value: "a+b=c d".into(),
+        },
+        Tag {
+            key: "empty".into(),
+            value: String::new(),
+        },
+    ];
+    plain
+        .tag_instances(REGION, vec![a.clone(), b.clone()], tags)
+        .await
+        .unwrap();
+    sts.untag_instances(
+        REGION,
+        vec![a.clone()],
+        vec!["team/名前".into(), "empty".into()],
+    )
+    .await
+    .unwrap();
+    plain
+        .set_deletion_protection(REGION, b.clone(), true)
+        .await
+        .unwrap();
+    sts.set_deletion_protection(REGION, b.clone(), false)
+        .await
+        .unwrap();
+    let mut p = Params::new();
+    p.set("InstanceId", &a)
+        .set("Description", "~!*'();:@&=+$,/?#[]% \"<>");
+    plain
+        .call::<EmptyResult>(REGION, Action::ModifyInstanceAttribute, p.into_vec())
+        .await
+        .unwrap();
+
+    emu.wait_status(&a, Some("RUNNING")).await;
+    let mut p = Params::new();
+    p.list("InstanceIds", &[&a])
+        .set("ForceStop", true)
+        .set("StoppedMode", "KeepCharging")
+        .set("ClientToken", "tok stop=1");
+    let r = sts
+        .call::<OperationDetailsResult>(REGION, Action::StopInstances, p.into_vec())
+        .await
+        .unwrap();
+    assert_eq!(codes(&r.value.operation_details), vec!["OK"]);
+    emu.wait_status(&a, Some("STOPPED")).await;
+    assert_eq!(
+        batch(&plain, Action::StartInstances, &[&a], "tok~start").await,
+        vec!["OK"]
+    );
+    emu.wait_status(&a, Some("RUNNING")).await;
+    let mut p = Params::new();
+    p.set("InstanceId", &b).set("ClientToken", "tok/one+");
+    plain
+        .call::<EmptyResult>(REGION, Action::DeleteInstance, p.into_vec())
+        .await
+        .unwrap();
+    let deleted = sts
+        .delete_instances(REGION, vec![a.clone()], "tok del+/= 1".into())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(codes(&deleted), vec!["OK"]);
+    // A refused call is logged as well: its signature is as checkable as any other.
+    let e = plain
+        .delete_instances(REGION, vec!["i-missing000000000099".into()], "tok-x".into())
+        .await
+        .unwrap_or_else(|e| panic!("batch errors are per instance: {e}"))
+        .value;
+    assert_eq!(codes(&e), vec!["InvalidInstance.NotFound"]);
+
+    let log = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let api: Vec<&Value> = lines.iter().filter(|l| l["path"] == "/").collect();
+    assert!(api.len() >= 14, "{} API requests logged: {log}", api.len());
+    for l in &api {
+        let has = |name: &str| {
+            l["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h[0] == name)
+        };
+        assert!(has("authorization") && has("x-date") && has("host"), "{l}");
+    }
+    let calls = emu.admin("GET", "calls", None).await.1;
+    let failed: Vec<&Value> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] != 200)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "every request passed the emulator: {failed:?}"
+    );
+    eprintln!(
+        "{} client requests logged to {} for the official SDK's signer",
+        api.len(),
+        path.display()
+    );
+}

@@ -23,7 +23,7 @@ use super::wire::{new_request_id, rfc3339, with_request_id, ApiError, Meta};
 use super::Emulator;
 
 /// Forms are tiny; anything bigger is not an ECS request.
-const MAX_BODY: usize = 1 << 20;
+pub(crate) const MAX_BODY: usize = 1 << 20;
 const MAX_TOKEN_LEN: usize = 64;
 
 /// How the answer goes on the wire.

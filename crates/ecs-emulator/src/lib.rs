@@ -6,6 +6,8 @@
 //!
 //! Besides the real API there is an unsigned admin JSON API under `/_emulator/` (see
 //! `admin.rs`) to seed instances, inject faults and read the call and deletion logs.
+//! `--request-log PATH` appends every HTTP request as it arrived (`reqlog.rs`), for checkers
+//! that are not ours (the official Python SDK's signer in `tests/python`).
 //!
 //! Choices the Volcengine docs leave open, made here and relied on by tests:
 //! - unknown region in the credential scope: 400 `InvalidRegion`;
@@ -69,11 +71,13 @@ mod auth;
 mod faults;
 mod log;
 mod params;
+mod reqlog;
 mod state;
 mod wire;
 
 use std::future::Future;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::routing::any;
@@ -152,6 +156,10 @@ pub struct EmulatorArgs {
     /// `throttle_every`.
     #[arg(long, default_value_t = 0)]
     pub throttle_every: u32,
+    /// Append one JSON line per HTTP request received to this file: method, path, raw
+    /// query, every header and the body, as they arrived (see `reqlog.rs`). Off by default.
+    #[arg(long, value_name = "PATH")]
+    pub request_log: Option<PathBuf>,
 }
 
 /// Volcengine's documented TagFilters limit.
@@ -183,6 +191,9 @@ pub struct EmulatorConfig {
     pub omit_operation_result: bool,
     /// Every Nth real-API call is throttled (0 = none); see `EmulatorArgs::throttle_every`.
     pub throttle_every: u32,
+    /// Where every received HTTP request is appended as a JSON line (`--request-log`);
+    /// fixed at start, not part of the admin config.
+    pub request_log: Option<PathBuf>,
 }
 
 impl Default for EmulatorConfig {
@@ -201,6 +212,7 @@ impl Default for EmulatorConfig {
             null_empty: false,
             omit_operation_result: false,
             throttle_every: 0,
+            request_log: None,
         }
     }
 }
@@ -229,6 +241,7 @@ impl From<&EmulatorArgs> for EmulatorConfig {
             null_empty: a.realism,
             omit_operation_result: a.realism,
             throttle_every: a.throttle_every,
+            request_log: a.request_log.clone(),
             ..Self::default()
         }
     }
@@ -257,11 +270,14 @@ impl Inner {
 pub struct Emulator {
     initial: EmulatorConfig,
     inner: Mutex<Inner>,
+    /// `--request-log`: outside `inner`, so a reset keeps it.
+    request_log: Option<reqlog::RequestLog>,
 }
 
 impl Emulator {
     pub fn new(cfg: EmulatorConfig) -> Arc<Self> {
         Arc::new(Self {
+            request_log: cfg.request_log.clone().map(reqlog::RequestLog::new),
             initial: cfg.clone(),
             inner: Mutex::new(Inner::new(cfg)),
         })
@@ -280,11 +296,18 @@ impl Emulator {
 
 /// The real API on `/` plus the admin API under `/_emulator/`.
 pub fn router(emu: Arc<Emulator>) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/", any(api::handle))
         .nest("/_emulator", admin::routes())
-        .fallback(api::wrong_path)
-        .with_state(emu)
+        .fallback(api::wrong_path);
+    let app = match emu.request_log {
+        Some(_) => app.layer(axum::middleware::from_fn_with_state(
+            emu.clone(),
+            reqlog::record,
+        )),
+        None => app,
+    };
+    app.with_state(emu)
 }
 
 /// Serves on `listener` until `shutdown` completes.
@@ -302,6 +325,12 @@ pub async fn serve(
 /// SIGTERM.
 pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
     let cfg = EmulatorConfig::from(&args);
+    if let Some(path) = &cfg.request_log {
+        // Fail at startup, not on the first request, if the log cannot be written.
+        reqlog::open(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("--request-log {}: {e}", path.display()))
+        })?;
+    }
     let listener = TcpListener::bind(&args.listen).await?;
     let addr = listener.local_addr()?;
     {
