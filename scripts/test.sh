@@ -7,13 +7,17 @@
 #   1 fuzz-replay   every committed fuzz corpus file through its target (stable, no fuzzing)
 #   2 wire          the client and the official Python and Go SDKs against the emulator
 #   3 e2e-newest    every end-to-end test on the newest supported Kubernetes
+#   3 gc-bench      a CI-sized garbage-collection benchmark (N = 300 under the emulator's
+#                   throttle): DeleteInstances calls <= 1.05 * ceil(N/100), nothing left,
+#                   and the time ratio to the same run's floor printed
 #   4 e2e-oldest    deletion, lifecycle, admission and RBAC suites on the oldest supported one
 #   5 soak          churn under faults with operator kills and an apiserver restart
 # Installs and starts what it needs (idempotent), so it works on a fresh machine.
 #
 # Environment: K8S_NEWEST / K8S_OLDEST (versions), E2E_THREADS (parallel tests per e2e binary,
-# default the number of cores), E2E_LANES (e2e binaries run side by side, default 3),
-# SKIP_OLDEST=1, SKIP_SOAK=1, TIERS="unit e2e-newest" (only those tiers; local iterations
+# default 2, at most the number of cores), E2E_LANES (e2e binaries run side by side, default
+# cores / E2E_THREADS, at least 1), so no more tests (each with its operator) run at once than
+# there are cores; SKIP_OLDEST=1, SKIP_SOAK=1, TIERS="unit e2e-newest" (only those tiers; local iterations
 # only, CI runs all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +26,10 @@ export ECS_CP_DIR="${ECS_CP_DIR:-/tmp/ecs-cp}"
 K8S_NEWEST="${K8S_NEWEST:-1.37.2}"
 K8S_OLDEST="${K8S_OLDEST:-1.33.13}"
 OLDEST_CP_DIR="${ECS_CP_DIR}-oldest"
-E2E_THREADS="${E2E_THREADS:-$(nproc)}"
-E2E_LANES="${E2E_LANES:-3}"
+CORES=$(nproc)
+E2E_THREADS="${E2E_THREADS:-$((CORES < 2 ? 1 : 2))}"
+E2E_LANES="${E2E_LANES:-$((CORES / E2E_THREADS > 1 ? CORES / E2E_THREADS : 1))}"
+export E2E_THREADS E2E_LANES # the harness sizes per-test operator parallelism from them
 SUMMARY=()
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -188,10 +194,15 @@ wire() {
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check volcenginesdk-ecs pytest
   fi
+  # Every request our client sends in emulator_client's request-log test is written here; the
+  # official Python SDK's signer then re-signs each one (tests/python/test_client_requests.py).
+  local requests="$CARGO_TARGET_DIR/wire-client-requests.jsonl"
+  rm -f "$requests"
   # shellcheck disable=SC2046
-  cargo test -q $(wire_targets)
-  step "official Python SDK against the emulator"
-  ECS_EMULATOR_BIN="$CARGO_TARGET_DIR/debug/ecs-emulator" "$venv/bin/pytest" -q tests/python
+  ECS_CLIENT_REQUESTS="$requests" cargo test -q $(wire_targets)
+  step "official Python SDK: against the emulator, its signer on the vectors and on our client's requests"
+  ECS_CLIENT_REQUESTS="$requests" ECS_EMULATOR_BIN="$CARGO_TARGET_DIR/debug/ecs-emulator" \
+    "$venv/bin/pytest" -q tests/python
   step "official Go SDK against the emulator"
   command -v go >/dev/null || { echo "go not found: the Go SDK tests need Go (1.22+)"; return 1; }
   local out
@@ -210,6 +221,13 @@ e2e_newest() {
   local targets
   mapfile -t targets < <(e2e_targets)
   run_side_by_side "${targets[@]}"
+}
+
+# The benchmark in the dev profile (the binaries the e2e tiers use; no release build of the
+# dependency tree): it asserts calls and leftovers, and prints times, which it does not assert.
+gc_bench() {
+  K8S_VERSION="$K8S_NEWEST" bash scripts/control-plane.sh up "$ECS_CP_DIR"
+  cargo bench -q --profile dev --bench gc -- --n "${GC_BENCH_N:-300}" --floor-too --check
 }
 
 # The oldest supported release runs the suites whose behaviour depends on the API server:
@@ -262,6 +280,7 @@ tier simulation simulation
 tier fuzz-replay fuzz_replay
 tier wire wire
 tier e2e-newest e2e_newest
+tier gc-bench gc_bench
 [[ ${SKIP_OLDEST:-0} == 1 ]] || tier e2e-oldest e2e_oldest
 [[ ${SKIP_SOAK:-0} == 1 ]] || tier soak soak
 print_summary

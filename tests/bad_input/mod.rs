@@ -22,6 +22,8 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use futures::StreamExt;
+
 use crate::support::{self, create, delete, gone, wait_for, Operator};
 
 pub const AK: &str = "AKLTbadinput";
@@ -529,7 +531,8 @@ async fn run_config_case(
     }
 }
 
-/// Every misconfigured operator at once, each in its own namespace.
+/// Every misconfigured operator, each in its own namespace, `support::operator_slots()` at a
+/// time.
 pub async fn run_config_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
     let client = support::client().await;
     let emu = start_emu(&format!("{}-config", mode.tag), &mode);
@@ -539,7 +542,10 @@ pub async fn run_config_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
     let runs = cases
         .iter()
         .map(|c| run_config_case(&client, &emu, &mode, c, ev));
-    futures::future::join_all(runs).await
+    futures::stream::iter(runs)
+        .buffered(support::operator_slots())
+        .collect()
+        .await
 }
 
 pub struct AnswerCase {
@@ -636,15 +642,18 @@ async fn ready(api: &Api<EcsInstance>, name: &str) {
     .await;
 }
 
-/// Every bad answer at once, each case with its own namespace, emulator (faults are per
-/// action) and operator.
+/// Every bad answer, each case with its own namespace, emulator (faults are per action) and
+/// operator, `support::operator_slots()` at a time.
 pub async fn run_answer_cases(mode: Mode, ev: &Evidence) -> Vec<Row> {
     let client = support::client().await;
     let cases = answer_cases();
     let runs = cases
         .iter()
         .map(|case| run_answer_case(&client, &mode, case, ev));
-    futures::future::join_all(runs).await
+    futures::stream::iter(runs)
+        .buffered(support::operator_slots())
+        .collect()
+        .await
 }
 
 async fn run_answer_case(client: &Client, mode: &Mode, case: &AnswerCase, ev: &Evidence) -> Row {

@@ -191,11 +191,15 @@ pub struct RunArgs {
     /// Largest batch of instance IDs per DeleteInstances/DescribeInstances call (1 disables batching).
     #[arg(long, env = "ECS_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub batch_size: u16,
-    /// A batch is sent once no request arrived for this long, milliseconds.
+    /// A batch holding one request is sent once no request arrived for this long, milliseconds.
     #[arg(long, env = "ECS_BATCH_IDLE_MS", default_value_t = 25)]
     pub batch_idle_ms: u64,
+    /// ... or, holding more than one request, for this long (the start of a stream: a
+    /// namespace deletion's first requests come a few at a time), milliseconds.
+    #[arg(long, env = "ECS_BATCH_STREAM_IDLE_MS", default_value_t = 1000)]
+    pub batch_stream_idle_ms: u64,
     /// ... or once its oldest request waited this long, milliseconds.
-    #[arg(long, env = "ECS_BATCH_MAX_LINGER_MS", default_value_t = 2000)]
+    #[arg(long, env = "ECS_BATCH_MAX_LINGER_MS", default_value_t = 5000)]
     pub batch_max_linger_ms: u64,
     /// Per-resource retry backoff: first delay, seconds.
     #[arg(long, env = "ECS_BACKOFF_BASE_SECS", default_value_t = 2.0)]

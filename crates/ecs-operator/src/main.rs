@@ -192,6 +192,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         batch: BatchConfig {
             max_size: usize::from(args.batch_size),
             idle: Duration::from_millis(args.batch_idle_ms),
+            stream_idle: Duration::from_millis(args.batch_stream_idle_ms),
             max_linger: Duration::from_millis(args.batch_max_linger_ms),
         },
         backoff_base,

@@ -516,6 +516,78 @@ mod tests {
         }
     }
 
+    /// The cluster-wide Kubernetes list failing, on every page or only after the first (the
+    /// live resource on the unread page): every sweep is skipped and nothing is deleted, while
+    /// the cloud lists both VMs; once the list answers, the leak goes and the live VM stays.
+    /// A sweeper that read a failed list as empty, or kept the pages it read, would delete
+    /// the live resource's VM.
+    #[tokio::test]
+    async fn a_failed_kubernetes_list_skips_the_sweep() {
+        use crate::testing::cloud::{FakeCloud, Vm};
+        use crate::testing::kube::{FakeKube, ListFault};
+        use volcengine_ecs::Action;
+        for fault in [ListFault::Every(500), ListFault::LaterPages(500)] {
+            let kube = FakeKube::new();
+            kube.create_namespace("a", &[]);
+            kube.create_namespace("z", &[]);
+            // 500 resources fill the first page (live_resources asks for 500 a page).
+            for i in 0..500 {
+                kube.create_instance("a", &format!("vm-{i:03}"), Default::default())
+                    .unwrap();
+            }
+            let uid = kube
+                .create_instance("z", "live", Default::default())
+                .unwrap();
+            let cloud = FakeCloud::new("cn-beijing");
+            let tagged = |id: &str, uid: &str| Vm {
+                tags: vec![
+                    Tag {
+                        key: TAG_CLUSTER.into(),
+                        value: "c1".into(),
+                    },
+                    Tag {
+                        key: TAG_UID.into(),
+                        value: uid.into(),
+                    },
+                ],
+                ..Vm::running(id)
+            };
+            cloud.add_vm(tagged("i-live", &uid));
+            cloud.add_vm(tagged("i-leak", "gone"));
+            let client = kube.client();
+            let mut tracker = Tracker::default();
+            let sweep = async |t: &mut Tracker| {
+                sweep_once(
+                    &client,
+                    &cloud,
+                    t,
+                    "c1",
+                    &[],
+                    Duration::ZERO,
+                    SweepMode::Delete,
+                )
+                .await
+                .map(|(_, acted)| acted)
+            };
+            kube.state().list_fault = Some(fault);
+            for _ in 0..3 {
+                let r = sweep(&mut tracker).await;
+                assert!(matches!(r, Err(SweepError::Kube(_))), "{fault:?}: {r:?}");
+            }
+            let deletes = cloud.state().calls_of(Action::DeleteInstances).count();
+            assert_eq!(deletes, 0, "{fault:?}");
+            kube.state().list_fault = None;
+            let mut deleted = Vec::new();
+            for _ in 0..2 {
+                let acted = sweep(&mut tracker).await;
+                let acted = acted.unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+                deleted.extend(acted.into_iter().map(|(id, _)| id));
+            }
+            assert_eq!(deleted, vec!["i-leak".to_string()], "{fault:?}");
+            assert!(cloud.vm("i-live").is_some(), "{fault:?}");
+        }
+    }
+
     #[test]
     fn only_this_clusters_tagged_vms_without_a_resource_after_grace_and_two_sweeps() {
         let vms = vec![

@@ -311,6 +311,20 @@ async fn remove_namespace(ns: &str) {
     delete_namespace(&client, ns).await;
 }
 
+/// How many operators one test may run at once: the cores shared among the tests running
+/// side by side (`E2E_THREADS` x `E2E_LANES` from scripts/test.sh, else cargo's
+/// `RUST_TEST_THREADS`), at least 1. Operators under test on an overcommitted CPU make every
+/// timing in a test slower than the code it tests.
+pub fn operator_slots() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    let sharing = match (env("E2E_THREADS"), env("E2E_LANES")) {
+        (Some(t), Some(l)) => t * l,
+        _ => env("RUST_TEST_THREADS").unwrap_or(1),
+    };
+    (cores / sharing.max(1)).max(1)
+}
+
 pub fn uuid_ish() -> String {
     use rand::Rng;
     let mut r = rand::rng();

@@ -9,6 +9,8 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
+use super::batch::Pace;
+
 use super::apply_plan::{self, ApplyFacts, ApplyReport, ApplyStep, ApplyThen, Write};
 use super::ownership::{self, Facts, Verdict};
 use super::reasons::{Cond, EventNote, Reason};
@@ -75,7 +77,7 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
                 }
             }
             ApplyStep::Describe { id } => {
-                f.observed = Some(ctx.describe_one(&region, &id).await);
+                f.observed = Some(ctx.describe_one(&region, &id, Pace::Unknown).await);
                 f.now = super::ownership::now();
             }
             // Seen once: from now on a VM the cloud does not list has vanished.

@@ -4,8 +4,10 @@
 //! (the namespace controller marks about 190 resources a second), not all at once, so a
 //! fixed tiny window would send many small batches. Instead a batch is sent when it is full,
 //! or when its oldest request has waited `max_linger`, or, while the batcher is quiet (no
-//! batch sent within `max_linger`), when no new request arrived for `idle`: a lone
-//! `kubectl delete` waits only `idle`, and a stream fills its batches.
+//! batch sent within `max_linger`), when no new request arrived for `idle` (one request
+//! waiting) or `stream_idle` (several): a lone `kubectl delete` waits only `idle`, and a
+//! stream fills its batches from the first one on (the first requests of a namespace
+//! deletion arrive a few at a time, with gaps longer than `idle`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +24,19 @@ use crate::cloud::{CloudError, ErrorClass};
 pub struct Pending<I, O> {
     pub region: String,
     pub item: I,
+    pub pace: Pace,
     pub reply: oneshot::Sender<Arc<O>>,
+}
+
+/// What the caller knows of the requests to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Nothing: alone and quiet, the request leaves after `idle`.
+    Unknown,
+    /// Part of a wave (its namespace is being deleted: the namespace controller marks every
+    /// resource there, the first few hundreds of milliseconds apart): it waits `stream_idle`
+    /// for company even when alone.
+    Wave,
 }
 
 /// Sends one batch; every member receives the same (shared) outcome and reads its own part.
@@ -34,6 +48,11 @@ pub trait BatchCall<I, O>: Send + Sync + 'static {
     /// single members), so no member holds back the others.
     fn split(&self, _outcome: &O) -> bool {
         false
+    }
+
+    /// The action, for logs.
+    fn name(&self) -> &'static str {
+        "batch"
     }
 }
 
@@ -53,6 +72,8 @@ pub fn split_after(e: &CloudError) -> bool {
 pub struct BatchConfig {
     pub max_size: usize,
     pub idle: Duration,
+    /// The quiet gap that ends a batch already holding more than one request.
+    pub stream_idle: Duration,
     pub max_linger: Duration,
 }
 
@@ -61,7 +82,8 @@ impl Default for BatchConfig {
         Self {
             max_size: 100,
             idle: Duration::from_millis(25),
-            max_linger: Duration::from_millis(2000),
+            stream_idle: Duration::from_millis(1000),
+            max_linger: Duration::from_millis(5000),
         }
     }
 }
@@ -94,11 +116,17 @@ impl<I: Clone + Send + 'static, O: Send + Sync + 'static> Batcher<I, O> {
 
     /// Queues one request and waits for its batch's outcome. `None` if the batcher stopped.
     pub async fn submit(&self, region: String, item: I) -> Option<Arc<O>> {
+        self.submit_paced(region, item, Pace::Unknown).await
+    }
+
+    /// `submit`, saying what is known of the requests to come.
+    pub async fn submit_paced(&self, region: String, item: I, pace: Pace) -> Option<Arc<O>> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending {
                 region,
                 item,
+                pace,
                 reply,
             })
             .ok()?;
@@ -116,10 +144,13 @@ async fn run<I: Clone + Send + 'static, O: Send + Sync + 'static>(
     // Regions are batched separately: the region is part of the signature scope.
     let mut open: OpenBatches<I, O> = BTreeMap::new();
     let mut last_arrival = Instant::now();
-    // When a batch went out recently the system is busy (a namespace deletion, a GC wave):
-    // then a partial batch waits up to `max_linger` to fill instead of leaving at the first
-    // short gap. When it is quiet, a lone deletion leaves after `idle`.
-    let mut last_dispatch: Option<Instant> = None;
+    // A batch went out recently, or several requests wait: a stream (a namespace deletion,
+    // a GC wave, `kubectl delete` of several). Then a partial batch leaves only at a gap of
+    // `stream_idle` (or at `max_linger`), not at the first short gap. When it is quiet, a
+    // lone deletion leaves after `idle`.
+    // Only a batch of several counts: lone deletions one after another (a user deleting
+    // resources one by one) are not a stream and each leaves after `idle`.
+    let mut last_stream_dispatch: Option<Instant> = None;
     let mut closed = false;
     loop {
         if open.is_empty() {
@@ -135,18 +166,25 @@ async fn run<I: Clone + Send + 'static, O: Send + Sync + 'static>(
             }
         }
         let busy = |now: Instant| {
-            last_dispatch.is_some_and(|t| now.saturating_duration_since(t) < cfg.max_linger)
+            last_stream_dispatch.is_some_and(|t| now.saturating_duration_since(t) < cfg.max_linger)
+        };
+        let gap = |open: &OpenBatches<I, O>, now: Instant| {
+            let waiting: usize = open.values().map(|(_, v)| v.len()).sum();
+            let wave = open
+                .values()
+                .any(|(_, v)| v.iter().any(|p| p.pace == Pace::Wave));
+            if waiting <= 1 && !busy(now) && !wave {
+                cfg.idle
+            } else {
+                cfg.stream_idle.max(cfg.idle)
+            }
         };
         let oldest = open
             .values()
             .map(|(t, _)| *t)
             .min()
             .unwrap_or_else(Instant::now);
-        let deadline = if busy(Instant::now()) {
-            oldest + cfg.max_linger
-        } else {
-            (last_arrival + cfg.idle).min(oldest + cfg.max_linger)
-        };
+        let deadline = (last_arrival + gap(&open, Instant::now())).min(oldest + cfg.max_linger);
         if !closed {
             tokio::select! {
                 p = rx.recv() => match p {
@@ -160,7 +198,7 @@ async fn run<I: Clone + Send + 'static, O: Send + Sync + 'static>(
             }
         }
         let now = Instant::now();
-        let idle = (now >= last_arrival + cfg.idle && !busy(now)) || closed;
+        let idle = now >= last_arrival + gap(&open, now) || closed;
         let regions: Vec<String> = open.keys().cloned().collect();
         for region in regions {
             let due = match open.get(&region) {
@@ -170,15 +208,26 @@ async fn run<I: Clone + Send + 'static, O: Send + Sync + 'static>(
             if !due {
                 continue;
             }
-            let Some((_, mut members)) = open.remove(&region) else {
+            let Some((first, mut members)) = open.remove(&region) else {
                 continue;
             };
+            tracing::debug!(
+                action = caller.name(),
+                %region,
+                size = members.len(),
+                waited_ms = now.saturating_duration_since(first).as_millis() as u64,
+                why = if members.len() >= max { "full" } else if idle { "idle" } else { "linger" },
+                "batch sent"
+            );
+            let sent = members.len();
             while !members.is_empty() {
                 let rest = members.split_off(members.len().min(max));
                 let batch = std::mem::replace(&mut members, rest);
                 dispatch(&caller, region.clone(), batch);
             }
-            last_dispatch = Some(now);
+            if sent > 1 {
+                last_stream_dispatch = Some(now);
+            }
         }
         if let Some(d) = &depth {
             d(open.values().map(|(_, v)| v.len() as i64).sum());
@@ -400,24 +449,106 @@ mod tests {
         assert_eq!(all, (0..250).collect::<Vec<_>>());
     }
 
+    /// As the namespace controller starts a deletion (bench at N = 300: a first batch of 4,
+    /// then 100, 100, 96): a few requests, a gap longer than `idle`, then the stream.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_batch_of_a_stream_is_not_cut_at_its_first_gap() {
+        let rec = Arc::new(Recorder::default());
+        let b = batcher(&rec, BatchConfig::default());
+        let mut handles = Vec::new();
+        for i in 0..300u32 {
+            let b = b.clone();
+            handles.push(tokio::spawn(async move { b.submit("r".into(), i).await }));
+            let gap = if i == 3 { 60 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+        }
+        for h in handles {
+            assert!(h.await.unwrap().is_some());
+        }
+        let sizes: Vec<usize> = rec.0.lock().unwrap().iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(sizes, vec![100, 100, 100], "{sizes:?}");
+    }
+
+    /// Lone deletions one after another (the latency bench: each deleted once the previous
+    /// one is gone) each leave after `idle`: a batch of one does not make the next wait.
+    #[tokio::test(start_paused = true)]
+    async fn lone_requests_in_a_row_each_wait_only_the_idle_gap() {
+        let rec = Arc::new(Recorder::default());
+        let b = batcher(&rec, BatchConfig::default());
+        for i in 0..10u32 {
+            let t = Instant::now();
+            b.submit("r".into(), i).await.unwrap();
+            assert!(
+                t.elapsed() <= Duration::from_millis(30),
+                "{i}: {:?}",
+                t.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A request known to open a wave (its namespace is being deleted) waits for company
+    /// although alone and quiet: the namespace controller's first marks come hundreds of
+    /// milliseconds apart (bench at N = 300: four batches of one, then 100, 100, 96).
+    #[tokio::test(start_paused = true)]
+    async fn a_wave_is_gathered_from_its_first_request() {
+        let rec = Arc::new(Recorder::default());
+        let b = batcher(&rec, BatchConfig::default());
+        let mut handles = Vec::new();
+        for i in 0..200u32 {
+            let b = b.clone();
+            handles.push(tokio::spawn(async move {
+                b.submit_paced("r".into(), i, Pace::Wave).await
+            }));
+            let gap = if i < 4 { 300 } else { 5 };
+            tokio::time::sleep(Duration::from_millis(gap)).await;
+        }
+        for h in handles {
+            assert!(h.await.unwrap().is_some());
+        }
+        let sizes: Vec<usize> = rec.0.lock().unwrap().iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(sizes, vec![100, 100], "{sizes:?}");
+    }
+
+    /// Several requests at once (`kubectl delete a b c`, or one describe batch's members
+    /// moving on to deletion) leave together after `stream_idle`, not `max_linger`.
+    #[tokio::test(start_paused = true)]
+    async fn a_few_requests_at_once_wait_only_the_stream_gap() {
+        let rec = Arc::new(Recorder::default());
+        let b = batcher(&rec, BatchConfig::default());
+        let t = Instant::now();
+        let all = futures::future::join_all((0..3u32).map(|i| b.submit("r".into(), i))).await;
+        assert!(all.iter().all(|o| o.as_deref() == Some(&3)), "{all:?}");
+        let waited = t.elapsed();
+        let cfg = BatchConfig::default();
+        assert!(
+            waited >= cfg.stream_idle && waited < cfg.stream_idle + Duration::from_millis(10),
+            "{waited:?}"
+        );
+    }
+
+    /// A stream slower than `idle` (30 ms gaps) that began with two requests together: once
+    /// a batch of several went out the batcher is busy, and the requests after a full batch
+    /// are gathered, not sent one by one. (A trickle in which no two requests ever meet
+    /// within `idle` is sent one by one, like lone deletions.)
     #[tokio::test(start_paused = true)]
     async fn after_a_burst_partial_batches_wait_to_fill_then_quiet_is_fast_again() {
         let rec = Arc::new(Recorder::default());
         let b = batcher(&rec, BatchConfig::default());
-        // A burst with 40 ms gaps (longer than `idle`): once busy, requests are gathered.
         let mut handles = Vec::new();
-        for i in 0..20u32 {
+        for i in 0..150u32 {
             let b = b.clone();
             handles.push(tokio::spawn(async move { b.submit("r".into(), i).await }));
-            tokio::time::sleep(Duration::from_millis(40)).await;
+            let gap = if i == 0 { 1 } else { 30 };
+            tokio::time::sleep(Duration::from_millis(gap)).await;
         }
         for h in handles {
             h.await.unwrap();
         }
-        let n = rec.0.lock().unwrap().len();
-        assert!(n <= 3, "{n} calls for a 20-request burst");
-        // Quiet again: a lone request goes out after `idle`.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let sizes: Vec<usize> = rec.0.lock().unwrap().iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(sizes, vec![100, 50], "{sizes:?}");
+        // Quiet again (no batch within `max_linger`): a lone request goes out after `idle`.
+        tokio::time::sleep(BatchConfig::default().max_linger + Duration::from_secs(1)).await;
         let t = Instant::now();
         b.submit("r".into(), 99).await.unwrap();
         assert!(
@@ -433,6 +564,7 @@ mod tests {
         let cfg = BatchConfig {
             max_size: 100,
             idle: Duration::from_millis(25),
+            stream_idle: Duration::from_millis(100),
             max_linger: Duration::from_millis(200),
         };
         let b = batcher(&rec, cfg);

@@ -88,6 +88,10 @@ pub struct DeleteCall {
 }
 
 impl BatchCall<DeleteItem, DeleteOutcome> for DeleteCall {
+    fn name(&self) -> &'static str {
+        "DeleteInstances"
+    }
+
     fn call(&self, region: String, items: Vec<DeleteItem>) -> BoxFuture<'static, DeleteOutcome> {
         let cloud = self.cloud.clone();
         let (token, ids) = batch_request(&items);

@@ -10,6 +10,7 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::apply::OWNERSHIP_TAGS;
+use super::batch::Pace;
 use super::cleanup::{self, DeleteItem};
 use super::delete_plan::{self, Answer, Facts, ReleaseCheck, Report, Step, Then};
 use super::ownership::{self, Proof};
@@ -80,6 +81,10 @@ impl<'a> Exec<'a> {
         }
     }
 
+    fn pace(&self) -> Pace {
+        self.ctx.pace_of(&self.obj.namespace().unwrap_or_default())
+    }
+
     /// Carries out one step and returns the answer (`Err`: the step ended the reconcile).
     /// One arm per effect in the README's diagram.
     async fn carry_out(
@@ -98,7 +103,7 @@ impl<'a> Exec<'a> {
             Step::CheckOwnership { id } => {
                 Answer::Ownership(self.ownership_proof(facts, &id).await)
             }
-            Step::Claim { id } => match ctx.describe_one(&self.region, &id).await {
+            Step::Claim { id } => match ctx.describe_one(&self.region, &id, self.pace()).await {
                 Ok(Some(inst)) => return self.claim(&inst).await.map(Err),
                 Ok(None) => Answer::Claim(Ok(())),
                 Err(e) => Answer::Claim(Err(e)),
@@ -112,16 +117,16 @@ impl<'a> Exec<'a> {
                 Answer::Untag(r.map(|c| c.request_id))
             }
             Step::CheckGone { id } => Answer::UntagGone(matches!(
-                ctx.describe_one(&self.region, &id).await,
+                ctx.describe_one(&self.region, &id, self.pace()).await,
                 Ok(None)
             )),
             Step::ConfirmUntag { id } => Answer::UntagCheck(
-                ctx.describe_one(&self.region, &id)
+                ctx.describe_one(&self.region, &id, self.pace())
                     .await
                     .map(|seen| untag_check(seen.as_ref())),
             ),
             Step::AwaitTermination { id } => {
-                let seen = ctx.describe_one(&self.region, &id).await;
+                let seen = ctx.describe_one(&self.region, &id, self.pace()).await;
                 if let Err(e) = &seen {
                     tracing::info!(%id, error = %e, "waiting for termination");
                 }
@@ -150,7 +155,7 @@ impl<'a> Exec<'a> {
                 Answer::Delete(self.delete(id, attempt).await?)
             }
             Step::ObserveBusy { id } => {
-                let seen = ctx.describe_one(&self.region, &id).await;
+                let seen = ctx.describe_one(&self.region, &id, self.pace()).await;
                 Answer::BusyStatus(seen.ok().flatten().map(|i| i.status))
             }
             // Not reached: `run` reports a final step itself.
@@ -190,7 +195,7 @@ impl<'a> Exec<'a> {
     async fn ownership_proof(&self, f: &Facts, id: &str) -> Result<Proof, CloudError> {
         let seen = self
             .ctx
-            .describe_one(&self.region, id)
+            .describe_one(&self.region, id, self.pace())
             .await?
             .map(|inst| ownership::seen(&inst, &self.uid));
         Ok(ownership::proof(f.status.ownership, f.appearing, seen))

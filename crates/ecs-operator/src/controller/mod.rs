@@ -31,7 +31,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
 use self::backoff::Backoff;
-use self::batch::{BatchConfig, Batcher};
+use self::batch::{BatchConfig, Batcher, Pace};
 use self::cleanup::{DeleteCall, DeleteItem, DeleteOutcome};
 use self::events::EventRecorder;
 use self::observe::{DescribeCall, DescribeOutcome};
@@ -109,8 +109,14 @@ impl Context {
         gate: MutationGate,
     ) -> Self {
         let m = metrics.clone();
+        // A deletion reaches the deleter right after its describe batch answered, together
+        // with that batch's other members: requests come in clumps, one per describe batch,
+        // so waiting for more after a clump only delays it. The stream is gathered upstream.
         let deleter = Batcher::spawn(
-            settings.batch,
+            BatchConfig {
+                stream_idle: settings.batch.idle,
+                ..settings.batch
+            },
             Arc::new(DeleteCall {
                 cloud: cloud.clone(),
                 on_batch: Some(Arc::new(move |n| m.delete_batch_size.observe(n as f64))),
@@ -166,10 +172,11 @@ impl Context {
         &self,
         region: &str,
         id: &str,
+        pace: Pace,
     ) -> Result<Option<Instance>, CloudError> {
         let out = self
             .describer
-            .submit(region.to_string(), id.to_string())
+            .submit_paced(region.to_string(), id.to_string(), pace)
             .await
             .ok_or_else(|| CloudError::Config("shutting down".into()))?;
         match out.as_ref() {
@@ -236,6 +243,15 @@ impl Context {
         }
     }
 
+    /// A deletion in a namespace being deleted is part of a wave (see `batch::Pace`).
+    pub fn pace_of(&self, ns: &str) -> Pace {
+        if self.is_terminating(ns) {
+            Pace::Wave
+        } else {
+            Pace::Unknown
+        }
+    }
+
     pub fn is_terminating(&self, ns: &str) -> bool {
         let m = match self.terminating.lock() {
             Ok(m) => m,
@@ -261,10 +277,17 @@ impl Context {
         fresh
             .get(|| async move {
                 match api.get_opt(ns).await {
-                    Ok(Some(n)) => match n.annotations().get(NAMESPACE_POLICY_ANNOTATION) {
-                        Some(v) => NsAnnotation::Value(v.clone()),
-                        None => NsAnnotation::Absent,
-                    },
+                    Ok(Some(n)) => {
+                        // Seen terminating: no Events there (the API server refuses them),
+                        // and its deletions come as a wave.
+                        if n.metadata.deletion_timestamp.is_some() {
+                            self.mark_terminating(ns);
+                        }
+                        match n.annotations().get(NAMESPACE_POLICY_ANNOTATION) {
+                            Some(v) => NsAnnotation::Value(v.clone()),
+                            None => NsAnnotation::Absent,
+                        }
+                    }
                     Ok(None) => NsAnnotation::NotFound,
                     Err(e) => {
                         tracing::info!(namespace = %ns, error = %e, "namespace not readable");

@@ -18,6 +18,10 @@ pub struct DescribeCall {
 }
 
 impl BatchCall<String, DescribeOutcome> for DescribeCall {
+    fn name(&self) -> &'static str {
+        "DescribeInstances"
+    }
+
     fn call(&self, region: String, mut ids: Vec<String>) -> BoxFuture<'static, DescribeOutcome> {
         ids.sort();
         ids.dedup();

@@ -32,9 +32,19 @@ pub struct KubeState {
     pub crd: Option<Value>,
     /// Namespace GETs answered with this HTTP status instead (403, 500, ...).
     pub namespace_faults: BTreeMap<String, u16>,
+    /// Cluster-wide EcsInstance LISTs answered with an error instead.
+    pub list_fault: Option<ListFault>,
     pub events: BTreeSet<(String, String)>,
     /// `METHOD path` of every request, in order.
     pub requests: Vec<String>,
+}
+
+/// Which cluster-wide EcsInstance LISTs fail, and with which HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListFault {
+    Every(u16),
+    /// Only the pages after the first (requests carrying a `continue` token).
+    LaterPages(u16),
 }
 
 /// The store and its service. Clones share the store.
@@ -331,6 +341,16 @@ impl FakeKube {
             Err(e) => return status(400, "BadRequest", &e.to_string()),
         };
         let path = parts.uri.path().to_string();
+        // Only `limit` and `continue` are read, and this store's tokens are digits: no
+        // percent-decoding needed.
+        let query = parts.uri.query().unwrap_or("").to_string();
+        let param = |k: &str| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
         let content_type = parts
             .headers
             .get(http::header::CONTENT_TYPE)
@@ -350,7 +370,16 @@ impl FakeKube {
         };
         let m = &parts.method;
         match segs.as_slice() {
-            ["apis", GROUP, VERSION, "ecsinstances"] if m == Method::GET => list(&st, None),
+            ["apis", GROUP, VERSION, "ecsinstances"] if m == Method::GET => {
+                let cont = param("continue").filter(|c| !c.is_empty());
+                match st.list_fault {
+                    Some(ListFault::Every(code)) => status(code, "InternalError", "list failed"),
+                    Some(ListFault::LaterPages(code)) if cont.is_some() => {
+                        status(code, "InternalError", "list failed")
+                    }
+                    _ => list_page(&st, param("limit"), cont),
+                }
+            }
             ["apis", GROUP, VERSION, "namespaces", ns, "ecsinstances"] if m == Method::GET => {
                 list(&st, Some(ns))
             }
@@ -556,6 +585,22 @@ fn list(st: &KubeState, ns: Option<&str>) -> Response<Body> {
         200,
         &json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "EcsInstanceList",
                 "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+    )
+}
+
+/// A cluster-wide list, paged when asked (`limit`; the `continue` token is the offset).
+fn list_page(st: &KubeState, limit: Option<String>, cont: Option<String>) -> Response<Body> {
+    let start: usize = cont.and_then(|c| c.parse().ok()).unwrap_or(0);
+    let limit: usize = limit.and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
+    let items: Vec<&Value> = st.instances.values().skip(start).take(limit).collect();
+    let end = start + items.len();
+    let more = end < st.instances.len();
+    respond(
+        200,
+        &json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "EcsInstanceList",
+                "metadata": {"resourceVersion": st.rv.to_string(),
+                             "continue": if more { end.to_string() } else { String::new() }},
+                "items": items}),
     )
 }
 
