@@ -462,13 +462,16 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
             .any(|c| c["params"]["ClientToken"] == web2_token.as_str()),
         "a VM was created without the user data"
     );
-    // Argo CD must not call a resource Healthy whose VM cannot be made.
+    // Argo CD shows a resource whose VM cannot be made until a human binds the role as
+    // Degraded (not "Progressing: waiting for the operator", which it showed while the
+    // refusal left status.observedGeneration unset).
     let web2_json = serde_json::to_value(api2.get("web2").await.unwrap()).unwrap();
     let (health2, message2) = argocd_health(&web2_json);
-    assert!(
-        health2 == "Degraded" || health2 == "Progressing",
+    assert_eq!(
+        health2, "Degraded",
         "Argo CD health of web2: {health2} ({message2})"
     );
+    assert!(message2.contains("UserDataForbidden"), "{message2}");
 
     // Delete: the VM goes (spec.deletionPolicy Delete); the namespace annotation (Orphan)
     // was readable, so "kept" leaves its VM in place.

@@ -12,12 +12,13 @@
 --   no status / no conditions                            Progressing (not reconciled yet)
 --   Stalled=True (InstanceNotFound, InvalidSpec, ImmutableFieldChanged, DeletionRefused)
 --                                                        Degraded
---   Synced=False CloudAuthError / InvalidSpec / ImmutableFieldChanged / UserDataNotFound
---                                                        Degraded
+--   Synced=False CloudAuthError / InvalidSpec / ImmutableFieldChanged / UserDataNotFound /
+--     UserDataForbidden / UserDataTooLarge               Degraded
 --   status.observedGeneration < metadata.generation      Progressing (spec change not seen yet)
 --   Ready=True                                           Healthy
 --   Ready=False InstanceNotFound / InvalidSpec / ImmutableFieldChanged / CloudAuthError /
---     UserDataNotFound                                   Degraded
+--     UserDataNotFound / UserDataForbidden / UserDataTooLarge
+--                                                        Degraded
 --   Ready=False InstanceNotRunning, VM settled in ERROR  Degraded
 --   Ready=False InstanceNotRunning, VM settled STOPPED   Suspended (stopped outside Kubernetes)
 --   anything else (Creating, CloudError, CloudThrottled, a VM in transition, ...)
@@ -84,8 +85,10 @@ local function describe(c, fallback)
   return fallback
 end
 
-local DEGRADED_SYNCED = { "CloudAuthError", "InvalidSpec", "ImmutableFieldChanged", "UserDataNotFound" }
-local DEGRADED_READY = { "InstanceNotFound", "InvalidSpec", "ImmutableFieldChanged", "CloudAuthError", "UserDataNotFound" }
+local DEGRADED_SYNCED = { "CloudAuthError", "InvalidSpec", "ImmutableFieldChanged", "UserDataNotFound",
+  "UserDataForbidden", "UserDataTooLarge" }
+local DEGRADED_READY = { "InstanceNotFound", "InvalidSpec", "ImmutableFieldChanged", "CloudAuthError", "UserDataNotFound",
+  "UserDataForbidden", "UserDataTooLarge" }
 local DEGRADED_DELETING = { "CloudAuthError", "DeletionRefused" }
 local DELETING_READY = { "Deleting", "DeletionAccepted" }
 

@@ -239,6 +239,14 @@ local CASES = {
       cond("Ready", "False", "UserDataNotFound", "user data Secret team-a/init key cloud-init not found"),
       cond("Synced", "False", "UserDataNotFound", "user data Secret team-a/init key cloud-init not found") } },
     "Degraded", "UserDataNotFound: user data Secret team-a/init key cloud-init not found" },
+  { "user data Secret not readable by the operator", ecsi { conds = {
+      cond("Ready", "False", "UserDataForbidden", "the operator may not read Secret team-a/init (user data)"),
+      cond("Synced", "False", "UserDataForbidden", "the operator may not read Secret team-a/init (user data)") } },
+    "Degraded", "UserDataForbidden: the operator may not read Secret team-a/init (user data)" },
+  { "user data too large", ecsi { conds = {
+      cond("Ready", "False", "UserDataTooLarge", "user data is 40000 bytes base64, over 32768"),
+      cond("Synced", "False", "UserDataTooLarge", "user data is 40000 bytes base64, over 32768") } },
+    "Degraded", "UserDataTooLarge: user data is 40000 bytes base64, over 32768" },
   { "VM settled in ERROR", ecsi { instanceStatus = "ERROR", conds = {
       cond("Ready", "False", "InstanceNotRunning", "VM i-abc123 is ERROR"), cond("Synced", "True", "Observed") } },
     "Degraded", "InstanceNotRunning: VM i-abc123 is ERROR" },

@@ -382,6 +382,9 @@ pub fn create_refused(f: &ApplyFacts, reason: Reason, msg: String) -> ApplyRepor
     for t in [Cond::Ready, Cond::Synced] {
         cond(&mut st, f, t, false, reason, &msg);
     }
+    // This generation was seen and answered (with a refusal): without it, tools that wait
+    // for observedGeneration (Argo CD, kstatus) show "waiting for the operator" forever.
+    st.observed_generation = f.generation;
     merge(
         st,
         vec![EventNote::warning(reason, "Create", msg)],
@@ -814,6 +817,8 @@ mod tests {
             ]
         );
         assert_eq!((r.events[0].warning, r.then), (true, ApplyThen::Backoff));
+        assert_eq!(r.status.observed_generation, f.generation);
+        assert!(f.generation.is_some());
         // The intent is recorded once per generation (the hash of the first send stays).
         let mut st = EcsInstanceStatus::default();
         record_intent(&mut st, "h1", Some(1));
