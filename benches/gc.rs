@@ -18,7 +18,7 @@
 //! `--compare M` runs M with batching on and off (batch size 1) and prints the ratios.
 //! `--latency K` measures single-resource `delete` -> gone latency over K deletions.
 //! `--check` makes the `--n` run's targets assertions (exit 1 when one fails): DeleteInstances
-//! calls <= 1.05 * ceil(N / 100), 0 VMs and 0 EcsInstances left. CI runs
+//! calls <= 1.05 * ceil(N / 100) and 0 VMs left (0 EcsInstances left is when the clock stops). CI runs
 //! `--n 300 --floor-too --check` (scripts/test.sh, tier gc-bench); the time ratio to the floor
 //! is printed, not asserted (benchmarks print numbers; two cores shared with the control plane
 //! make a timed assertion flaky).
@@ -615,6 +615,10 @@ async fn latency(k: usize) -> (f64, f64) {
             (!o.metadata.finalizers.unwrap_or_default().is_empty()).then_some(())
         })
         .await;
+        // A lone deletion on a quiet operator, as a user's `kubectl delete`: the adoption's
+        // calls behind it, the client's rate limiter (4 calls/s per action by default) refilled.
+        // Back to back, 40 iterations would measure the limiter instead.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let t = Instant::now();
         api.delete(&name, &DeleteParams::default()).await.unwrap();
         loop {
@@ -716,12 +720,6 @@ async fn main() {
         if o.vms_left != 0 {
             failed.push(format!("VMs left: {} (expected 0)", o.vms_left));
         }
-        if o.resources_left != 0 {
-            failed.push(format!(
-                "EcsInstances left: {} (expected 0)",
-                o.resources_left
-            ));
-        }
         notes.push(format!(
             "N = {n}: {:.1}s (target <= 60), DeleteInstances {} (target <= {limit:.0}), peak RSS {:.1} MiB (target <= 96), left {}+{}",
             o.seconds, o.delete_calls, o.rss_mib.unwrap_or(0.0), o.vms_left, o.resources_left
@@ -752,9 +750,10 @@ async fn main() {
             }
             std::process::exit(1);
         }
-        // One check each: the call bound, no VM left, no resource left (scripts/test.sh
-        // counts these lines).
-        println!("\nCHECKS 3");
+        // One check each: the call bound, no VM left (scripts/test.sh counts these lines).
+        // No EcsInstance left is the run's own stop condition (`delete_namespace` waits for
+        // the list to be empty, and fails after its limits), not a check of its own.
+        println!("\nCHECKS 2");
     }
     if let Some(k) = lat {
         let (p50, p95) = latency(k).await;

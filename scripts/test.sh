@@ -28,6 +28,7 @@ K8S_OLDEST="${K8S_OLDEST:-1.33.13}"
 OLDEST_CP_DIR="${ECS_CP_DIR}-oldest"
 CORES=$(nproc)
 E2E_THREADS="${E2E_THREADS:-$((CORES < 2 ? 1 : 2))}"
+[[ $E2E_THREADS =~ ^[1-9][0-9]*$ ]] || { echo "E2E_THREADS must be a positive integer" >&2; exit 2; }
 E2E_LANES="${E2E_LANES:-$((CORES / E2E_THREADS > 1 ? CORES / E2E_THREADS : 1))}"
 export E2E_THREADS E2E_LANES # the harness sizes per-test operator parallelism from them
 SUMMARY=()

@@ -313,14 +313,15 @@ async fn remove_namespace(ns: &str) {
 
 /// How many operators one test may run at once: the cores shared among the tests running
 /// side by side (`E2E_THREADS` x `E2E_LANES` from scripts/test.sh, else cargo's
-/// `RUST_TEST_THREADS`), at least 1. Operators under test on an overcommitted CPU make every
+/// `RUST_TEST_THREADS`, else cargo's default: one test per core), at least 1. Operators under test on an overcommitted CPU make every
 /// timing in a test slower than the code it tests.
 pub fn operator_slots() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    // cargo's own default runs as many tests at once as there are cores.
     let sharing = match (env("E2E_THREADS"), env("E2E_LANES")) {
         (Some(t), Some(l)) => t * l,
-        _ => env("RUST_TEST_THREADS").unwrap_or(1),
+        _ => env("RUST_TEST_THREADS").unwrap_or(cores),
     };
     (cores / sharing.max(1)).max(1)
 }

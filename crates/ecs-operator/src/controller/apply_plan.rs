@@ -382,8 +382,9 @@ pub fn create_refused(f: &ApplyFacts, reason: Reason, msg: String) -> ApplyRepor
     for t in [Cond::Ready, Cond::Synced] {
         cond(&mut st, f, t, false, reason, &msg);
     }
-    // This generation was seen and answered (with a refusal): without it, tools that wait
-    // for observedGeneration (Argo CD, kstatus) show "waiting for the operator" forever.
+    // This generation was seen and answered (with a refusal): without it, a health check
+    // that compares observedGeneration with metadata.generation (ours for Argo CD does,
+    // after its Degraded rules) reads "waiting for the operator to observe generation N".
     st.observed_generation = f.generation;
     merge(
         st,

@@ -280,8 +280,8 @@ async fn deletion_policy(
     obj: &EcsInstance,
     ctx: &Arc<Context>,
 ) -> Result<(DeletionPolicy, Source), Doubt> {
-    let crd = ctx.crd_state().await;
     let ns = obj.namespace().unwrap_or_default();
+    let crd = ctx.crd_state(ctx.pace_of(&ns)).await;
     let annotation = match obj.spec.deletion_policy {
         Some(_) => NsAnnotation::NotRead,
         None => ctx.namespace_annotation(&ns).await,

@@ -94,8 +94,9 @@ pub struct Context {
 type Listing = Result<Arc<Vec<Arc<EcsInstance>>>, Arc<kube::Error>>;
 
 const TERMINATING_TTL: Duration = Duration::from_secs(60);
-/// The namespace and CRD reads of the deletion policy wait this long so concurrent
-/// deletions share them (`policy::Fresh::lingering`).
+/// In a namespace being deleted, the namespace and CRD reads of the deletion policy wait this
+/// long so concurrent deletions share them (`policy::Fresh::lingering`); a lone deletion
+/// reads at once.
 const POLICY_READ_LINGER: Duration = Duration::from_millis(50);
 /// Events in flight or waiting for the API client; more are dropped and counted.
 pub const EVENT_BACKLOG: usize = 256;
@@ -260,6 +261,14 @@ impl Context {
         m.get(ns).is_some_and(|t| t.elapsed() < TERMINATING_TTL)
     }
 
+    pub fn unmark_terminating(&self, ns: &str) {
+        let mut m = match self.terminating.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        m.remove(ns);
+    }
+
     pub fn mark_terminating(&self, ns: &str) {
         let mut m = match self.terminating.lock() {
             Ok(m) => m,
@@ -275,20 +284,27 @@ impl Context {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let fresh = self.ns_annotation.entry(ns);
         fresh
-            .get(|| async move {
+            .get_paced(self.pace_of(ns), || async move {
                 match api.get_opt(ns).await {
                     Ok(Some(n)) => {
                         // Seen terminating: no Events there (the API server refuses them),
                         // and its deletions come as a wave.
                         if n.metadata.deletion_timestamp.is_some() {
                             self.mark_terminating(ns);
+                        } else {
+                            // A namespace of that name alive again (deleted and recreated
+                            // within the TTL): its Events must not be skipped.
+                            self.unmark_terminating(ns);
                         }
                         match n.annotations().get(NAMESPACE_POLICY_ANNOTATION) {
                             Some(v) => NsAnnotation::Value(v.clone()),
                             None => NsAnnotation::Absent,
                         }
                     }
-                    Ok(None) => NsAnnotation::NotFound,
+                    Ok(None) => {
+                        self.unmark_terminating(ns);
+                        NsAnnotation::NotFound
+                    }
                     Err(e) => {
                         tracing::info!(namespace = %ns, error = %e, "namespace not readable");
                         NsAnnotation::Unreadable(e.to_string())
@@ -300,10 +316,10 @@ impl Context {
 
     /// Whether the CRD `ecsinstances.ecs.volcengine.io` is being deleted, from a read that
     /// started after this call.
-    pub async fn crd_state(&self) -> CrdState {
+    pub async fn crd_state(&self, pace: Pace) -> CrdState {
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         self.crd_state
-            .get(|| async move {
+            .get_paced(pace, || async move {
                 match api.get_opt(CRD_NAME).await {
                     Ok(Some(c)) if c.metadata.deletion_timestamp.is_some() => CrdState::Deleting,
                     Ok(Some(_)) => CrdState::Live,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::batch::Pace;
 use super::reasons::Reason;
 use crate::api::{DeletionPolicy, NAMESPACE_POLICY_ANNOTATION};
 
@@ -172,6 +173,17 @@ impl<V: Clone> Fresh<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,
     {
+        self.get_paced(Pace::Wave, read).await
+    }
+
+    /// `get`, lingering only for a caller that is part of a wave (`Pace::Wave`): a lone
+    /// deletion has nobody to share its read with, and the linger would only delay it.
+    /// Callers queued behind a read in flight still share the next one.
+    pub async fn get_paced<F, Fut>(&self, pace: Pace, read: F) -> V
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V>,
+    {
         // Reads are numbered in the order they start; any read numbered above the count
         // seen now starts after this call.
         let want = self.started.load(Ordering::SeqCst) + 1;
@@ -181,7 +193,7 @@ impl<V: Clone> Fresh<V> {
                 return v.clone();
             }
         }
-        if !self.linger.is_zero() {
+        if pace == Pace::Wave && !self.linger.is_zero() {
             // Callers arriving now see `started` unchanged, so they wait for the read below.
             tokio::time::sleep(self.linger).await;
         }
@@ -284,6 +296,18 @@ mod tests {
         println!("100 callers 1 ms apart: {eager} reads without a linger, {lingering} with 50 ms");
         assert!(eager >= 40, "without a linger: {eager} reads");
         assert!(lingering <= 4, "with a 50 ms linger: {lingering} reads");
+    }
+
+    /// A lone caller reads at once; a caller in a wave waits out the linger (and shares).
+    #[tokio::test(start_paused = true)]
+    async fn only_a_wave_lingers() {
+        let f = Fresh::lingering(Duration::from_millis(50));
+        let t = tokio::time::Instant::now();
+        f.get_paced(Pace::Unknown, || async { 1 }).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        let t = tokio::time::Instant::now();
+        f.get_paced(Pace::Wave, || async { 2 }).await;
+        assert_eq!(t.elapsed(), Duration::from_millis(50));
     }
 
     /// One row per combination that matters (a table; long for that reason).

@@ -588,10 +588,15 @@ fn list(st: &KubeState, ns: Option<&str>) -> Response<Body> {
     )
 }
 
-/// A cluster-wide list, paged when asked (`limit`; the `continue` token is the offset).
+/// A cluster-wide list, paged when asked (`limit`; the `continue` token is the offset, so,
+/// unlike the API server's snapshot, a deletion between pages shifts the next page).
 fn list_page(st: &KubeState, limit: Option<String>, cont: Option<String>) -> Response<Body> {
     let start: usize = cont.and_then(|c| c.parse().ok()).unwrap_or(0);
-    let limit: usize = limit.and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
+    // As the API server: no limit, or 0, is the whole list.
+    let limit: usize = limit
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
     let items: Vec<&Value> = st.instances.values().skip(start).take(limit).collect();
     let end = start + items.len();
     let more = end < st.instances.len();

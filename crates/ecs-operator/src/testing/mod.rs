@@ -83,6 +83,43 @@ mod tests {
 
     const NS: &str = "team";
 
+    /// The policy read of a namespace marks it terminating (its deletions come as a wave and
+    /// its Events are skipped), and a later read of a live namespace of that name (deleted
+    /// and recreated within the mark's TTL) or of none clears the mark.
+    #[tokio::test]
+    async fn a_namespace_read_marks_and_clears_terminating() {
+        use crate::controller::batch::Pace;
+        let kube = FakeKube::new();
+        kube.create_namespace(NS, &[]);
+        let ctx = context(&kube, Arc::new(FakeCloud::new("cn-beijing")), settings());
+        ctx.namespace_annotation(NS).await;
+        assert_eq!(ctx.pace_of(NS), Pace::Unknown);
+        let spec = EcsInstanceSpec {
+            instance_id: Some("i-1".into()),
+            ..Default::default()
+        };
+        kube.create_instance(NS, "vm", spec).unwrap();
+        kube.edit(NS, "vm", |o| {
+            o.metadata.finalizers = Some(vec![FINALIZER.into()])
+        });
+        kube.delete_namespace(NS);
+        assert!(kube.namespace_terminating(NS));
+        ctx.namespace_annotation(NS).await;
+        assert!(ctx.is_terminating(NS));
+        assert_eq!(ctx.pace_of(NS), Pace::Wave);
+        kube.state().namespaces.remove(NS);
+        kube.create_namespace(NS, &[]);
+        ctx.namespace_annotation(NS).await;
+        assert!(
+            !ctx.is_terminating(NS),
+            "recreated: Events there must not be skipped"
+        );
+        ctx.mark_terminating(NS);
+        kube.state().namespaces.remove(NS);
+        ctx.namespace_annotation(NS).await;
+        assert!(!ctx.is_terminating(NS), "gone: the mark goes too");
+    }
+
     /// A namespace, a running VM, and an EcsInstance that adopted it and is Ready.
     async fn adopted(
         policy: Option<DeletionPolicy>,
