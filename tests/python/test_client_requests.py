@@ -25,15 +25,14 @@ file fails. scripts/test.sh (wire tier) sets it and runs the Rust test first.
 """
 
 import base64
-import datetime
 import json
 import os
-import types
 from urllib.parse import parse_qsl
 
 import pytest
-from volcenginesdkcore import signv4
 from volcenginesdkcore.signv4 import SignerV4
+
+from sdk_pin import pin_sdk
 
 WIRE_AK = "AKLTwire-check"
 WIRE_SK = "wire-check-secret"
@@ -81,17 +80,6 @@ def _headers(rec):
     return out
 
 
-def _frozen_datetime(x_date):
-    fixed = datetime.datetime.strptime(x_date, "%Y%m%dT%H%M%SZ")
-
-    class Frozen(datetime.datetime):
-        @classmethod
-        def utcnow(cls):
-            return fixed
-
-    return types.SimpleNamespace(datetime=Frozen)
-
-
 class _Quiet:
     def debug_sign(self, *args, **kwargs):
         pass
@@ -116,8 +104,7 @@ def sdk_resign(monkeypatch, rec):
     region = scope[2]
     headers = {_sdk_name(n): v for n, v in received if n != "authorization"}
     body = base64.b64decode(rec["body_base64"]).decode("utf-8")
-    monkeypatch.setattr(signv4, "datetime", _frozen_datetime(wire["x-date"]))
-    monkeypatch.setattr(signv4, "sdk_core_logger", _Quiet())
+    pin_sdk(monkeypatch, wire["x-date"], _Quiet())
     SignerV4.sign(rec["path"], rec["method"], headers, body, None, query,
                   WIRE_AK, WIRE_SK, region, SERVICE, wire.get("x-security-token"))
     return wire, headers, query

@@ -14,15 +14,14 @@ SIGN_VECTORS=path checks another copy of the file (used to show an edited vector
 Needs: pip install volcenginesdk-core pytest.
 """
 
-import datetime
 import json
 import os
-import types
 from urllib.parse import urlencode
 
 import pytest
-from volcenginesdkcore import signv4
 from volcenginesdkcore.signv4 import SignerV4
+
+from sdk_pin import pin_sdk
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VECTORS = os.environ.get("SIGN_VECTORS", os.path.join(REPO, "tests", "data", "sign_vectors.json"))
@@ -47,22 +46,10 @@ class _Recorder:
         return found[0]
 
 
-def _frozen_datetime(x_date):
-    fixed = datetime.datetime.strptime(x_date, "%Y%m%dT%H%M%SZ")
-
-    class Frozen(datetime.datetime):
-        @classmethod
-        def utcnow(cls):
-            return fixed
-
-    return types.SimpleNamespace(datetime=Frozen)
-
-
 def sdk_sign(monkeypatch, inputs, headers):
     """Runs the SDK's signer on a vector's inputs; returns (headers it set, its log)."""
     rec = _Recorder()
-    monkeypatch.setattr(signv4, "datetime", _frozen_datetime(inputs["x_date"]))
-    monkeypatch.setattr(signv4, "sdk_core_logger", rec)
+    pin_sdk(monkeypatch, inputs["x_date"], rec)
     SignerV4.sign(
         inputs["path"], inputs["method"], headers, inputs["body"], None,
         [tuple(p) for p in inputs["query_params"]],

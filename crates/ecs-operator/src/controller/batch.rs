@@ -413,6 +413,30 @@ mod tests {
         Batcher::spawn(cfg, Arc::new(rec.clone()), None)
     }
 
+    /// Submits requests 0..n with `gap(i)` ms after request i (default config, one region),
+    /// waits for every answer, and returns the batch sizes in the order sent.
+    async fn stream(
+        rec: &Arc<Recorder>,
+        b: &Batcher<u32, usize>,
+        n: u32,
+        pace: Pace,
+        gap: impl Fn(u32) -> u64,
+    ) -> Vec<usize> {
+        let mut handles = Vec::new();
+        for i in 0..n {
+            let b = b.clone();
+            handles.push(tokio::spawn(async move {
+                b.submit_paced("r".into(), i, pace).await
+            }));
+            tokio::time::sleep(Duration::from_millis(gap(i))).await;
+        }
+        for h in handles {
+            assert!(h.await.unwrap().is_some());
+        }
+        let calls = rec.0.lock().unwrap();
+        calls.iter().map(|(_, v)| v.len()).collect()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn single_request_waits_only_the_idle_gap() {
         let rec = Arc::new(Recorder::default());
@@ -431,19 +455,10 @@ mod tests {
     async fn a_stream_fills_batches_of_max_size() {
         let rec = Arc::new(Recorder::default());
         let b = batcher(&rec, BatchConfig::default());
-        let mut handles = Vec::new();
         // 250 requests arriving every 5 ms (the namespace controller's pace).
-        for i in 0..250u32 {
-            let b = b.clone();
-            handles.push(tokio::spawn(async move { b.submit("r".into(), i).await }));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for h in handles {
-            assert!(h.await.unwrap().is_some());
-        }
-        let calls = rec.0.lock().unwrap().clone();
-        let sizes: Vec<usize> = calls.iter().map(|(_, v)| v.len()).collect();
+        let sizes = stream(&rec, &b, 250, Pace::Unknown, |_| 5).await;
         assert_eq!(sizes, vec![100, 100, 50], "{sizes:?}");
+        let calls = rec.0.lock().unwrap().clone();
         let mut all: Vec<u32> = calls.into_iter().flat_map(|(_, v)| v).collect();
         all.sort();
         assert_eq!(all, (0..250).collect::<Vec<_>>());
@@ -455,17 +470,8 @@ mod tests {
     async fn the_first_batch_of_a_stream_is_not_cut_at_its_first_gap() {
         let rec = Arc::new(Recorder::default());
         let b = batcher(&rec, BatchConfig::default());
-        let mut handles = Vec::new();
-        for i in 0..300u32 {
-            let b = b.clone();
-            handles.push(tokio::spawn(async move { b.submit("r".into(), i).await }));
-            let gap = if i == 3 { 60 } else { 10 };
-            tokio::time::sleep(Duration::from_millis(gap)).await;
-        }
-        for h in handles {
-            assert!(h.await.unwrap().is_some());
-        }
-        let sizes: Vec<usize> = rec.0.lock().unwrap().iter().map(|(_, v)| v.len()).collect();
+        let gap = |i| if i == 3 { 60 } else { 10 };
+        let sizes = stream(&rec, &b, 300, Pace::Unknown, gap).await;
         assert_eq!(sizes, vec![100, 100, 100], "{sizes:?}");
     }
 
@@ -494,19 +500,8 @@ mod tests {
     async fn a_wave_is_gathered_from_its_first_request() {
         let rec = Arc::new(Recorder::default());
         let b = batcher(&rec, BatchConfig::default());
-        let mut handles = Vec::new();
-        for i in 0..200u32 {
-            let b = b.clone();
-            handles.push(tokio::spawn(async move {
-                b.submit_paced("r".into(), i, Pace::Wave).await
-            }));
-            let gap = if i < 4 { 300 } else { 5 };
-            tokio::time::sleep(Duration::from_millis(gap)).await;
-        }
-        for h in handles {
-            assert!(h.await.unwrap().is_some());
-        }
-        let sizes: Vec<usize> = rec.0.lock().unwrap().iter().map(|(_, v)| v.len()).collect();
+        let gap = |i| if i < 4 { 300 } else { 5 };
+        let sizes = stream(&rec, &b, 200, Pace::Wave, gap).await;
         assert_eq!(sizes, vec![100, 100], "{sizes:?}");
     }
 
@@ -535,17 +530,8 @@ mod tests {
     async fn after_a_burst_partial_batches_wait_to_fill_then_quiet_is_fast_again() {
         let rec = Arc::new(Recorder::default());
         let b = batcher(&rec, BatchConfig::default());
-        let mut handles = Vec::new();
-        for i in 0..150u32 {
-            let b = b.clone();
-            handles.push(tokio::spawn(async move { b.submit("r".into(), i).await }));
-            let gap = if i == 0 { 1 } else { 30 };
-            tokio::time::sleep(Duration::from_millis(gap)).await;
-        }
-        for h in handles {
-            h.await.unwrap();
-        }
-        let sizes: Vec<usize> = rec.0.lock().unwrap().iter().map(|(_, v)| v.len()).collect();
+        let gap = |i| if i == 0 { 1 } else { 30 };
+        let sizes = stream(&rec, &b, 150, Pace::Unknown, gap).await;
         assert_eq!(sizes, vec![100, 50], "{sizes:?}");
         // Quiet again (no batch within `max_linger`): a lone request goes out after `idle`.
         tokio::time::sleep(BatchConfig::default().max_linger + Duration::from_secs(1)).await;
