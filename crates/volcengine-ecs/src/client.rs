@@ -116,6 +116,9 @@ pub struct EcsClient {
     cfg: ClientConfig,
     limiters: RegionLimiters,
     metrics: Option<Arc<dyn CallObserver>>,
+    /// The key calls are signed with; replaced by `set_credentials` (a rotated Secret).
+    /// Each logical call reads it once, so its retries carry the key it started with.
+    credentials: std::sync::RwLock<Arc<Credentials>>,
 }
 
 fn is_loopback(host: &url::Host<&str>) -> bool {
@@ -166,6 +169,7 @@ impl EcsClient {
             endpoint,
             regional,
             limiters: RegionLimiters::new(cfg.rate_limit),
+            credentials: std::sync::RwLock::new(Arc::new(cfg.credentials.clone())),
             cfg,
             metrics,
         })
@@ -185,6 +189,24 @@ impl EcsClient {
         &self.cfg.region
     }
 
+    /// From the next call on, sign with these (a rotated key). Calls already started keep
+    /// the key they started with, retries included.
+    pub fn set_credentials(&self, credentials: Credentials) {
+        let new = Arc::new(credentials);
+        match self.credentials.write() {
+            Ok(mut c) => *c = new,
+            Err(p) => *p.into_inner() = new,
+        }
+    }
+
+    /// The key the next call is signed with.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        match self.credentials.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     /// One logical call: retried on retryable errors with the same parameters (and so the
     /// same ClientToken), re-signed on every attempt.
     pub async fn call<T: DeserializeOwned>(
@@ -193,7 +215,8 @@ impl EcsClient {
         action: Action,
         params: Vec<(String, String)>,
     ) -> Result<Called<T>, CloudError> {
-        if let Some(missing) = self.cfg.credentials.missing() {
+        let creds = self.credentials();
+        if let Some(missing) = creds.missing() {
             let e = CloudError::MissingCredentials { action, missing };
             if let Some(m) = &self.metrics {
                 m.cloud_call(action.as_str(), e.code(), 0.0);
@@ -209,7 +232,7 @@ impl EcsClient {
                 m.throttle_wait(action.as_str(), waited.as_secs_f64());
             }
             let started = Instant::now();
-            let (res, retry_after) = self.once::<T>(region, action, &params).await;
+            let (res, retry_after) = self.once::<T>(&creds, region, action, &params).await;
             let code = match &res {
                 Ok(_) => "OK",
                 Err(e) => e.code(),
@@ -260,11 +283,12 @@ impl EcsClient {
     /// One attempt, and the `Retry-After` its answer carried.
     async fn once<T: DeserializeOwned>(
         &self,
+        creds: &Credentials,
         region: &str,
         action: Action,
         params: &[(String, String)],
     ) -> (Result<Called<T>, CloudError>, Option<Duration>) {
-        let resp = match self.send(region, action, params).await {
+        let resp = match self.send(creds, region, action, params).await {
             Ok(r) => r,
             Err(e) => return (Err(e), None),
         };
@@ -279,6 +303,7 @@ impl EcsClient {
 
     async fn send(
         &self,
+        creds: &Credentials,
         region: &str,
         action: Action,
         params: &[(String, String)],
@@ -291,7 +316,7 @@ impl EcsClient {
             .to_string();
         let ep = self.endpoint_for(region);
         let sig = signer::sign(
-            &self.cfg.credentials,
+            creds,
             &SignRequest {
                 method: "GET",
                 host: &ep.host,
@@ -902,6 +927,78 @@ mod tests {
             );
             assert!(!shown.contains("tok-not-shown"), "{shown}");
         }
+    }
+
+    /// A rotated key: a call in flight keeps the key it started with through its retries;
+    /// the next call signs with the new one. A raw HTTP server answers the first request
+    /// with a retryable 500 and swaps the client's key while that call waits to retry.
+    #[tokio::test]
+    async fn a_call_in_flight_keeps_its_key_and_the_next_call_takes_the_new_one() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let key = |ak: &str| Credentials {
+            access_key: ak.into(),
+            secret_key: signer::Secret::new("sk"),
+            session_token: None,
+        };
+        let mut cfg = ClientConfig::new(&url, "cn-beijing", key("AK-OLD"));
+        cfg.retry_base = Duration::from_millis(1);
+        cfg.rate_limit = RateLimit {
+            rate: 0.0,
+            burst: 1,
+        };
+        let client = Arc::new(EcsClient::new(cfg, None).unwrap());
+        let server = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for n in 0..3 {
+                    let (mut sock, _) = listener.accept().await.unwrap();
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut len = 0;
+                    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        len += sock.read(&mut buf[len..]).await.unwrap();
+                    }
+                    let head = String::from_utf8_lossy(&buf[..len]).to_lowercase();
+                    let ak = head
+                        .split("credential=")
+                        .nth(1)
+                        .and_then(|r| r.split('/').next())
+                        .unwrap_or_default()
+                        .to_uppercase();
+                    seen.push(ak);
+                    let (status, body) = if n == 0 {
+                        // The rotation lands while the first call is in flight.
+                        client.set_credentials(key("AK-NEW"));
+                        (
+                            "500 Internal Server Error",
+                            r#"{"ResponseMetadata":{"RequestId":"r0","Error":{"Code":"InternalError","Message":"x"}}}"#,
+                        )
+                    } else {
+                        (
+                            "200 OK",
+                            r#"{"ResponseMetadata":{"RequestId":"r1"},"Result":{"Instances":[],"NextToken":"","TotalCount":0}}"#,
+                        )
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    sock.write_all(resp.as_bytes()).await.unwrap();
+                }
+                seen
+            })
+        };
+        client
+            .describe_instances("cn-beijing", DescribeQuery::default())
+            .await
+            .unwrap();
+        client
+            .describe_instances("cn-beijing", DescribeQuery::default())
+            .await
+            .unwrap();
+        assert_eq!(server.await.unwrap(), ["AK-OLD", "AK-OLD", "AK-NEW"]);
     }
 
     #[test]
