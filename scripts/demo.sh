@@ -29,8 +29,8 @@ bash scripts/control-plane.sh up "$ECS_CP_DIR"
 export KUBECONFIG="$ECS_CP_DIR/kubeconfig"
 k() { kubectl "$@" 2>/dev/null; }
 k version | grep -i '^server version' || true
-k apply -f crds/ecsinstance.yaml >/dev/null
-k wait --for=condition=Established --timeout=60s crd/ecsinstances.ecs.volcengine.io >/dev/null
+k apply -f crds/ecsinstance.yaml -f crds/ecsaccount.yaml >/dev/null
+k wait --for=condition=Established --timeout=60s crd/ecsinstances.ecs.volcengine.io crd/ecsaccounts.ecs.volcengine.io >/dev/null
 k create namespace "$NS" >/dev/null
 
 say "starting the ECS emulator and the operator"

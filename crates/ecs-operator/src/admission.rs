@@ -12,7 +12,7 @@
 use kube::core::CustomResourceExt;
 use serde_json::{json, Value};
 
-use crate::api::EcsInstance;
+use crate::api::{EcsAccount, EcsInstance};
 
 /// A CEL rule attached to one schema node.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +70,12 @@ pub const RULES: &[Rule] = &[
         rule: "has(self.region) == has(oldSelf.region) && (!has(self.region) || self.region == oldSelf.region)",
         message: "spec.region cannot be added, changed or removed: a VM cannot move to another region",
         field_path: Some(".region"),
+    },
+    Rule {
+        at: &["spec"],
+        rule: "!has(self.managementPolicy) || self.managementPolicy != 'ObserveOnly' || has(self.instanceId)",
+        message: "spec.managementPolicy ObserveOnly observes an existing VM: set spec.instanceId (an ObserveOnly resource never creates one)",
+        field_path: Some(".managementPolicy"),
     },
     Rule {
         at: &["spec", "create", "tags"],
@@ -153,6 +159,24 @@ pub fn crd() -> Result<Value, String> {
     Ok(crd)
 }
 
+/// The `EcsAccount` CRD. `default` is the metric and log name of the operator's own
+/// credentials, so no account may take it.
+pub fn account_crd() -> Result<Value, String> {
+    let mut crd = serde_json::to_value(EcsAccount::crd()).map_err(|e| e.to_string())?;
+    let schema = crd
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema")
+        .ok_or("CRD has no openAPIV3Schema")?;
+    let obj = schema.as_object_mut().ok_or("schema is not an object")?;
+    obj.insert(
+        "x-kubernetes-validations".into(),
+        json!([{
+            "rule": "self.metadata.name != 'default'",
+            "message": "an EcsAccount may not be called default: that is the name of the operator's own credentials (its VOLCENGINE_* environment)",
+        }]),
+    );
+    Ok(crd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +189,7 @@ mod tests {
         let create = &spec["properties"]["create"];
         let on_spec = spec["x-kubernetes-validations"].as_array().unwrap();
         let on_create = create["x-kubernetes-validations"].as_array().unwrap();
-        assert_eq!(on_spec.len(), 5);
+        assert_eq!(on_spec.len(), 6);
         assert_eq!(on_create.len(), 1 + IMMUTABLE_CREATE_FIELDS.len());
         // Every immutable field exists in the schema (a renamed field must not leave a
         // rule that can never fire).

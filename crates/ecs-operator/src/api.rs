@@ -14,6 +14,10 @@ pub const NAMESPACE_POLICY_ANNOTATION: &str = "ecs.volcengine.io/deletion-policy
 /// Escape hatch on an `EcsInstance` being deleted: release the finalizer without any cloud
 /// call. The value is the stated reason (README "Releasing a stuck deletion").
 pub const RELEASE_ANNOTATION: &str = "ecs.volcengine.io/release-without-delete";
+/// Namespace annotation naming the `EcsAccount` its resources use when they name none.
+pub const NAMESPACE_ACCOUNT_ANNOTATION: &str = "ecs.volcengine.io/account";
+/// `"true"` on an `EcsInstance`: no cloud call for it while set (a deletion waits).
+pub const PAUSED_ANNOTATION: &str = "ecs.volcengine.io/paused";
 /// The CRD's own name: while it is being deleted every resource is treated as Orphan.
 pub const CRD_NAME: &str = "ecsinstances.ecs.volcengine.io";
 /// Upper bound of the status counters (`deletionAttempt`, `createGeneration`), in the schema
@@ -68,12 +72,49 @@ pub struct EcsInstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_protection: Option<bool>,
 
+    /// The `EcsAccount` (cluster-scoped) whose credentials act for this resource. Unset: the
+    /// namespace annotation `ecs.volcengine.io/account`, then the operator's own credentials
+    /// (its `VOLCENGINE_*` environment). The account must allow this namespace
+    /// (`spec.allowedNamespaces`), else the resource is refused (condition
+    /// `AccountNotAllowed`) and never acts. Once the resource has a VM, the account it was
+    /// made or adopted in is kept in `status.account`; naming another one later is refused
+    /// (`AccountChanged`), since the VM cannot move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_ref: Option<AccountRef>,
+
+    /// `Manage` (default): create, adopt, keep deletion protection and delete as the spec
+    /// says. `ObserveOnly`: only read the VM named by `instanceId` and report it; never
+    /// create, modify or delete it, and deleting the resource leaves the VM untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "management_policy_schema")]
+    pub management_policy: Option<ManagementPolicy>,
+
     /// Creation parameters, used only when `instanceId` is empty. The API server refuses
     /// edits of the fields a VM cannot change (zone, image, subnet, security groups, disks,
     /// key pair, charge type); the operator reports an edit of the others as
     /// `ImmutableFieldChanged` and does not act on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create: Option<CreateSpec>,
+}
+
+fn management_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["Manage", "ObserveOnly"]})
+}
+
+/// How much the operator may do to the VM (`spec.managementPolicy`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    Manage,
+    ObserveOnly,
+}
+
+/// A reference to a cluster-scoped `EcsAccount`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountRef {
+    /// Name of the `EcsAccount`.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 // Optional enums: schemars would list `null` among the enum values, which a structural
@@ -241,6 +282,10 @@ pub struct EcsInstanceStatus {
     /// Region the VM lives in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The `EcsAccount` the VM lives in, recorded before the first cloud call that may
+    /// create or claim it (absent: the operator's own credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// Last observed VM status (CREATING, RUNNING, STOPPING, STOPPED, DELETING, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_status: Option<String>,
@@ -312,6 +357,20 @@ impl CreateSpec {
 }
 
 impl EcsInstance {
+    /// `spec.managementPolicy: ObserveOnly`.
+    pub fn observe_only(&self) -> bool {
+        self.spec.management_policy == Some(ManagementPolicy::ObserveOnly)
+    }
+
+    /// The annotation `ecs.volcengine.io/paused: "true"` is set.
+    pub fn paused(&self) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSED_ANNOTATION))
+            .is_some_and(|v| v == "true")
+    }
+
     /// The VM this resource owns: the recorded one wins over the spec (which may have been
     /// edited) so we never delete a VM we did not adopt or create.
     pub fn owned_instance_id(&self) -> Option<&str> {
@@ -336,6 +395,78 @@ impl EcsInstance {
             .iter()
             .find(|c| c.type_ == type_)
     }
+}
+
+/// Credentials of one Volcengine account, for the `EcsInstance`s of the namespaces it
+/// allows. Cluster-scoped: only a cluster administrator decides which team may act in which
+/// account.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ecs.volcengine.io",
+    version = "v1alpha1",
+    kind = "EcsAccount",
+    plural = "ecsaccounts",
+    shortname = "ecsa",
+    status = "EcsAccountStatus",
+    printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.secretRef.name"}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.region"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EcsAccountSpec {
+    /// The Secret holding the key, in the operator's account Secret namespace
+    /// (`--account-secret-namespace`, by default the operator's own): data keys
+    /// `VOLCENGINE_ACCESS_KEY`, `VOLCENGINE_SECRET_KEY` and optionally
+    /// `VOLCENGINE_SESSION_TOKEN`. A change to it is used within seconds, without a restart.
+    pub secret_ref: AccountSecretRef,
+    /// Region of the resources that name none. Default: the operator's `VOLCENGINE_REGION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2,}(-[a-z0-9]+)+$"))]
+    pub region: Option<String>,
+    /// OpenAPI endpoint URL. Default: the operator's `VOLCENGINE_ENDPOINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub endpoint: Option<String>,
+    /// The namespaces whose resources may use this account: those listed in `names`, and
+    /// those whose labels match `selector`. Neither set: no namespace.
+    #[serde(default)]
+    pub allowed_namespaces: AllowedNamespaces,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    /// Namespace names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// A label selector on namespaces (as in Kubernetes, `{}` matches every namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EcsAccountStatus {
+    /// `Ready`: the Secret was read and holds a usable key (reasons `SecretRead`,
+    /// `SecretNotFound`, `SecretMalformed`, `SecretUnreadable`, `EndpointInvalid`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The Secret's resourceVersion whose key is in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_resource_version: Option<String>,
+    /// The `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 /// Sets a condition, keeping `lastTransitionTime` unless the status flips.

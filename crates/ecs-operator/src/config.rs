@@ -34,6 +34,14 @@ pub enum OnMissing {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CrdKind {
+    /// `EcsInstance` (crds/ecsinstance.yaml).
+    Instance,
+    /// `EcsAccount` (crds/ecsaccount.yaml).
+    Account,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -43,8 +51,11 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the controller.
     Run(Box<RunArgs>),
-    /// Print the EcsInstance CustomResourceDefinition (YAML).
-    Crd,
+    /// Print a CustomResourceDefinition (YAML): EcsInstance, or EcsAccount with `--kind account`.
+    Crd {
+        #[arg(long, value_enum, default_value_t = CrdKind::Instance)]
+        kind: CrdKind,
+    },
     /// Find VMs this cluster created whose EcsInstance no longer exists; print or delete them.
     Sweep(Box<SweepArgs>),
 }
@@ -263,6 +274,18 @@ pub struct RunArgs {
     /// gone here, or their leaks are never found.
     #[arg(long, env = "ECS_SWEEP_REGIONS", value_delimiter = ',')]
     pub sweep_regions: Vec<String>,
+    /// Act in the `EcsAccount`s resources or their namespaces name (needs the EcsAccount
+    /// CRD, list/watch of namespaces and ecsaccounts, and get of the accounts' Secrets).
+    /// Off: every resource uses the default account, and one naming an account is refused.
+    #[arg(long, env = "ECS_ACCOUNTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub accounts: bool,
+    /// Namespace of the Secrets `EcsAccount`s name (default: the operator's own,
+    /// POD_NAMESPACE). The operator reads only there, one named Secret at a time.
+    #[arg(long, env = "ECS_ACCOUNT_SECRET_NAMESPACE")]
+    pub account_secret_namespace: Option<String>,
+    /// How often each account's Secret is read: a rotated key is used within this long.
+    #[arg(long, env = "ECS_ACCOUNT_SECRET_POLL_SECS", default_value_t = 5.0)]
+    pub account_secret_poll_secs: f64,
 }
 
 impl RunArgs {

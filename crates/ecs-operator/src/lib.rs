@@ -1,6 +1,7 @@
 //! volcengine-ecs-operator: Volcengine ECS virtual machines as Kubernetes `EcsInstance`
 //! resources. See README.md for the design.
 
+pub mod accounts;
 pub mod admission;
 pub mod api;
 pub mod cloud;

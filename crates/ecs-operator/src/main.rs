@@ -6,14 +6,18 @@ use std::time::Duration;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+use ecs_operator::accounts::factory::EcsFactory;
+use ecs_operator::accounts::manager::ManagerConfig;
+use ecs_operator::accounts::DEFAULT_ACCOUNT;
 use ecs_operator::cloud::client::EcsClient;
 use ecs_operator::cloud::gated::{GatedCloud, MutationGate};
 use ecs_operator::cloud::Cloud;
-use ecs_operator::config::{Cli, Command, OnMissing, RunArgs, SweepArgs};
+use ecs_operator::config::{Cli, Command, CrdKind, OnMissing, RunArgs, SweepArgs};
 use ecs_operator::controller::batch::BatchConfig;
 use ecs_operator::controller::{self, Context, Settings};
 use ecs_operator::identity::{self, ClusterIdentity};
 use ecs_operator::leader::{self, LeaderConfig};
+use ecs_operator::metrics::AccountObserver;
 use ecs_operator::metrics::Metrics;
 use ecs_operator::sweeper::{self, SweepMode, Tracker};
 use ecs_operator::{server, telemetry};
@@ -44,8 +48,11 @@ async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Crd => match ecs_operator::admission::crd()
-            .and_then(|c| serde_yaml::to_string(&c).map_err(|e| e.to_string()))
+        Command::Crd { kind } => match match kind {
+            CrdKind::Instance => ecs_operator::admission::crd(),
+            CrdKind::Account => ecs_operator::admission::account_crd(),
+        }
+        .and_then(|c| serde_yaml::to_string(&c).map_err(|e| e.to_string()))
         {
             Ok(y) => {
                 print!("{y}");
@@ -171,7 +178,16 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     cloud_cfg.caller = args.leader_elect.then(|| replica.clone());
     // Every mutation, from the controller, its batches and the sweeper, passes the gate.
     let gate = MutationGate::default();
-    let raw: Arc<dyn Cloud> = Arc::new(EcsClient::new(cloud_cfg, Some(metrics.clone()))?);
+    let factory = EcsFactory {
+        base: cloud_cfg.clone(),
+        metrics: metrics.clone(),
+        gate: gate.clone(),
+    };
+    let observer = AccountObserver {
+        account: DEFAULT_ACCOUNT.into(),
+        metrics: metrics.clone(),
+    };
+    let raw: Arc<dyn Cloud> = Arc::new(EcsClient::new(cloud_cfg, Some(Arc::new(observer)))?);
     let cloud: Arc<dyn Cloud> = Arc::new(GatedCloud::new(raw, gate.clone()));
     let kube_config = kube::Config::infer().await?;
     let client =
@@ -206,6 +222,13 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         recreate_missing: args.on_missing_instance == OnMissing::Recreate,
         appear_window: Duration::from_secs(args.instance_appear_window_secs),
         termination_timeout: Duration::from_secs(args.termination_timeout_secs),
+        account_manager: args.accounts.then(|| ManagerConfig {
+            secret_namespace: args
+                .account_secret_namespace
+                .clone()
+                .unwrap_or_else(|| args.lease_namespace.clone()),
+            poll: Duration::from_secs_f64(args.account_secret_poll_secs.max(0.2)),
+        }),
     };
     tracing::info!(endpoint = %args.cloud.endpoint, region = %args.cloud.region, namespaces = ?settings.namespaces, "starting ecs-operator");
     let token = CancellationToken::new();
@@ -220,8 +243,18 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             async move { t.cancelled().await },
         ))
     };
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            cloud,
+            metrics.clone(),
+            settings,
+            gate.clone(),
+        )
+        .with_account_factory(Arc::new(factory)),
+    );
     let sweeper = (args.sweep_interval_secs > 0).then(|| {
-        let (client, cloud, metrics) = (client.clone(), cloud.clone(), metrics.clone());
+        let (client, accounts, metrics) = (client.clone(), ctx.accounts.clone(), metrics.clone());
         let cfg = sweeper::PeriodicConfig {
             cluster_id: identity.id.clone(),
             summary_namespace: args.lease_namespace.clone(),
@@ -231,16 +264,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             regions: args.sweep_regions.clone(),
         };
         move |stop: CancellationToken| {
-            tokio::spawn(sweeper::run_periodic(client, cloud, metrics, cfg, stop))
+            tokio::spawn(sweeper::run_periodic(client, accounts, metrics, cfg, stop))
         }
     });
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        cloud,
-        metrics,
-        settings,
-        gate.clone(),
-    ));
     let result = if args.leader_elect {
         let cfg = LeaderConfig {
             lease_name: args.lease_name.clone(),

@@ -15,8 +15,27 @@ pub struct ResultLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
+    pub account: String,
     pub action: String,
     pub code: String,
+}
+
+/// One series per account: their number is the number of `EcsAccount`s, which only a
+/// cluster administrator can create.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabels {
+    pub account: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountActionLabels {
+    pub account: String,
+    pub action: String,
 }
 
 /// The cluster identity (one series: its value is fixed at startup).
@@ -44,8 +63,11 @@ pub struct Metrics {
     pub cloud_call_duration: Family<ActionLabels, Histogram>,
     pub deletion_latency: Histogram,
     pub delete_batch_size: Histogram,
-    pub batch_queue_depth: Gauge,
-    pub throttle_wait_seconds: Family<ActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub batch_queue_depth: Family<AccountLabels, Gauge>,
+    pub throttle_wait_seconds:
+        Family<AccountActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub account_ready: Family<AccountLabels, Gauge>,
+    pub resources_unmanaged: Family<ModeLabels, Gauge>,
     pub leaked_instances: Gauge,
     pub cluster_info: Family<ClusterLabels, Gauge>,
     pub sweeps: Family<ResultLabels, Counter>,
@@ -100,18 +122,30 @@ impl Default for Metrics {
             "Instance IDs per DeleteInstances call",
             delete_batch_size.clone(),
         );
-        let batch_queue_depth = Gauge::default();
+        let batch_queue_depth = Family::<AccountLabels, Gauge>::default();
         registry.register(
             "batch_queue_depth",
-            "Deletions waiting to be sent in a batch",
+            "Deletions waiting to be sent in a batch, by account",
             batch_queue_depth.clone(),
         );
         let throttle_wait_seconds =
-            Family::<ActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+            Family::<AccountActionLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "throttle_wait_seconds",
-            "Time spent waiting for the client-side rate limiter, by action",
+            "Time spent waiting for the client-side rate limiter, by account and action",
             throttle_wait_seconds.clone(),
+        );
+        let account_ready = Family::<AccountLabels, Gauge>::default();
+        registry.register(
+            "account_ready",
+            "Whether an EcsAccount's key is usable (1) or not (0: its Secret is missing, malformed or unreadable)",
+            account_ready.clone(),
+        );
+        let resources_unmanaged = Family::<ModeLabels, Gauge>::default();
+        registry.register(
+            "resources_unmanaged",
+            "EcsInstances the operator does not fully manage, by mode: paused (annotation ecs.volcengine.io/paused) or observe_only (spec.managementPolicy)",
+            resources_unmanaged.clone(),
         );
         let leaked_instances = Gauge::default();
         registry.register(
@@ -153,6 +187,8 @@ impl Default for Metrics {
             delete_batch_size,
             batch_queue_depth,
             throttle_wait_seconds,
+            account_ready,
+            resources_unmanaged,
             leaked_instances,
             cluster_info,
             sweeps,
@@ -171,12 +207,13 @@ impl Metrics {
         out
     }
 
-    pub fn cloud_call(&self, action: &str, code: &str, seconds: f64) {
+    pub fn cloud_call(&self, account: &str, action: &str, code: &str, seconds: f64) {
         // Codes are short identifiers; cap them anyway so a hostile answer cannot blow up
         // label storage.
         let code: String = code.chars().take(64).collect();
         self.cloud_calls
             .get_or_create(&CallLabels {
+                account: account.to_string(),
                 action: action.to_string(),
                 code,
             })
@@ -215,24 +252,64 @@ impl Metrics {
             .inc();
     }
 
-    pub fn throttle_wait(&self, action: &str, seconds: f64) {
+    pub fn throttle_wait(&self, account: &str, action: &str, seconds: f64) {
         if seconds > 0.0 {
             self.throttle_wait_seconds
-                .get_or_create(&ActionLabels {
+                .get_or_create(&AccountActionLabels {
+                    account: account.to_string(),
                     action: action.to_string(),
                 })
                 .inc_by(seconds);
         }
     }
+
+    pub fn batch_queue_depth(&self, account: &str, depth: i64) {
+        self.batch_queue_depth
+            .get_or_create(&AccountLabels {
+                account: account.to_string(),
+            })
+            .set(depth);
+    }
+
+    /// `None`: the account is gone, its series too.
+    pub fn account_ready(&self, account: &str, ready: Option<bool>) {
+        let l = AccountLabels {
+            account: account.to_string(),
+        };
+        match ready {
+            Some(r) => {
+                self.account_ready.get_or_create(&l).set(i64::from(r));
+            }
+            None => {
+                self.account_ready.remove(&l);
+                self.batch_queue_depth.remove(&l);
+            }
+        }
+    }
+
+    pub fn resources_unmanaged(&self, paused: i64, observe_only: i64) {
+        for (mode, n) in [("paused", paused), ("observe_only", observe_only)] {
+            self.resources_unmanaged
+                .get_or_create(&ModeLabels { mode: mode.into() })
+                .set(n);
+        }
+    }
 }
 
-/// The cloud client reports each call and each rate-limiter wait here.
-impl volcengine_ecs::CallObserver for Metrics {
+/// The cloud client of one account reports each call and each rate-limiter wait here.
+#[derive(Debug)]
+pub struct AccountObserver {
+    pub account: String,
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+impl volcengine_ecs::CallObserver for AccountObserver {
     fn cloud_call(&self, action: &str, code: &str, seconds: f64) {
-        Metrics::cloud_call(self, action, code, seconds)
+        self.metrics
+            .cloud_call(&self.account, action, code, seconds)
     }
 
     fn throttle_wait(&self, action: &str, seconds: f64) {
-        Metrics::throttle_wait(self, action, seconds)
+        self.metrics.throttle_wait(&self.account, action, seconds)
     }
 }

@@ -409,22 +409,16 @@ pub struct PeriodicConfig {
 
 /// The periodic sweeper inside `run`: reports through metrics, logs and Events (on the
 /// operator's namespace, the summary object), and deletes confirmed leaks in delete mode.
+/// Each account with a usable key is swept with its own key and its own tracker: a sweep
+/// sees only that account's VMs, so it can never delete another account's.
 pub async fn run_periodic(
     client: Client,
-    cloud: std::sync::Arc<dyn Cloud>,
+    accounts: std::sync::Arc<crate::accounts::registry::Accounts>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     cfg: PeriodicConfig,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let PeriodicConfig {
-        cluster_id,
-        summary_namespace,
-        interval,
-        grace,
-        mode,
-        regions,
-    } = cfg;
-    use crate::controller::events::{EventRecorder, Note};
+    use crate::controller::events::EventRecorder;
     let recorder = EventRecorder::new(client.clone(), "ecs-operator-sweeper", None);
     // The summary object is the operator's namespace. A Namespace is cluster-scoped, and the
     // API server (1.20) refuses an events.k8s.io Event about an object without a namespace
@@ -433,56 +427,73 @@ pub async fn run_periodic(
     let ns_ref = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Namespace".into()),
-        name: Some(summary_namespace.clone()),
-        namespace: Some(summary_namespace.clone()),
+        name: Some(cfg.summary_namespace.clone()),
+        namespace: Some(cfg.summary_namespace.clone()),
         ..Default::default()
     };
-    let mut tracker = Tracker::default();
+    let mut trackers: std::collections::HashMap<String, Tracker> = Default::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(cfg.interval) => {}
         }
-        match sweep_once(
-            &client,
-            cloud.as_ref(),
-            &mut tracker,
-            &cluster_id,
-            &regions,
-            grace,
-            mode,
-        )
-        .await
-        {
-            Err(e) => {
-                metrics.sweep(e.metric_label());
-                tracing::warn!(error = %e, "leak sweep skipped")
-            }
-            Ok((candidates, actions)) => {
-                metrics.sweep("ok");
-                let confirmed: Vec<&Candidate> =
-                    candidates.iter().filter(|c| c.confirmed).collect();
-                metrics.leaked_instances.set(confirmed.len() as i64);
-                for c in &confirmed {
-                    tracing::warn!(instance_id = %c.instance_id, uid = %c.uid, namespace = %c.namespace,
-                        name = %c.name, leaked_secs = c.leaked_for.as_secs(), "leaked VM: its EcsInstance no longer exists");
-                    let note = format!("VM {} ({}) was created for EcsInstance {}/{} (uid {}), which no longer exists", c.instance_id, c.region, c.namespace, c.name, c.uid);
-                    let ev = Note {
-                        warning: true,
-                        reason: "LeakedInstance",
-                        action: "Sweep",
-                        note: &note,
-                    };
-                    if let Err(e) = recorder.publish(&ns_ref, &ev).await {
-                        tracing::warn!(error = %e, "could not publish the LeakedInstance event");
-                    }
-                }
-                for (id, d) in &actions {
-                    tracing::info!(instance_id = %id, decision = d.code(), "sweeper acted");
-                }
-            }
+        let mut leaked = 0;
+        for acct in accounts.usable() {
+            let label = acct.name.label().to_string();
+            let tracker = trackers.entry(label.clone()).or_default();
+            let sweep = sweep_once(
+                &client,
+                acct.cloud.as_ref(),
+                tracker,
+                &cfg.cluster_id,
+                &cfg.regions,
+                cfg.grace,
+                cfg.mode,
+            )
+            .await;
+            leaked += report_sweep(&recorder, &ns_ref, &metrics, &label, sweep).await;
+        }
+        metrics.leaked_instances.set(leaked as i64);
+    }
+}
+
+/// Metrics, logs and Events of one account's sweep; returns its confirmed leaks.
+async fn report_sweep(
+    recorder: &crate::controller::events::EventRecorder,
+    ns_ref: &k8s_openapi::api::core::v1::ObjectReference,
+    metrics: &crate::metrics::Metrics,
+    account: &str,
+    sweep: Result<(Vec<Candidate>, Vec<(String, Decision)>), SweepError>,
+) -> usize {
+    use crate::controller::events::Note;
+    let (candidates, actions) = match sweep {
+        Err(e) => {
+            metrics.sweep(e.metric_label());
+            tracing::warn!(%account, error = %e, "leak sweep skipped");
+            return 0;
+        }
+        Ok(x) => x,
+    };
+    metrics.sweep("ok");
+    let confirmed: Vec<&Candidate> = candidates.iter().filter(|c| c.confirmed).collect();
+    for c in &confirmed {
+        tracing::warn!(%account, instance_id = %c.instance_id, uid = %c.uid, namespace = %c.namespace,
+            name = %c.name, leaked_secs = c.leaked_for.as_secs(), "leaked VM: its EcsInstance no longer exists");
+        let note = format!("VM {} ({}, account {account}) was created for EcsInstance {}/{} (uid {}), which no longer exists", c.instance_id, c.region, c.namespace, c.name, c.uid);
+        let ev = Note {
+            warning: true,
+            reason: "LeakedInstance",
+            action: "Sweep",
+            note: &note,
+        };
+        if let Err(e) = recorder.publish(ns_ref, &ev).await {
+            tracing::warn!(error = %e, "could not publish the LeakedInstance event");
         }
     }
+    for (id, d) in &actions {
+        tracing::info!(%account, instance_id = %id, decision = d.code(), "sweeper acted");
+    }
+    confirmed.len()
 }
 
 #[cfg(test)]

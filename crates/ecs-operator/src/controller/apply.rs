@@ -10,6 +10,7 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 
 use super::batch::Pace;
+use crate::accounts::registry::AccountCloud;
 
 use super::apply_plan::{self, ApplyFacts, ApplyReport, ApplyStep, ApplyThen, Write};
 use super::ownership::{self, Facts, Verdict};
@@ -46,11 +47,15 @@ pub fn run_token(uid: &str, generation: u32) -> String {
     }
 }
 
-pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
+pub async fn run(
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    acct: &Arc<AccountCloud>,
+) -> Result<Action, Error> {
     let api: Api<EcsInstance> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let uid = obj.uid().unwrap_or_default();
-    let region = ctx.region_of(obj);
+    let region = ctx.region_of(obj, acct);
     let s = &ctx.settings;
     let mut f = ApplyFacts::of(
         obj,
@@ -60,6 +65,14 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
         super::ownership::now(),
     );
     event(ctx, obj, apply_plan::annotation_note(obj));
+    // The account is recorded before the first call that may create or claim a VM in it:
+    // from then on the resource is bound to it (`accounts::pinned`).
+    if crate::accounts::pinned(obj.status.as_ref()).is_none() {
+        if let Some(name) = acct.name.as_status() {
+            f.status.account = Some(name);
+            status::patch(&api, obj, &f.status).await?;
+        }
+    }
     loop {
         match apply_plan::plan(&f) {
             ApplyStep::Done(outcome) => {
@@ -67,17 +80,17 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
                 return finish(obj, ctx, &api, report).await;
             }
             ApplyStep::LookUpByUid => {
-                let found = find_by_uid(ctx, &region, &uid).await;
+                let found = find_by_uid(acct, &region, &uid).await;
                 f.lookup = Some(found.map(|i| i.map(|i| i.instance_id)));
             }
             ApplyStep::Adopt { id } => adopt(obj, ctx, &api, &mut f.status, id).await?,
             ApplyStep::Create => {
-                if let Some(action) = create(obj, ctx, &api, &mut f, &uid).await? {
+                if let Some(action) = create(obj, ctx, acct, &api, &mut f, &uid).await? {
                     return Ok(action);
                 }
             }
             ApplyStep::Describe { id } => {
-                f.observed = Some(ctx.describe_one(&region, &id, Pace::Unknown).await);
+                f.observed = Some(acct.describe_one(&region, &id, Pace::Unknown).await);
                 f.now = super::ownership::now();
             }
             // Seen once: from now on a VM the cloud does not list has vanished.
@@ -87,14 +100,14 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             }
             ApplyStep::EnsureOwned { inst } => {
                 if let Some(action) =
-                    ensure_owned(obj, ctx, &api, &mut f.status, &region, &inst).await?
+                    ensure_owned(obj, ctx, acct, &api, &mut f.status, &region, &inst).await?
                 {
                     return Ok(action);
                 }
                 f.owned = true;
             }
             ApplyStep::SetProtection { id, want } => {
-                let r = ctx
+                let r = acct
                     .cloud
                     .set_deletion_protection(&region, id.clone(), want)
                     .await;
@@ -160,6 +173,7 @@ fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 pub(super) async fn ensure_owned(
     obj: &EcsInstance,
     ctx: &Arc<Context>,
+    acct: &Arc<AccountCloud>,
     api: &Api<EcsInstance>,
     st: &mut EcsInstanceStatus,
     region: &str,
@@ -188,7 +202,7 @@ pub(super) async fn ensure_owned(
             return Ok(None);
         }
         Verdict::Claim { stale_owner } => {
-            return claim(obj, ctx, api, st, region, id, stale_owner)
+            return claim(obj, ctx, acct, api, st, region, id, stale_owner)
                 .await
                 .map(Some);
         }
@@ -221,9 +235,11 @@ pub(super) async fn ensure_owned(
 
 /// Writes this resource's identity tags on the VM (TagResources). Ready comes only from
 /// the next reconcile, which sees the tags through DescribeInstances.
+#[allow(clippy::too_many_arguments)]
 async fn claim(
     obj: &EcsInstance,
     ctx: &Arc<Context>,
+    acct: &Arc<AccountCloud>,
     api: &Api<EcsInstance>,
     st: &mut EcsInstanceStatus,
     region: &str,
@@ -233,7 +249,7 @@ async fn claim(
     let uid = obj.uid().unwrap_or_default();
     let ns = obj.namespace().unwrap_or_default();
     let tags = ownership::claim_tags(&ctx.settings.cluster_id, &ns, &obj.name_any(), &uid);
-    let c = match ctx
+    let c = match acct
         .cloud
         .tag_instances(region, vec![id.to_string()], tags)
         .await
@@ -290,7 +306,7 @@ async fn cloud_failure(
 
 /// The VM carrying this resource's uid tag, if any (paged; there is at most one).
 pub async fn find_by_uid(
-    ctx: &Arc<Context>,
+    acct: &AccountCloud,
     region: &str,
     uid: &str,
 ) -> Result<Option<Instance>, CloudError> {
@@ -299,7 +315,7 @@ pub async fn find_by_uid(
         max_results: Some(100),
         ..Default::default()
     };
-    let r = ctx.cloud.describe_instances(region, q).await?;
+    let r = acct.cloud.describe_instances(region, q).await?;
     Ok(r.value
         .instances
         .into_iter()
@@ -336,6 +352,7 @@ async fn adopt(
 async fn create(
     obj: &EcsInstance,
     ctx: &Arc<Context>,
+    acct: &Arc<AccountCloud>,
     api: &Api<EcsInstance>,
     f: &mut ApplyFacts,
     uid: &str,
@@ -360,7 +377,7 @@ async fn create(
     // Guarded by the resourceVersion read: only a replica that acts on the current version
     // of the resource (not a stale cache, not a resource since deleted or changed) creates.
     status::patch_if_current(api, obj, st).await?;
-    let e = match ctx.cloud.run_instances(&f.region, req).await {
+    let e = match acct.cloud.run_instances(&f.region, req).await {
         Ok(c) => match c.value.first().cloned() {
             Some(id) => {
                 st.instance_id = Some(id.clone());

@@ -12,11 +12,12 @@ use kube::ResourceExt;
 use super::apply::OWNERSHIP_TAGS;
 use super::batch::Pace;
 use super::cleanup::{self, DeleteItem};
-use super::delete_plan::{self, Answer, Facts, ReleaseCheck, Report, Step, Then};
+use super::delete_plan::{self, Answer, Blocked, Facts, ReleaseCheck, Report, Step, Then};
 use super::ownership::{self, Proof};
 use super::policy::{self, Doubt, NsAnnotation, Source};
 use super::reasons::EventNote;
 use super::{finalizer, status, Context};
+use crate::accounts::registry::AccountCloud;
 use crate::api::{DeletionPolicy, EcsInstance, MAX_COUNTER, RELEASE_ANNOTATION};
 use crate::cloud::{CloudError, Instance};
 use crate::Error;
@@ -39,10 +40,21 @@ fn untag_check(seen: Option<&Instance>) -> delete_plan::UntagCheck {
 }
 
 pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let mut x = Exec::new(obj, ctx);
+    // Paused, or no account to act in: the planner holds (after the escape hatch, which
+    // needs no account) and says why. No cloud call is made for such a resource.
+    let (acct, blocked) = if obj.paused() {
+        (ctx.default_account().clone(), Some(Blocked::Paused))
+    } else {
+        match ctx.accounts.resolve(obj).await {
+            Ok(a) => (a, None),
+            Err(r) => (ctx.default_account().clone(), Some(Blocked::Account(r))),
+        }
+    };
+    let mut x = Exec::new(obj, ctx, acct);
     let s = &ctx.settings;
     let (window, timeout) = (s.appear_window, s.termination_timeout);
     let mut facts = Facts::of(obj, &x.uid, window, timeout, super::ownership::now());
+    facts.blocked = blocked;
     loop {
         let step = delete_plan::plan(&facts);
         let answer = match step {
@@ -65,18 +77,21 @@ struct Exec<'a> {
     api: Api<EcsInstance>,
     uid: String,
     region: String,
+    /// The account the resource acts in.
+    acct: Arc<AccountCloud>,
     /// The object read afresh for the escape hatch (its release removes this one's finalizer).
     fresh: Option<EcsInstance>,
 }
 
 impl<'a> Exec<'a> {
-    fn new(obj: &'a EcsInstance, ctx: &'a Arc<Context>) -> Self {
+    fn new(obj: &'a EcsInstance, ctx: &'a Arc<Context>, acct: Arc<AccountCloud>) -> Self {
         Exec {
             obj,
             ctx,
             api: Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default()),
             uid: obj.uid().unwrap_or_default(),
-            region: ctx.region_of(obj),
+            region: ctx.region_of(obj, &acct),
+            acct,
             fresh: None,
         }
     }
@@ -97,36 +112,40 @@ impl<'a> Exec<'a> {
             Step::ReadReleaseRequest => Answer::Release(self.release_request().await?),
             Step::ResolvePolicy => Answer::Policy(deletion_policy(obj, ctx).await),
             Step::LookUpByUid => {
-                let found = super::apply::find_by_uid(ctx, &self.region, &self.uid).await;
+                let found = super::apply::find_by_uid(&self.acct, &self.region, &self.uid).await;
                 Answer::Lookup(found.map(|i| i.map(|i| i.instance_id)))
             }
             Step::CheckOwnership { id } => {
                 Answer::Ownership(self.ownership_proof(facts, &id).await)
             }
-            Step::Claim { id } => match ctx.describe_one(&self.region, &id, self.pace()).await {
-                Ok(Some(inst)) => return self.claim(&inst).await.map(Err),
-                Ok(None) => Answer::Claim(Ok(())),
-                Err(e) => Answer::Claim(Err(e)),
-            },
+            Step::Claim { id } => {
+                match self.acct.describe_one(&self.region, &id, self.pace()).await {
+                    Ok(Some(inst)) => return self.claim(&inst).await.map(Err),
+                    Ok(None) => Answer::Claim(Ok(())),
+                    Err(e) => Answer::Claim(Err(e)),
+                }
+            }
             Step::Untag { id } => {
                 let keys = OWNERSHIP_TAGS.iter().map(|k| k.to_string()).collect();
-                let r = ctx
+                let r = self
+                    .acct
                     .cloud
                     .untag_instances(&self.region, vec![id], keys)
                     .await;
                 Answer::Untag(r.map(|c| c.request_id))
             }
             Step::CheckGone { id } => Answer::UntagGone(matches!(
-                ctx.describe_one(&self.region, &id, self.pace()).await,
+                self.acct.describe_one(&self.region, &id, self.pace()).await,
                 Ok(None)
             )),
             Step::ConfirmUntag { id } => Answer::UntagCheck(
-                ctx.describe_one(&self.region, &id, self.pace())
+                self.acct
+                    .describe_one(&self.region, &id, self.pace())
                     .await
                     .map(|seen| untag_check(seen.as_ref())),
             ),
             Step::AwaitTermination { id } => {
-                let seen = ctx.describe_one(&self.region, &id, self.pace()).await;
+                let seen = self.acct.describe_one(&self.region, &id, self.pace()).await;
                 if let Err(e) = &seen {
                     tracing::info!(%id, error = %e, "waiting for termination");
                 }
@@ -136,7 +155,8 @@ impl<'a> Exec<'a> {
                 )
             }
             Step::DisableProtection { id } => {
-                let r = ctx
+                let r = self
+                    .acct
                     .cloud
                     .set_deletion_protection(&self.region, id.clone(), false)
                     .await;
@@ -155,7 +175,7 @@ impl<'a> Exec<'a> {
                 Answer::Delete(self.delete(id, attempt).await?)
             }
             Step::ObserveBusy { id } => {
-                let seen = ctx.describe_one(&self.region, &id, self.pace()).await;
+                let seen = self.acct.describe_one(&self.region, &id, self.pace()).await;
                 Answer::BusyStatus(seen.ok().flatten().map(|i| i.status))
             }
             // Not reached: `run` reports a final step itself.
@@ -194,7 +214,7 @@ impl<'a> Exec<'a> {
     /// against this resource's uid, and the claim recorded in status.
     async fn ownership_proof(&self, f: &Facts, id: &str) -> Result<Proof, CloudError> {
         let seen = self
-            .ctx
+            .acct
             .describe_one(&self.region, id, self.pace())
             .await?
             .map(|inst| ownership::seen(&inst, &self.uid));
@@ -207,8 +227,16 @@ impl<'a> Exec<'a> {
     async fn claim(&self, inst: &crate::cloud::Instance) -> Result<Action, Error> {
         let mut st = self.obj.status.clone().unwrap_or_default();
         let (obj, ctx) = (self.obj, self.ctx);
-        let next =
-            super::apply::ensure_owned(obj, ctx, &self.api, &mut st, &self.region, inst).await?;
+        let next = super::apply::ensure_owned(
+            obj,
+            ctx,
+            &self.acct,
+            &self.api,
+            &mut st,
+            &self.region,
+            inst,
+        )
+        .await?;
         Ok(next.unwrap_or_else(|| Action::requeue(ctx.backoff.next(&self.uid))))
     }
 
@@ -219,7 +247,7 @@ impl<'a> Exec<'a> {
             attempt,
             instance_id: id.clone(),
         };
-        let outcome = self.ctx.deleter.submit(self.region.clone(), item).await;
+        let outcome = self.acct.deleter.submit(self.region.clone(), item).await;
         let outcome = outcome.ok_or(Error::ShuttingDown)?;
         let decision = cleanup::decide(&outcome, &id);
         tracing::info!(namespace = %self.obj.namespace().unwrap_or_default(), name = %self.obj.name_any(),
@@ -264,6 +292,7 @@ impl<'a> Exec<'a> {
         tracing::info!(namespace = ?target.metadata.namespace, name = %target.name_any(), "releasing the resource");
         finalizer::remove(&self.api, target).await?;
         self.ctx.backoff.reset(&self.uid);
+        self.ctx.note_unmanaged(&self.uid, None);
         if let Some(ts) = &target.metadata.deletion_timestamp {
             let secs = (super::ownership::now() - ts.0)
                 .total(k8s_openapi::jiff::Unit::Second)

@@ -18,9 +18,18 @@ use super::reasons::{Cond, EventNote, Reason};
 use super::termination::{self, Next, Seen};
 use crate::api::{
     remove_condition, set_condition, DeletionPolicy, EcsInstance, EcsInstanceStatus, CRD_NAME,
-    MAX_COUNTER, RELEASE_ANNOTATION,
+    MAX_COUNTER, PAUSED_ANNOTATION, RELEASE_ANNOTATION,
 };
 use crate::cloud::CloudError;
+
+/// Why a deletion may make no cloud call now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// The annotation `ecs.volcengine.io/paused: "true"`.
+    Paused,
+    /// No account may act for the resource (`accounts::decide`).
+    Account(crate::accounts::Refusal),
+}
 
 /// What a fresh read said about the annotation `ecs.volcengine.io/release-without-delete`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +61,10 @@ pub struct Facts {
     pub spec_protection: Option<bool>,
     pub wait_for_termination: bool,
     pub termination_timeout: Duration,
+    /// `spec.managementPolicy: ObserveOnly`.
+    pub observe_only: bool,
+    /// Paused, or no account may act for it (set by `delete::run` before planning).
+    pub blocked: Option<Blocked>,
 
     pub release: Option<ReleaseCheck>,
     pub policy: Option<Result<(DeletionPolicy, Source), Doubt>>,
@@ -104,6 +117,8 @@ impl Facts {
             spec_protection: obj.spec.deletion_protection,
             wait_for_termination: obj.spec.wait_for_termination == Some(true),
             termination_timeout,
+            observe_only: obj.observe_only(),
+            blocked: None,
             status,
             release: None,
             policy: None,
@@ -317,6 +332,12 @@ pub enum Outcome {
     Hold(Held),
     /// No VM behind this resource.
     NothingToDo,
+    /// Paused: no cloud call until the annotation goes.
+    Paused,
+    /// Refused an account before it ever acted: release, no cloud call.
+    NeverActed,
+    /// ObserveOnly, never claimed: release, VM untouched, no cloud call.
+    Observed,
     /// The VM may not be listed yet; `bump`: the next DeleteInstances needs a new token.
     Appearing { id: Option<String>, bump: bool },
     /// DeleteInstances answered NotFound for a VM DescribeInstances listed in this reconcile:
@@ -356,6 +377,8 @@ pub enum Held {
     Untag,
     /// The describe after a successful untag failed.
     UntagCheck,
+    /// No account may act for it now (`Blocked::Account`).
+    Account,
 }
 
 fn done(o: Outcome) -> Step {
@@ -373,10 +396,27 @@ pub fn plan(f: &Facts) -> Step {
             Some(ReleaseCheck::Ignored { .. }) => {}
         }
     }
-    let policy = match &f.policy {
-        None => return Step::ResolvePolicy,
-        Some(Err(_)) => return done(Outcome::Hold(Held::Policy)),
-        Some(Ok((p, _))) => *p,
+    match &f.blocked {
+        Some(Blocked::Paused) => return done(Outcome::Paused),
+        // Refused before it ever acted: it made or claimed no VM, so there is nothing of
+        // its own in any account to delete or release.
+        Some(Blocked::Account(_)) if crate::accounts::pinned(Some(&f.status)).is_none() => {
+            return done(Outcome::NeverActed)
+        }
+        Some(Blocked::Account(_)) => return done(Outcome::Hold(Held::Account)),
+        None => {}
+    }
+    // ObserveOnly: the VM is never deleted. One that never claimed it leaves at once, with
+    // no cloud call; one that claimed it while it was managed removes its ownership tags
+    // first (the Orphan path), or the sweeper would later take the kept VM for a leak.
+    let policy = match (&f.policy, f.observe_only) {
+        (_, true) if f.status.ownership != Some(crate::api::Ownership::Claimed) => {
+            return done(Outcome::Observed)
+        }
+        (_, true) => DeletionPolicy::Orphan,
+        (None, false) => return Step::ResolvePolicy,
+        (Some(Err(_)), false) => return done(Outcome::Hold(Held::Policy)),
+        (Some(Ok((p, _))), false) => *p,
     };
     let id = match plan_vm(f) {
         Ok(id) => id.to_string(),
@@ -592,6 +632,22 @@ pub fn report(f: &Facts, o: &Outcome) -> Report {
                 )
             }),
         ),
+        Outcome::Paused => {
+            let msg = format!("paused (annotation {PAUSED_ANNOTATION}: \"true\"): no cloud call is made; the deletion of VM {} waits until the annotation is removed", if id.is_empty() { "-" } else { &id });
+            let mut st = f.status.clone();
+            cond(&mut st, f, Cond::Synced, false, Reason::Paused, &msg);
+            let first = f.reason_of(Cond::Synced) != Some(Reason::Paused.as_str());
+            let ev = first.then(|| EventNote::normal(Reason::Paused, "Delete", msg));
+            held(st, Reason::Paused, ev, Then::AwaitChange)
+        }
+        Outcome::NeverActed => {
+            let why = match &f.blocked {
+                Some(Blocked::Account(r)) => r.message(),
+                _ => String::new(),
+            };
+            Report::release(Some(EventNote::normal(Reason::ReleasedWithoutVm, "Delete", format!("released without any cloud call: this resource never acted in an account ({why}); no VM was made or claimed by it"))))
+        }
+        Outcome::Observed => Report::release(Some(EventNote::normal(Reason::ObserveOnly, "Delete", format!("managementPolicy ObserveOnly: released without any cloud call; VM {id} is left untouched")))),
         Outcome::Appearing { id, bump } => report_appearing(f, id.as_deref(), *bump),
         Outcome::NotFoundReplayed { id } => report_replayed_not_found(f, id),
         Outcome::Gone => Report::release(Some(EventNote::normal(
@@ -726,6 +782,10 @@ fn report_hold(f: &Facts, h: Held, id: &str) -> Report {
         (Held::Proof, _, _, Some(Err(e)), ..) => failed(e, format!("checking that this resource owns VM {id} before letting go of it (DescribeInstances)")),
         (Held::Claim, _, _, _, Some(Err(e)), _) => failed(e, format!("claiming VM {id} before deleting it (DescribeInstances)")),
         (Held::Untag, .., Some(Err(e))) => failed(e, format!("releasing VM {id} (UntagResources)")),
+        (Held::Account, ..) => match &f.blocked {
+            Some(Blocked::Account(r)) => (r.reason(), format!("{}; the deletion of VM {id} waits (to let go without deleting it, see the annotation {RELEASE_ANNOTATION})", r.message())),
+            _ => (Reason::AccountUnverified, format!("deletion of VM {id} held")),
+        },
         (Held::UntagCheck, ..) => match &f.untag_check {
             Some(Err(e)) => failed(e, format!("confirming the ownership tags of VM {id} are gone after UntagResources (DescribeInstances)")),
             _ => (Reason::CloudError, format!("deletion of VM {id} held")),

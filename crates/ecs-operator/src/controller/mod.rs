@@ -9,6 +9,7 @@ pub mod delete;
 pub mod delete_plan;
 pub mod events;
 pub mod finalizer;
+pub mod hold;
 pub mod observe;
 pub mod ownership;
 pub mod policy;
@@ -31,16 +32,17 @@ use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
 use self::backoff::Backoff;
-use self::batch::{BatchConfig, Batcher, Pace};
-use self::cleanup::{DeleteCall, DeleteItem, DeleteOutcome};
+use self::batch::{BatchConfig, Pace};
 use self::events::EventRecorder;
-use self::observe::{DescribeCall, DescribeOutcome};
 use self::policy::{CrdState, Fresh, FreshMap, NsAnnotation};
+use crate::accounts::registry::{AccountCloud, Accounts, CloudFactory};
+use crate::accounts::AccountName;
 use crate::api::{
-    DeletionPolicy, EcsInstance, CRD_NAME, NAMESPACE_POLICY_ANNOTATION, RELEASE_ANNOTATION,
+    DeletionPolicy, EcsInstance, CRD_NAME, NAMESPACE_POLICY_ANNOTATION, PAUSED_ANNOTATION,
+    RELEASE_ANNOTATION,
 };
 use crate::cloud::gated::MutationGate;
-use crate::cloud::{Cloud, CloudError, Instance};
+use crate::cloud::Cloud;
 use crate::metrics::Metrics;
 
 /// Settings the reconciler reads (parsed once at startup).
@@ -63,16 +65,21 @@ pub struct Settings {
     /// wait-for-termination: how long a VM may stay listed after an accepted deletion
     /// before the resource reports Stalled.
     pub termination_timeout: Duration,
+    /// `EcsAccount`s and their Secrets (`None`: only the default account, as in tests that
+    /// build a `Context` by hand).
+    pub account_manager: Option<crate::accounts::manager::ManagerConfig>,
 }
 
 pub struct Context {
     pub client: Client,
-    pub cloud: Arc<dyn Cloud>,
+    /// Every account the operator acts in: the default one (its environment) and the
+    /// `EcsAccount`s, each with its own client and batchers.
+    pub accounts: Arc<Accounts>,
     pub recorder: EventRecorder,
     pub metrics: Arc<Metrics>,
-    pub deleter: Batcher<DeleteItem, DeleteOutcome>,
-    pub describer: Batcher<String, DescribeOutcome>,
     pub backoff: Backoff,
+    /// Resources that are paused or ObserveOnly (`ecs_operator_resources_unmanaged`).
+    unmanaged: std::sync::Mutex<HashMap<String, Unmanaged>>,
     pub settings: Settings,
     /// Closes when this replica loses (or cannot renew) its Lease: every cloud mutation
     /// is refused from then on and in-flight reconciles are cancelled.
@@ -93,6 +100,13 @@ pub struct Context {
 /// One cluster-wide LIST, shared by the callers that queued up while it ran.
 type Listing = Result<Arc<Vec<Arc<EcsInstance>>>, Arc<kube::Error>>;
 
+/// Why a resource is not fully managed (the gauge's label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmanaged {
+    Paused,
+    ObserveOnly,
+}
+
 const TERMINATING_TTL: Duration = Duration::from_secs(60);
 /// In a namespace being deleted, the namespace and CRD reads of the deletion policy wait this
 /// long so concurrent deletions share them (`policy::Fresh::lingering`); a lone deletion
@@ -109,33 +123,9 @@ impl Context {
         settings: Settings,
         gate: MutationGate,
     ) -> Self {
-        let m = metrics.clone();
-        // A deletion reaches the deleter right after its describe batch answered, together
-        // with that batch's other members: requests come in clumps, one per describe batch,
-        // so waiting for more after a clump only delays it. The stream is gathered upstream.
-        let deleter = Batcher::spawn(
-            BatchConfig {
-                stream_idle: settings.batch.idle,
-                ..settings.batch
-            },
-            Arc::new(DeleteCall {
-                cloud: cloud.clone(),
-                on_batch: Some(Arc::new(move |n| m.delete_batch_size.observe(n as f64))),
-            }),
-            {
-                let m = metrics.clone();
-                Some(Arc::new(move |d| {
-                    m.batch_queue_depth.set(d);
-                }))
-            },
-        );
-        let describer = Batcher::spawn(
-            settings.batch,
-            Arc::new(DescribeCall {
-                cloud: cloud.clone(),
-            }),
-            None,
-        );
+        let default =
+            AccountCloud::new(AccountName::Default, cloud, settings.batch, &metrics, None);
+        let accounts = Arc::new(Accounts::new(Arc::new(default), None));
         let recorder = EventRecorder::new(
             client.clone(),
             "ecs-operator",
@@ -143,11 +133,10 @@ impl Context {
         );
         Self {
             client,
-            cloud,
+            accounts,
             recorder,
             metrics,
-            deleter,
-            describer,
+            unmanaged: std::sync::Mutex::new(HashMap::new()),
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
             settings,
             gate,
@@ -160,34 +149,41 @@ impl Context {
         }
     }
 
-    pub fn region_of(&self, obj: &EcsInstance) -> String {
+    /// With named accounts: clients are built from the `EcsAccount`s by this factory.
+    pub fn with_account_factory(mut self, f: Arc<dyn CloudFactory>) -> Self {
+        let default = self.accounts.default_account().clone();
+        self.accounts = Arc::new(Accounts::new(default, Some(f)));
+        self
+    }
+
+    /// The operator's default account (its environment's key).
+    pub fn default_account(&self) -> &Arc<AccountCloud> {
+        self.accounts.default_account()
+    }
+
+    pub fn region_of(&self, obj: &EcsInstance, acct: &AccountCloud) -> String {
         obj.status
             .as_ref()
             .and_then(|s| s.region.clone())
             .or_else(|| obj.spec.region.clone())
-            .unwrap_or_else(|| self.cloud.default_region().to_string())
+            .unwrap_or_else(|| acct.default_region().to_string())
     }
 
-    /// One VM through the batched DescribeInstances; `None` when the cloud does not return it.
-    pub async fn describe_one(
-        &self,
-        region: &str,
-        id: &str,
-        pace: Pace,
-    ) -> Result<Option<Instance>, CloudError> {
-        let out = self
-            .describer
-            .submit_paced(region.to_string(), id.to_string(), pace)
-            .await
-            .ok_or_else(|| CloudError::Config("shutting down".into()))?;
-        match out.as_ref() {
-            Ok(c) => Ok(c
-                .value
-                .instances
-                .iter()
-                .find(|i| i.instance_id == id)
-                .cloned()),
-            Err(e) => Err(e.clone()),
+    /// Records whether a resource is paused or ObserveOnly (`None`: neither, or gone) and
+    /// updates the gauge, so such resources are not forgotten.
+    pub fn note_unmanaged(&self, uid: &str, mode: Option<Unmanaged>) {
+        let mut m = match self.unmanaged.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let changed = match mode {
+            Some(x) => m.insert(uid.to_string(), x) != Some(x),
+            None => m.remove(uid).is_some(),
+        };
+        if changed {
+            let count = |x: Unmanaged| m.values().filter(|v| **v == x).count() as i64;
+            self.metrics
+                .resources_unmanaged(count(Unmanaged::Paused), count(Unmanaged::ObserveOnly));
         }
     }
 
@@ -353,6 +349,8 @@ fn trigger_hash(obj: &EcsInstance) -> Option<u64> {
     obj.finalizers().hash(&mut h);
     // The escape hatch must act when it is set, not at the next backoff or resync.
     obj.annotations().get(RELEASE_ANNOTATION).hash(&mut h);
+    // Unpausing must act at once, not at the next resync.
+    obj.annotations().get(PAUSED_ANNOTATION).hash(&mut h);
     Some(h.finish())
 }
 
@@ -386,6 +384,7 @@ fn ownership_view(o: &mut EcsInstance) {
     };
     o.spec = crate::api::EcsInstanceSpec {
         instance_id: o.spec.instance_id.take(),
+        management_policy: o.spec.management_policy,
         ..Default::default()
     };
     o.status = o.status.take().map(|s| crate::api::EcsInstanceStatus {
@@ -415,6 +414,18 @@ pub async fn run(
     };
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
     let mut runs = Vec::new();
+    if let Some(cfg) = ctx.settings.account_manager.clone() {
+        // The namespace cache is in the registry before the first reconcile resolves an
+        // account: without it the namespace annotation would be unknown.
+        let (reader, writer) = reflector::store();
+        ctx.accounts.use_namespace_cache(reader);
+        runs.push(tokio::spawn(crate::accounts::manager::run(
+            ctx.clone(),
+            cfg,
+            writer,
+            shutdown.clone(),
+        )));
+    }
     let n = apis.len();
     let synced = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut readers = Vec::new();

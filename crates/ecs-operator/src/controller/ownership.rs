@@ -123,8 +123,12 @@ pub fn others(
         let names = r.spec.instance_id.as_deref() == Some(id)
             || r.status.as_ref().and_then(|s| s.instance_id.as_deref()) == Some(id);
         // A resource that was refused the VM does not hold it.
-        let refused = r.status.as_ref().and_then(|s| s.ownership) == Some(Ownership::Refused);
-        if names && !refused {
+        let held = r.status.as_ref().and_then(|s| s.ownership);
+        let refused = held == Some(Ownership::Refused);
+        // Nor does one that only observes it (it never claims, and its deletion never acts),
+        // unless it claimed the VM before it was switched to ObserveOnly.
+        let observer = r.observe_only() && held != Some(Ownership::Claimed);
+        if names && !refused && !observer {
             o.naming.get_or_insert_with(who);
         }
     }
@@ -367,6 +371,38 @@ mod tests {
         assert_eq!(
             others(&all, "u-loser", "i-2", None).naming.as_deref(),
             Some("ns/holder")
+        );
+    }
+
+    /// An ObserveOnly resource naming a VM does not stand in the way of the resource that
+    /// manages it; one that claimed the VM before it was switched to ObserveOnly does.
+    #[test]
+    fn an_observer_does_not_hold_the_vm_unless_it_claimed_it() {
+        use crate::api::{EcsInstanceSpec, EcsInstanceStatus, ManagementPolicy};
+        let mk = |uid: &str, claimed: bool| {
+            let mut r = EcsInstance::new(
+                uid,
+                EcsInstanceSpec {
+                    instance_id: Some("i-1".into()),
+                    management_policy: Some(ManagementPolicy::ObserveOnly),
+                    ..Default::default()
+                },
+            );
+            r.metadata.namespace = Some("ns".into());
+            r.metadata.uid = Some(uid.into());
+            r.status = claimed.then(|| EcsInstanceStatus {
+                instance_id: Some("i-1".into()),
+                ownership: Some(Ownership::Claimed),
+                ..Default::default()
+            });
+            std::sync::Arc::new(r)
+        };
+        let observer = vec![mk("u-obs", false)];
+        assert_eq!(others(&observer, "u-me", "i-1", None), Others::default());
+        let switched = vec![mk("u-was-manager", true)];
+        assert_eq!(
+            others(&switched, "u-me", "i-1", None).naming.as_deref(),
+            Some("ns/u-was-manager")
         );
     }
 }

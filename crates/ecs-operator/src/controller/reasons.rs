@@ -55,6 +55,14 @@ pub enum Reason {
     UserDataTooLarge,
     Creating,
     Created,
+    // Accounts (`accounts::Refusal`), pause and management policy.
+    AccountNotFound,
+    AccountNotAllowed,
+    AccountUnverified,
+    AccountChanged,
+    AccountNotReady,
+    Paused,
+    ObserveOnly,
 }
 
 impl Reason {
@@ -106,6 +114,13 @@ impl Reason {
             UserDataTooLarge => "UserDataTooLarge",
             Creating => "Creating",
             Created => "Created",
+            AccountNotFound => "AccountNotFound",
+            AccountNotAllowed => "AccountNotAllowed",
+            AccountUnverified => "AccountUnverified",
+            AccountChanged => "AccountChanged",
+            AccountNotReady => "AccountNotReady",
+            Paused => "Paused",
+            ObserveOnly => "ObserveOnly",
         }
     }
 
@@ -122,6 +137,7 @@ impl Reason {
                 | ReleasedWithoutVm
                 | ReleasedWithoutDelete
                 | Orphaned
+                | ObserveOnly
         )
     }
 
@@ -216,6 +232,11 @@ mod tests {
             (UntagUnconfirmed, "UntagUnconfirmed"),
             (ManagementConflict, "ManagementConflict"),
             (Observed, "Observed"),
+            (AccountNotAllowed, "AccountNotAllowed"),
+            (AccountChanged, "AccountChanged"),
+            (AccountNotReady, "AccountNotReady"),
+            (Paused, "Paused"),
+            (ObserveOnly, "ObserveOnly"),
         ];
         for (r, s) in rows {
             assert_eq!(r.as_str(), s);

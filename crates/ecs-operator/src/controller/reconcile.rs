@@ -7,7 +7,7 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use tokio::time::Instant;
 
-use super::{apply, delete, finalizer, Context};
+use super::{apply, delete, finalizer, hold, Context, Unmanaged};
 use crate::api::EcsInstance;
 use crate::metrics::ResultLabels;
 use crate::Error;
@@ -45,6 +45,7 @@ async fn route(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
     if obj.metadata.deletion_timestamp.is_some() {
         // Without our finalizer the deletion is not ours to act on (it was released already).
         return if has {
+            ctx.note_unmanaged(&obj.uid().unwrap_or_default(), unmanaged(obj));
             delete::run(obj, ctx).await
         } else {
             Ok(Action::await_change())
@@ -57,7 +58,25 @@ async fn route(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
         finalizer::add(&api, obj).await?;
         return Ok(Action::await_change());
     }
-    apply::run(obj, ctx).await
+    ctx.note_unmanaged(&obj.uid().unwrap_or_default(), unmanaged(obj));
+    if obj.paused() {
+        return hold::paused(obj, ctx).await;
+    }
+    match ctx.accounts.resolve(obj).await {
+        Ok(acct) => apply::run(obj, ctx, &acct).await,
+        Err(refusal) => hold::refused(obj, ctx, &refusal).await,
+    }
+}
+
+/// Paused wins over ObserveOnly in the gauge: it stops even the reads.
+fn unmanaged(obj: &EcsInstance) -> Option<Unmanaged> {
+    if obj.paused() {
+        Some(Unmanaged::Paused)
+    } else if obj.observe_only() {
+        Some(Unmanaged::ObserveOnly)
+    } else {
+        None
+    }
 }
 
 pub fn error_policy(obj: Arc<EcsInstance>, err: &Error, ctx: Arc<Context>) -> Action {

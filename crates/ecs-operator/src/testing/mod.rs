@@ -40,6 +40,7 @@ pub fn settings() -> Settings {
         recreate_missing: false,
         appear_window: Duration::from_secs(600),
         termination_timeout: Duration::from_secs(1800),
+        account_manager: None,
     }
 }
 
