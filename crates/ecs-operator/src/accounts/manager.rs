@@ -117,6 +117,9 @@ pub async fn run(
         loop {
             sync_all(&ctx, &cfg, &reader.state()).await;
             ctx.accounts.mark_synced();
+            // At most one pass a second, however often the accounts change (our own status
+            // writes are changes too).
+            tokio::time::sleep(Duration::from_secs(1)).await;
             tokio::select! {
                 _ = tokio::time::sleep(cfg.poll) => {}
                 _ = changed.notified() => {}
@@ -227,6 +230,14 @@ fn client_for(
     Ok(Arc::new(acct))
 }
 
+/// Whether this operator reports on the account: one that watches every namespace does; one
+/// limited by `--namespaces` only for an account that names one of them (two operators
+/// sharding a cluster would otherwise overwrite each other's view of the same account).
+fn reports_on(ctx: &Context, a: &EcsAccount) -> bool {
+    let mine = &ctx.settings.namespaces;
+    mine.is_empty() || a.spec.allowed_namespaces.names.iter().any(|n| mine.contains(n))
+}
+
 /// Writes the `Ready` condition when what it says changed.
 async fn write_status(
     ctx: &Arc<Context>,
@@ -236,6 +247,9 @@ async fn write_status(
     message: &str,
     rv: Option<String>,
 ) {
+    if !reports_on(ctx, a) {
+        return;
+    }
     let mut st = a.status.clone().unwrap_or_default();
     let before = st.clone();
     let gen = a.metadata.generation;
