@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ecs_emulator::{Delays, EmulatorConfig};
+use ecs_emulator::{AccountSpec, Delays, EmulatorConfig};
 use ecs_operator::cloud::client::{ClientConfig, EcsClient};
 use ecs_operator::cloud::limiter::RateLimit;
 use ecs_operator::cloud::model::DescribeQuery;
@@ -33,8 +33,12 @@ async fn start(delays: Delays) -> Emu {
 }
 
 fn creds(sk: &str) -> Credentials {
+    creds_of(AK, sk)
+}
+
+fn creds_of(ak: &str, sk: &str) -> Credentials {
     Credentials {
-        access_key: AK.into(),
+        access_key: ak.into(),
         secret_key: Secret::new(sk),
         session_token: None,
     }
@@ -60,11 +64,16 @@ struct Raw<'a> {
 
 impl Emu {
     fn raw(&self, r: &Raw<'_>) -> reqwest::RequestBuilder {
+        self.raw_as(AK, r)
+    }
+
+    /// `raw`, signed with the access key `ak` (and `r.secret`).
+    fn raw_as(&self, ak: &str, r: &Raw<'_>) -> reqwest::RequestBuilder {
         let x_date = jiff::Timestamp::now()
             .strftime("%Y%m%dT%H%M%SZ")
             .to_string();
         let sig = sign(
-            &creds(r.secret),
+            &creds_of(ak, r.secret),
             &SignRequest {
                 method: r.method,
                 host: &self.host,
@@ -94,17 +103,22 @@ impl Emu {
 
     /// Signed GET with the canonical query on the wire, like our client.
     async fn get(&self, params: &[(&str, &str)]) -> (u16, Value) {
+        self.get_as(AK, SK, params).await
+    }
+
+    /// `get`, signed with another key pair (another account's, or none's).
+    async fn get_as(&self, ak: &str, sk: &str, params: &[(&str, &str)]) -> (u16, Value) {
         let q = pairs(params);
-        self.send(&Raw {
+        let r = Raw {
             method: "GET",
             wire_query: canonical_query(&q),
             signed_query: q,
             headers: vec![],
             body: vec![],
             sent_body: None,
-            secret: SK,
-        })
-        .await
+            secret: sk,
+        };
+        json_answer(self.raw_as(ak, &r).send().await.unwrap()).await
     }
 }
 
@@ -700,4 +714,486 @@ async fn ten_thousand_instances_and_hundreds_of_requests() {
         .unwrap()
         .value;
     assert_eq!(r.total_count, Some(10_000));
+}
+
+// Several accounts: each key belongs to one account, and a call sees only the instances of
+// the account whose key signed it.
+
+const KEY_A: (&str, &str) = ("AKLTteamA", "team-a-secret");
+const KEY_B: (&str, &str) = ("AKLTteamB", "team-b-secret");
+
+/// Accounts `default` (AK/SK), `team-a` (KEY_A) and `team-b` (KEY_B).
+async fn start_accounts() -> Emu {
+    let spec = |name: &str, (ak, sk): (&str, &str)| AccountSpec {
+        name: name.into(),
+        keys: vec![(ak.into(), Secret::new(sk))],
+    };
+    let cfg = EmulatorConfig {
+        delays: Delays::ZERO,
+        accounts: vec![spec("team-a", KEY_A), spec("team-b", KEY_B)],
+        ..Default::default()
+    };
+    Emu(EmulatorServer::start(cfg).await)
+}
+
+impl Emu {
+    /// One real-API call signed with `key`.
+    async fn call(&self, key: (&str, &str), action: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        let mut p = params.to_vec();
+        p.extend([("Action", action), ("Version", "2020-04-01")]);
+        self.get_as(key.0, key.1, &p).await
+    }
+}
+
+fn listed(v: &Value) -> Vec<String> {
+    v["Result"]["Instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no Instances in {v}"))
+        .iter()
+        .map(|i| i["InstanceId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// An answer with what differs between two calls by design (the RequestId, the ID named)
+/// blanked out, so "answers like an unknown ID" is compared byte for byte.
+fn shape(v: &Value, id: &str) -> String {
+    let mut v = v.clone();
+    v["ResponseMetadata"]["RequestId"] = json!("");
+    v.to_string().replace(id, "<ID>")
+}
+
+#[tokio::test]
+async fn another_accounts_vm_is_invisible_and_untouchable() {
+    let emu = start_accounts().await;
+    let vm_b = emu
+        .seed_in(
+            "team-b",
+            json!({"InstanceName": "b-vm", "Tags": [{"Key": "owner", "Value": "x"}]}),
+        )
+        .await;
+    let vm_a = emu
+        .seed_in("team-a", json!({"Tags": [{"Key": "owner", "Value": "x"}]}))
+        .await;
+
+    // Not visible to A (nor to the default account) by ID or by TagFilters; B sees it.
+    for key in [KEY_A, (AK, SK)] {
+        let (s, v) = emu
+            .call(key, "DescribeInstances", &[("InstanceIds.1", &vm_b)])
+            .await;
+        assert_eq!((s, listed(&v).len()), (200, 0), "{v}");
+        assert_eq!(v["Result"]["TotalCount"], 0);
+    }
+    let by_tag = [
+        ("TagFilters.1.Key", "owner"),
+        ("TagFilters.1.Values.1", "x"),
+    ];
+    let (_, v) = emu.call(KEY_A, "DescribeInstances", &by_tag).await;
+    assert_eq!(listed(&v), [vm_a.as_str()], "A sees only its own VM by tag");
+    let (_, v) = emu.call(KEY_B, "DescribeInstances", &by_tag).await;
+    assert_eq!(listed(&v), [vm_b.as_str()]);
+    let (_, v) = emu.call((AK, SK), "DescribeInstances", &by_tag).await;
+    assert_eq!(listed(&v), Vec::<String>::new());
+    let (_, v) = emu.call(KEY_A, "DescribeInstances", &[]).await;
+    assert_eq!(listed(&v), [vm_a.as_str()], "a plain listing too");
+
+    // Every write naming B's VM answers exactly as for an ID nobody has, and changes nothing.
+    let unknown = "i-nosuchinstance00000";
+    let writes: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("DeleteInstances", vec![("InstanceIds.1", "<ID>")]),
+        ("DeleteInstance", vec![("InstanceId", "<ID>")]),
+        ("StopInstances", vec![("InstanceIds.1", "<ID>")]),
+        ("StartInstances", vec![("InstanceIds.1", "<ID>")]),
+        (
+            "TagResources",
+            vec![
+                ("ResourceType", "instance"),
+                ("ResourceIds.1", "<ID>"),
+                ("Tags.1.Key", "owner"),
+                ("Tags.1.Value", "stolen"),
+            ],
+        ),
+        (
+            "UntagResources",
+            vec![
+                ("ResourceType", "instance"),
+                ("ResourceIds.1", "<ID>"),
+                ("TagKeys.1", "owner"),
+            ],
+        ),
+        (
+            "ModifyInstanceAttribute",
+            vec![
+                ("InstanceId", "<ID>"),
+                ("DeletionProtection", "true"),
+                ("InstanceName", "stolen"),
+            ],
+        ),
+    ];
+    for (action, params) in &writes {
+        let with = |id: &str| -> Vec<(String, String)> {
+            params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.replace("<ID>", id)))
+                .collect()
+        };
+        let (sb, vb) = {
+            let p = with(&vm_b);
+            let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            emu.call(KEY_A, action, &p).await
+        };
+        let (su, vu) = {
+            let p = with(unknown);
+            let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            emu.call(KEY_A, action, &p).await
+        };
+        assert_eq!(
+            (sb, shape(&vb, &vm_b)),
+            (su, shape(&vu, unknown)),
+            "{action}: another account's VM answers like an unknown one"
+        );
+        assert!(
+            vb.to_string().contains("InvalidInstance.NotFound"),
+            "{action}: {vb}"
+        );
+    }
+    let b = emu.instances_in("team-b").await;
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["InstanceId"], vm_b.as_str());
+    assert_eq!(b[0]["account"], "team-b");
+    assert_eq!(b[0]["Status"], "RUNNING");
+    assert_eq!(b[0]["InstanceName"], "b-vm");
+    assert_eq!(b[0]["DeletionProtection"], false);
+    assert_eq!(b[0]["Tags"], json!([{"Key": "owner", "Value": "x"}]));
+    for account in ["team-a", "team-b", "default"] {
+        let (s, v) = emu
+            .admin("GET", &format!("deletions?account={account}"), None)
+            .await;
+        assert_eq!((s, v), (200, json!([])), "{account}");
+    }
+    let (_, v) = emu.admin("GET", &format!("instances/{vm_b}"), None).await;
+    assert_eq!(
+        v["account"], "team-b",
+        "the admin API finds it in its account"
+    );
+
+    // The call log: every write was A's, signed with A's key; B made none.
+    let a_calls = emu.calls_in("team-a", "").await;
+    assert_eq!(a_calls.len(), 3 + 2 * writes.len());
+    assert!(
+        a_calls.iter().all(|c| c["access_key"] == KEY_A.0),
+        "{a_calls:?}"
+    );
+    assert!(a_calls.iter().all(|c| c["account"] == "team-a"));
+    assert!(
+        !serde_json::to_string(&a_calls).unwrap().contains(KEY_A.1),
+        "never the secret"
+    );
+    assert_eq!(emu.calls_in("team-b", "DeleteInstances").await.len(), 0);
+    assert_eq!(emu.calls_with_key(KEY_B.0, "DescribeInstances").await, 1);
+    assert_eq!(emu.calls_with_key(KEY_A.0, "DeleteInstances").await, 2);
+
+    // B itself can, of course.
+    let (s, v) = emu
+        .call(KEY_B, "DeleteInstances", &[("InstanceIds.1", &vm_b)])
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["Result"]["OperationDetails"][0]["Error"],
+        Value::Null,
+        "{v}"
+    );
+    let (_, v) = emu.admin("GET", "deletions?account=team-b", None).await;
+    assert_eq!(v[0]["instance_id"], vm_b.as_str());
+    assert!(emu.instances_in("team-b").await.is_empty());
+    assert_eq!(emu.instances_in("team-a").await.len(), 1);
+}
+
+#[tokio::test]
+async fn instance_ids_are_global_and_client_tokens_per_account() {
+    let emu = start_accounts().await;
+    let run = [
+        ("ClientToken", "same-token"),
+        ("ZoneId", "cn-beijing-a"),
+        ("ImageId", "image-1"),
+        ("InstanceTypeId", "ecs.g1.large"),
+        ("InstanceName", "vm"),
+        ("NetworkInterfaces.1.SubnetId", "subnet-1"),
+        ("NetworkInterfaces.1.SecurityGroupIds.1", "sg-1"),
+    ];
+    let (s, va) = emu.call(KEY_A, "RunInstances", &run).await;
+    assert_eq!(s, 200, "{va}");
+    let (s, vb) = emu.call(KEY_B, "RunInstances", &run).await;
+    assert_eq!(s, 200, "{vb}");
+    let id_a = va["Result"]["InstanceIds"][0].as_str().unwrap().to_string();
+    let id_b = vb["Result"]["InstanceIds"][0].as_str().unwrap().to_string();
+    assert_ne!(
+        id_a, id_b,
+        "the same ClientToken in two accounts creates two VMs"
+    );
+    assert_eq!(emu.instances_in("team-a").await.len(), 1);
+    assert_eq!(emu.instances_in("team-b").await.len(), 1);
+    assert!(emu.instances_in("default").await.is_empty());
+    // Within one account it is still one request: replayed.
+    let (_, again) = emu.call(KEY_A, "RunInstances", &run).await;
+    assert_eq!(again["Result"]["InstanceIds"], json!([id_a]));
+    let replays: Vec<bool> = emu
+        .calls_in("team-a", "RunInstances")
+        .await
+        .iter()
+        .map(|c| c["replayed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(replays, [false, true]);
+    assert_eq!(emu.instances_in("team-a").await.len(), 1);
+
+    // An ID one account holds cannot be seeded into another, nor reused by a bulk seed.
+    let (s, v) = emu
+        .admin(
+            "POST",
+            "instances?account=team-a",
+            Some(json!({"InstanceId": id_b})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    emu.admin(
+        "POST",
+        "instances/bulk?account=team-b",
+        Some(json!({"Count": 2, "Prefix": "i-p"})),
+    )
+    .await;
+    let (s, v) = emu
+        .admin(
+            "POST",
+            "instances/bulk",
+            Some(json!({"Count": 2, "Prefix": "i-p"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(v["InstanceIds"], json!(["i-p-00003", "i-p-00004"]));
+
+    // The per-ID admin endpoints find the ID in whichever account holds it.
+    let (s, v) = emu
+        .admin(
+            "PATCH",
+            "instances/i-p-00001",
+            Some(json!({"Status": "STOPPED"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["account"], &v["Status"]),
+        (200, &json!("team-b"), &json!("STOPPED"))
+    );
+    let (s, _) = emu.admin("DELETE", "instances/i-p-00002", None).await;
+    assert_eq!(s, 204);
+    let (_, stats) = emu.admin("GET", "stats?account=team-b", None).await;
+    assert_eq!(stats["instances"], 2, "{stats}");
+    let (_, stats) = emu.admin("GET", "stats", None).await;
+    assert_eq!(stats["instances"], 2, "the default account's: {stats}");
+    for path in [
+        "instances?account=nobody",
+        "deletions?account=nobody",
+        "stats?account=nobody",
+        "calls?account=nobody",
+    ] {
+        assert_eq!(emu.admin("GET", path, None).await.0, 404, "{path}");
+    }
+    let (s, _) = emu
+        .admin("POST", "instances?account=nobody", Some(json!({})))
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn keys_added_and_revoked_at_runtime_and_reset() {
+    let emu = start_accounts().await;
+    let vm_a = emu.seed_in("team-a", json!({})).await;
+    let key_a2 = ("AKLTteamA2", "team-a-second");
+    let invalid = |ak: &str| {
+        json!({"status": 401, "code": "InvalidAccessKey",
+            "message": format!("The accesskey [{ak}] included in the request is invalid.")})
+    };
+    let verdict = |s: u16, v: &Value| {
+        json!({"status": s, "code": code(v),
+            "message": v["ResponseMetadata"]["Error"]["Message"]})
+    };
+    let describe = [("InstanceIds.1", vm_a.as_str())];
+
+    let (s, v) = emu.call(key_a2, "DescribeInstances", &describe).await;
+    assert_eq!(verdict(s, &v), invalid(key_a2.0), "not a key yet");
+    emu.add_account_key("team-a", key_a2.0, key_a2.1).await;
+    let (s, v) = emu.call(key_a2, "DescribeInstances", &describe).await;
+    assert_eq!(
+        (s, listed(&v)),
+        (200, vec![vm_a.clone()]),
+        "works at once, as team-a"
+    );
+
+    // A new account; a key of another account, or with another secret, is refused.
+    let (s, v) = emu
+        .admin(
+            "POST",
+            "accounts",
+            Some(json!({"name": "team-c", "access_key": "AKLTteamC", "secret_key": "c"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v,
+        json!({"name": "team-c", "access_keys": ["AKLTteamC"], "instances": 0})
+    );
+    for (body, want) in [
+        (
+            json!({"name": "team-b", "access_key": KEY_A.0, "secret_key": KEY_A.1}),
+            409,
+        ),
+        (
+            json!({"name": "team-a", "access_key": KEY_A.0, "secret_key": "other"}),
+            409,
+        ),
+        (
+            json!({"name": "team-a", "access_key": KEY_A.0, "secret_key": KEY_A.1}),
+            200,
+        ),
+        (
+            json!({"name": "team a", "access_key": "AKx", "secret_key": "x"}),
+            400,
+        ),
+        (
+            json!({"name": "team-a", "access_key": "AK/x", "secret_key": "x"}),
+            400,
+        ),
+        (
+            json!({"name": "team-a", "access_key": "AKx", "secret_key": ""}),
+            400,
+        ),
+        (json!({"name": "team-a", "access_key": "AKx"}), 400),
+    ] {
+        let (s, v) = emu.admin("POST", "accounts", Some(body.clone())).await;
+        assert_eq!(s, want, "{body}: {v}");
+    }
+    let (_, v) = emu.admin("GET", "accounts", None).await;
+    assert_eq!(
+        v,
+        json!([
+            {"name": "default", "access_keys": [AK], "instances": 0},
+            {"name": "team-a", "access_keys": [KEY_A.0, key_a2.0], "instances": 1},
+            {"name": "team-b", "access_keys": [KEY_B.0], "instances": 0},
+            {"name": "team-c", "access_keys": ["AKLTteamC"], "instances": 0},
+        ])
+    );
+    assert!(!v.to_string().contains(KEY_A.1), "never a secret key");
+
+    // Revoked: the next call is an unknown key's; the account's other key still works.
+    let (s, _) = emu.call(KEY_A, "DescribeInstances", &describe).await;
+    assert_eq!(s, 200);
+    emu.revoke_key("team-a", KEY_A.0).await;
+    let (s, v) = emu.call(KEY_A, "DescribeInstances", &describe).await;
+    assert_eq!(verdict(s, &v), invalid(KEY_A.0));
+    let (s, v) = emu
+        .call(("AKLTnobody", "x"), "DescribeInstances", &describe)
+        .await;
+    assert_eq!(
+        verdict(s, &v),
+        invalid("AKLTnobody"),
+        "the same form as an unknown key"
+    );
+    let (s, v) = emu.call(key_a2, "DescribeInstances", &describe).await;
+    assert_eq!((s, listed(&v)), (200, vec![vm_a.clone()]));
+    // The refused call is logged under its key, and belongs to no account.
+    assert_eq!(emu.calls_with_key(KEY_A.0, "DescribeInstances").await, 2);
+    let (_, refused) = emu
+        .admin("GET", &format!("calls?access_key={}", KEY_A.0), None)
+        .await;
+    assert_eq!(refused[1]["code"], "InvalidAccessKey");
+    assert_eq!(refused[1]["account"], "");
+    assert_eq!(emu.calls_in("team-a", "DescribeInstances").await.len(), 3);
+    for path in [
+        format!("accounts/team-a/keys/{}", KEY_A.0),
+        format!("accounts/team-b/keys/{}", key_a2.0),
+        format!("accounts/nobody/keys/{}", key_a2.0),
+    ] {
+        assert_eq!(emu.admin("DELETE", &path, None).await.0, 404, "{path}");
+    }
+
+    // Reset: the initial accounts and keys, nothing else.
+    assert_eq!(emu.admin("POST", "reset", None).await.0, 204);
+    let (_, v) = emu.admin("GET", "accounts", None).await;
+    assert_eq!(
+        v,
+        json!([
+            {"name": "default", "access_keys": [AK], "instances": 0},
+            {"name": "team-a", "access_keys": [KEY_A.0], "instances": 0},
+            {"name": "team-b", "access_keys": [KEY_B.0], "instances": 0},
+        ])
+    );
+    let (s, _) = emu.call(KEY_A, "DescribeInstances", &[]).await;
+    assert_eq!(s, 200);
+    let (s, v) = emu.call(key_a2, "DescribeInstances", &[]).await;
+    assert_eq!(verdict(s, &v), invalid(key_a2.0));
+}
+
+#[tokio::test]
+async fn a_fault_with_an_account_applies_only_there() {
+    let emu = start_accounts().await;
+    let (s, v) = emu
+        .admin(
+            "PUT",
+            "faults/DescribeInstances",
+            Some(json!({"account": "team-a", "throttle_rate": 1.0})),
+        )
+        .await;
+    assert_eq!((s, &v["account"]), (200, &json!("team-a")), "{v}");
+    let (s, v) = emu
+        .admin(
+            "PUT",
+            "faults/DeleteInstances",
+            Some(json!({"account": "nobody", "fail_next": 1})),
+        )
+        .await;
+    assert_eq!(s, 404, "a fault for no account would never fire: {v}");
+    for _ in 0..3 {
+        let (s, v) = emu.call(KEY_A, "DescribeInstances", &[]).await;
+        assert_eq!((s, code(&v)), (429, "FlowLimitExceeded"));
+        for key in [KEY_B, (AK, SK)] {
+            let (s, v) = emu.call(key, "DescribeInstances", &[]).await;
+            assert_eq!(s, 200, "{v}");
+        }
+    }
+    let throttled = emu.calls_in("team-a", "DescribeInstances").await;
+    assert!(
+        throttled.iter().all(|c| c["fault"] == "throttle"),
+        "{throttled:?}"
+    );
+    assert!(emu
+        .calls_in("team-b", "DescribeInstances")
+        .await
+        .iter()
+        .all(|c| c["fault"].is_null()));
+
+    // A counter scoped to A is not used up by B's calls.
+    emu.admin(
+        "PUT",
+        "faults/DescribeInstances",
+        Some(json!({"account": "team-a", "fail_next": 1})),
+    )
+    .await;
+    let (s, _) = emu.call(KEY_B, "DescribeInstances", &[]).await;
+    assert_eq!(s, 200);
+    let (s, v) = emu.call(KEY_A, "DescribeInstances", &[]).await;
+    assert_eq!((s, code(&v)), (500, "InternalError"));
+    let (s, _) = emu.call(KEY_A, "DescribeInstances", &[]).await;
+    assert_eq!(s, 200);
+
+    // Without `account`, every account's calls, and GET /faults as before.
+    emu.admin(
+        "PUT",
+        "faults/DescribeInstances",
+        Some(json!({"fail_next": 3})),
+    )
+    .await;
+    let (_, v) = emu.admin("GET", "faults", None).await;
+    assert!(v["DescribeInstances"].get("account").is_none(), "{v}");
+    for key in [KEY_A, KEY_B, (AK, SK)] {
+        let (s, _) = emu.call(key, "DescribeInstances", &[]).await;
+        assert_eq!(s, 500);
+    }
 }

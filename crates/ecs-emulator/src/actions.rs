@@ -30,6 +30,15 @@ pub(crate) struct Ctx<'a> {
     pub tag_filter_limit: usize,
     /// Injected fault: the deletions this call accepts are rolled back after DELETING.
     pub revert_deletions: bool,
+    /// Whether an instance ID is in use in another account (IDs are global; the store is
+    /// the calling account's only).
+    pub id_taken: &'a dyn Fn(&str) -> bool,
+}
+
+/// `Ctx::id_taken` when there are no other accounts.
+#[cfg(test)]
+pub(crate) fn no_other_ids(_: &str) -> bool {
+    false
 }
 
 /// A successful call: the `Result` object and, for batch actions, per-instance codes.
@@ -200,7 +209,7 @@ fn run_instances(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, A
     for _ in 0..count {
         let id = loop {
             let id = new_resource_id("i");
-            if !store.contains(&id) {
+            if !store.contains(&id) && !(ctx.id_taken)(&id) {
                 break id;
             }
         };
@@ -713,7 +722,31 @@ mod tests {
             details: &NO_OVERRIDES,
             tag_filter_limit: 0,
             revert_deletions: false,
+            id_taken: &no_other_ids,
         }
+    }
+
+    #[test]
+    fn run_instances_skips_ids_taken_in_other_accounts() {
+        let mut s = Store::default();
+        let asked = std::cell::RefCell::new(Vec::<String>::new());
+        // The first three IDs drawn are "taken" elsewhere.
+        let taken = |id: &str| {
+            let mut a = asked.borrow_mut();
+            a.push(id.to_string());
+            a.len() <= 3
+        };
+        let cx = Ctx {
+            id_taken: &taken,
+            ..ctx(Timestamp::now())
+        };
+        let q = p("ZoneId=cn-beijing-a&ImageId=img&InstanceTypeId=t&InstanceName=vm&NetworkInterfaces.1.SubnetId=subnet-1&NetworkInterfaces.1.SecurityGroupIds.1=sg-1");
+        let d = dispatch(&mut s, &cx, Action::RunInstances, &q).unwrap();
+        let id = d.result["InstanceIds"][0].as_str().unwrap().to_string();
+        let asked = asked.borrow();
+        assert_eq!(asked.len(), 4, "{asked:?}");
+        assert_eq!(asked[3], id, "the first ID free everywhere");
+        assert!(!asked[..3].contains(&id));
     }
 
     static NO_OVERRIDES: DetailOverrides = DetailOverrides {

@@ -2,7 +2,16 @@
 //! on a prefix the real API (only `/`) cannot collide with.
 //!
 //! Instances use the DescribeInstances shape (PascalCase) plus `Region`; everything that
-//! exists only in the emulator (calls, deletions, faults, config, stats) uses snake_case.
+//! exists only in the emulator (calls, deletions, faults, config, stats, and an instance's
+//! `account`) uses snake_case.
+//!
+//! Accounts (see `accounts.rs`): `GET /instances`, `POST /instances`, `POST
+//! /instances/bulk`, `GET /deletions` and `GET /stats` take `?account=NAME` (default
+//! `default`; an unknown account is 404). `GET /calls` takes `account` and `access_key`
+//! filters (without them, every account's calls). `GET/PATCH/DELETE /instances/{id}` find
+//! the ID in whichever account holds it. `GET /accounts` lists them, `POST /accounts`
+//! (`{"name","access_key","secret_key"}`) creates one or adds a key to it, `DELETE
+//! /accounts/{name}/keys/{ak}` revokes a key. A fault's `account` limits it to that account.
 
 use std::sync::Arc;
 
@@ -10,7 +19,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
@@ -18,8 +27,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use volcengine_ecs::model::{Action, Instance, NetworkInterface, Tag};
+use volcengine_ecs::signer::Secret;
 
+use super::accounts::{
+    valid_access_key, valid_account_name, Account, Accounts, Added, DEFAULT_ACCOUNT,
+};
 use super::faults::FaultSpec;
+use super::log::CallFilter;
 use super::state::{InstanceRec, Store, RUNNING};
 use super::wire::{new_resource_id, rfc3339};
 use super::{Emulator, EmulatorConfig};
@@ -38,6 +52,8 @@ pub(crate) fn routes() -> Router<Arc<Emulator>> {
         .route("/config", get(config).put(set_config))
         .route("/reset", post(reset))
         .route("/stats", get(stats))
+        .route("/accounts", get(accounts).post(add_account_key))
+        .route("/accounts/{name}/keys/{ak}", delete(revoke_key))
         .fallback(|| async { fail(StatusCode::NOT_FOUND, "no such admin endpoint") })
 }
 
@@ -61,30 +77,71 @@ struct InstanceView<'a> {
     instance: &'a Instance,
     #[serde(rename = "Region")]
     region: &'a str,
+    /// The account holding the instance.
+    account: &'a str,
 }
 
-fn view(r: &InstanceRec) -> serde_json::Value {
+fn view(r: &InstanceRec, account: &str) -> serde_json::Value {
     serde_json::to_value(InstanceView {
         instance: &r.inst,
         region: &r.region,
+        account,
     })
     .unwrap_or_default()
+}
+
+fn no_account(name: &str) -> Response {
+    fail(StatusCode::NOT_FOUND, format!("no account {name}"))
+}
+
+/// `?account=NAME` of the per-account endpoints.
+#[derive(Deserialize)]
+struct AccountQuery {
+    account: Option<String>,
+}
+
+impl AccountQuery {
+    fn name(&self) -> &str {
+        self.account.as_deref().unwrap_or(DEFAULT_ACCOUNT)
+    }
+}
+
+/// The account a per-account endpoint names (default `default`), or its 404.
+fn account_of<'a>(
+    accounts: &'a mut Accounts,
+    name: &str,
+) -> Result<&'a mut Account, Box<Response>> {
+    accounts
+        .get_mut(name)
+        .ok_or_else(|| Box::new(no_account(name)))
 }
 
 #[derive(Deserialize)]
 struct CallsQuery {
     action: Option<String>,
+    /// Only calls of this account (an unknown account is 404).
+    account: Option<String>,
+    /// Only calls signed with this access key (also unknown and revoked ones).
+    access_key: Option<String>,
     since: Option<u64>,
     limit: Option<usize>,
 }
 
 async fn calls(State(emu): Emu, Query(q): Query<CallsQuery>) -> Response {
     let inner = emu.lock();
-    let calls = inner.log.query(
-        q.action.as_deref(),
-        q.since.unwrap_or(0),
-        q.limit.unwrap_or(usize::MAX),
-    );
+    if let Some(a) = q.account.as_deref() {
+        if inner.accounts.get(a).is_none() {
+            return no_account(a);
+        }
+    }
+    let filter = CallFilter {
+        action: q.action.as_deref(),
+        account: q.account.as_deref(),
+        access_key: q.access_key.as_deref(),
+    };
+    let calls = inner
+        .log
+        .query(&filter, q.since.unwrap_or(0), q.limit.unwrap_or(usize::MAX));
     Json(calls).into_response()
 }
 
@@ -94,25 +151,35 @@ async fn clear_calls(State(emu): Emu) -> Response {
 }
 
 #[derive(Deserialize)]
-struct RegionQuery {
+struct InstancesQuery {
     region: Option<String>,
+    account: Option<String>,
 }
 
-async fn instances(State(emu): Emu, Query(q): Query<RegionQuery>) -> Response {
+async fn instances(State(emu): Emu, Query(q): Query<InstancesQuery>) -> Response {
     let mut inner = emu.lock();
-    let all: Vec<_> = inner
+    let name = q.account.as_deref().unwrap_or(DEFAULT_ACCOUNT);
+    let a = match account_of(&mut inner.accounts, name) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let all: Vec<_> = a
         .store
         .settled(Timestamp::now())
         .filter(|r| q.region.as_deref().is_none_or(|want| r.region == want))
-        .map(view)
+        .map(|r| view(r, &a.name))
         .collect();
     Json(all).into_response()
 }
 
 async fn instance(State(emu): Emu, Path(id): Path<String>) -> Response {
     let mut inner = emu.lock();
-    match inner.store.get_mut(&id, Timestamp::now()) {
-        Some(r) => Json(view(r)).into_response(),
+    let now = Timestamp::now();
+    match inner.accounts.holder_mut(&id, now) {
+        Some(a) => match a.store.get_mut(&id, now) {
+            Some(r) => Json(view(r, &a.name)).into_response(),
+            None => fail(StatusCode::NOT_FOUND, format!("no instance {id}")),
+        },
         None => fail(StatusCode::NOT_FOUND, format!("no instance {id}")),
     }
 }
@@ -224,7 +291,7 @@ fn place(
     id
 }
 
-async fn seed(State(emu): Emu, body: Bytes) -> Response {
+async fn seed(State(emu): Emu, Query(q): Query<AccountQuery>, body: Bytes) -> Response {
     let s: Seed = match parse(&body) {
         Ok(s) => s,
         Err(r) => return *r,
@@ -235,17 +302,24 @@ async fn seed(State(emu): Emu, body: Bytes) -> Response {
     let now = Timestamp::now();
     let mut guard = emu.lock();
     let inner = &mut *guard;
+    if inner.accounts.get(q.name()).is_none() {
+        return no_account(q.name());
+    }
     let id = s
         .instance_id
         .clone()
         .unwrap_or_else(|| new_resource_id("i"));
-    if inner.store.get_mut(&id, now).is_some() {
+    // IDs are global: one held by any account is taken.
+    if inner.accounts.holder_mut(&id, now).is_some() {
         return fail(StatusCode::CONFLICT, format!("instance {id} exists"));
     }
-    let rec = build(&mut inner.store, &inner.cfg, &s, id, now);
-    let id = place(&mut inner.store, &inner.cfg, rec, s.status.as_deref(), now);
-    match inner.store.get_mut(&id, now) {
-        Some(r) => (StatusCode::CREATED, Json(view(r))).into_response(),
+    let Ok(a) = account_of(&mut inner.accounts, q.name()) else {
+        return no_account(q.name());
+    };
+    let rec = build(&mut a.store, &inner.cfg, &s, id, now);
+    let id = place(&mut a.store, &inner.cfg, rec, s.status.as_deref(), now);
+    match a.store.get_mut(&id, now) {
+        Some(r) => (StatusCode::CREATED, Json(view(r, &a.name))).into_response(),
         None => (StatusCode::CREATED, Json(json!({"InstanceId": id}))).into_response(),
     }
 }
@@ -268,7 +342,7 @@ struct Bulk {
 
 const MAX_BULK: usize = 100_000;
 
-async fn bulk(State(emu): Emu, body: Bytes) -> Response {
+async fn bulk(State(emu): Emu, Query(q): Query<AccountQuery>, body: Bytes) -> Response {
     let b: Bulk = match parse(&body) {
         Ok(b) => b,
         Err(r) => return *r,
@@ -296,27 +370,29 @@ async fn bulk(State(emu): Emu, body: Bytes) -> Response {
     let now = Timestamp::now();
     let mut guard = emu.lock();
     let inner = &mut *guard;
+    let cfg = &inner.cfg;
     let mut ids = Vec::with_capacity(b.count);
     let mut n = 0usize;
-    while ids.len() < b.count {
-        let id = match &b.prefix {
-            Some(p) => {
-                n += 1;
-                format!("{p}-{n:05}")
+    let placed = inner
+        .accounts
+        .with_store(q.name(), |store, taken_elsewhere| {
+            while ids.len() < b.count {
+                let id = match &b.prefix {
+                    Some(p) => {
+                        n += 1;
+                        format!("{p}-{n:05}")
+                    }
+                    None => new_resource_id("i"),
+                };
+                if store.contains(&id) || taken_elsewhere(&id) {
+                    continue;
+                }
+                let rec = build(store, cfg, &s, id, now);
+                ids.push(place(store, cfg, rec, s.status.as_deref(), now));
             }
-            None => new_resource_id("i"),
-        };
-        if inner.store.contains(&id) {
-            continue;
-        }
-        let rec = build(&mut inner.store, &inner.cfg, &s, id, now);
-        ids.push(place(
-            &mut inner.store,
-            &inner.cfg,
-            rec,
-            s.status.as_deref(),
-            now,
-        ));
+        });
+    if placed.is_none() {
+        return no_account(q.name());
     }
     (StatusCode::CREATED, Json(json!({ "InstanceIds": ids }))).into_response()
 }
@@ -349,7 +425,10 @@ async fn patch(State(emu): Emu, Path(id): Path<String>, body: Bytes) -> Response
     let now = Timestamp::now();
     let mut guard = emu.lock();
     let inner = &mut *guard;
-    let Some(r) = inner.store.get_mut(&id, now) else {
+    let Some(a) = inner.accounts.holder_mut(&id, now) else {
+        return fail(StatusCode::NOT_FOUND, format!("no instance {id}"));
+    };
+    let Some(r) = a.store.get_mut(&id, now) else {
         return fail(StatusCode::NOT_FOUND, format!("no instance {id}"));
     };
     if let Some(v) = p.deletion_protection {
@@ -369,23 +448,29 @@ async fn patch(State(emu): Emu, Path(id): Path<String>, body: Bytes) -> Response
     }
     r.inst.updated_at = Some(rfc3339(now));
     if let Some(s) = &p.status {
-        inner.store.enter(&id, s, &inner.cfg.delays, now);
+        a.store.enter(&id, s, &inner.cfg.delays, now);
     }
-    match inner.store.get_mut(&id, now) {
-        Some(r) => Json(view(r)).into_response(),
+    match a.store.get_mut(&id, now) {
+        Some(r) => Json(view(r, &a.name)).into_response(),
         None => Json(json!({"InstanceId": id, "Gone": true})).into_response(),
     }
 }
 
 async fn vanish(State(emu): Emu, Path(id): Path<String>) -> Response {
-    match emu.lock().store.remove(&id) {
+    let mut inner = emu.lock();
+    let removed = inner.accounts.iter_mut().find_map(|a| a.store.remove(&id));
+    match removed {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
         None => fail(StatusCode::NOT_FOUND, format!("no instance {id}")),
     }
 }
 
-async fn deletions(State(emu): Emu) -> Response {
-    Json(emu.lock().store.deletions().to_vec()).into_response()
+async fn deletions(State(emu): Emu, Query(q): Query<AccountQuery>) -> Response {
+    let mut inner = emu.lock();
+    match account_of(&mut inner.accounts, q.name()) {
+        Ok(a) => Json(a.store.deletions().to_vec()).into_response(),
+        Err(r) => *r,
+    }
 }
 
 async fn faults(State(emu): Emu) -> Response {
@@ -423,7 +508,13 @@ async fn set_fault(State(emu): Emu, Path(action): Path<String>, body: Bytes) -> 
         let msg = format!("unapplied_next applies to operation actions only, not {action:?}");
         return fail(StatusCode::BAD_REQUEST, msg);
     }
-    emu.lock().faults.set(action, spec.clone());
+    let mut inner = emu.lock();
+    if let Some(a) = spec.account.as_deref() {
+        if inner.accounts.get(a).is_none() {
+            return no_account(a);
+        }
+    }
+    inner.faults.set(action, spec.clone());
     Json(spec).into_response()
 }
 
@@ -486,9 +577,18 @@ async fn set_config(State(emu): Emu, body: Bytes) -> Response {
         Ok(d) => d,
         Err(r) => return *r,
     };
-    let mut inner = emu.lock();
+    let mut guard = emu.lock();
+    let inner = &mut *guard;
     let c = &mut inner.cfg;
     if let Some(v) = d.access_key {
+        // The default account's key `access_key` is renamed; refused (before anything
+        // changes) when another account holds the new one.
+        if let Err(e) = inner
+            .accounts
+            .replace_default_key(&c.access_key, &v, &c.secret_key)
+        {
+            return fail(StatusCode::CONFLICT, e);
+        }
         c.access_key = v;
     }
     if let Some(v) = d.regions {
@@ -537,13 +637,90 @@ async fn reset(State(emu): Emu) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn stats(State(emu): Emu) -> Response {
-    let inner = emu.lock();
+/// `instances` and `deletions` are the account's (`?account=`, default `default`); `calls`
+/// and `actions` count every account's calls.
+async fn stats(State(emu): Emu, Query(q): Query<AccountQuery>) -> Response {
+    let mut guard = emu.lock();
+    let inner = &mut *guard;
+    let a = match account_of(&mut inner.accounts, q.name()) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
     Json(json!({
         "calls": inner.log.last_seq(),
-        "instances": inner.store.len(),
-        "deletions": inner.store.deletions().len(),
+        "instances": a.store.len(),
+        "deletions": a.store.deletions().len(),
         "actions": inner.log.stats(),
     }))
     .into_response()
+}
+
+async fn accounts(State(emu): Emu) -> Response {
+    Json(emu.lock().accounts.views(Timestamp::now())).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+    access_key: String,
+    secret_key: String,
+}
+
+/// Creates the account with this key (201), or adds the key to it (200; also when it has
+/// exactly this key already). 409 when the access key belongs to another account or
+/// exists with another secret key.
+async fn add_account_key(State(emu): Emu, body: Bytes) -> Response {
+    let k: NewKey = match parse(&body) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    if !valid_account_name(&k.name) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "name: 1-64 letters, digits, '.', '_' or '-'",
+        );
+    }
+    if !valid_access_key(&k.access_key) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "access_key: 1-128 letters, digits, '.', '_', '~' or '-'",
+        );
+    }
+    if k.secret_key.is_empty() {
+        return fail(StatusCode::BAD_REQUEST, "secret_key is empty");
+    }
+    let mut inner = emu.lock();
+    let added = match inner
+        .accounts
+        .add_key(&k.name, &k.access_key, Secret::new(k.secret_key))
+    {
+        Ok(a) => a,
+        Err(e) => return fail(StatusCode::CONFLICT, e),
+    };
+    let status = match added {
+        Added::Account => StatusCode::CREATED,
+        Added::Key | Added::Nothing => StatusCode::OK,
+    };
+    let now = Timestamp::now();
+    match inner.accounts.get_mut(&k.name) {
+        Some(a) => (status, Json(Accounts::view(a, now))).into_response(),
+        None => no_account(&k.name),
+    }
+}
+
+/// Revokes a key: from the next request on it is an unknown key (401 InvalidAccessKey).
+async fn revoke_key(State(emu): Emu, Path((name, ak)): Path<(String, String)>) -> Response {
+    let mut inner = emu.lock();
+    if inner.accounts.get(&name).is_none() {
+        return no_account(&name);
+    }
+    if inner.accounts.revoke(&name, &ak) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        fail(
+            StatusCode::NOT_FOUND,
+            format!("account {name} has no access key {ak}"),
+        )
+    }
 }

@@ -195,6 +195,7 @@ async fn process(
         let inner = emu.lock();
         auth::verify(
             &inner.cfg,
+            &inner.accounts,
             &Incoming {
                 method: parts.method.as_str(),
                 path: parts.uri.path(),
@@ -207,9 +208,13 @@ async fn process(
     };
     meta.region = verdict.region.unwrap_or_default();
     rec.region = meta.region.clone();
+    rec.access_key = verdict.access_key.clone().unwrap_or_default();
+    rec.account = verdict.account.clone().unwrap_or_default();
     if let Err(e) = verdict.result {
         return error(meta, &e, rec);
     }
+    // A verified call always has its account.
+    let account = rec.account.clone();
     // The documentation: Action and Version are query parameters. A form body may carry
     // the others, never these two.
     let action = match route(&from_query) {
@@ -221,20 +226,22 @@ async fn process(
         let every = inner.cfg.throttle_every;
         let d = match inner.faults.ambient(every) {
             Some(d) => d,
-            None => inner.faults.decide(action, std::time::Instant::now()),
+            None => inner
+                .faults
+                .decide(action, &account, std::time::Instant::now()),
         };
         let d = match d {
             d @ Decision::Proceed { .. } => inner
                 .faults
-                .poisoned(action, &params.list("InstanceIds"))
+                .poisoned(action, &account, &params.list("InstanceIds"))
                 .or_else(|| {
                     let paged = params.non_empty("NextToken").is_some();
-                    inner.faults.paged(action, paged)
+                    inner.faults.paged(action, &account, paged)
                 })
                 .unwrap_or(d),
             d => d,
         };
-        (d, inner.faults.detail_overrides(action))
+        (d, inner.faults.detail_overrides(action, &account))
     };
     let (latency, lose) = match decision {
         Decision::Reject(e, tag) => {
@@ -288,9 +295,13 @@ async fn process(
     // Run the call to completion even if the client hangs up, as a real server would.
     let job = tokio::spawn(execute(
         emu.clone(),
+        Caller {
+            account,
+            access_key: rec.access_key.clone(),
+            token,
+        },
         action,
         params,
-        token,
         latency,
         details,
         meta.clone(),
@@ -350,17 +361,48 @@ struct Executed {
     replayed: bool,
 }
 
+/// Whose call it is: the account of the key that signed it (its store is the only one the
+/// call sees), and the call's ClientToken (tokens are per account).
+struct Caller {
+    account: String,
+    access_key: String,
+    token: Option<String>,
+}
+
 /// Clears an in-flight token if the call dies before recording its answer.
 struct InFlight {
     emu: Arc<Emulator>,
+    account: String,
     key: Option<TokenKey>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.emu.lock().store.token_abort(&key);
+            if let Some(a) = self.emu.lock().accounts.get_mut(&self.account) {
+                a.store.token_abort(&key);
+            }
         }
+    }
+}
+
+/// The account of a verified call no longer exists (an admin reset removed it while the
+/// call was under way): answered as its key would be now.
+fn account_gone(caller: &Caller, meta: &Meta) -> Executed {
+    let e = ApiError::new(
+        401,
+        "InvalidAccessKey",
+        format!(
+            "The accesskey [{}] included in the request is invalid.",
+            caller.access_key
+        ),
+    );
+    Executed {
+        status: e.status,
+        code: e.code.clone(),
+        body: meta.err(&e),
+        instance_codes: Vec::new(),
+        replayed: false,
     }
 }
 
@@ -404,26 +446,37 @@ fn token_answer(check: TokenCheck, meta: &Meta) -> Option<Executed> {
 
 async fn execute(
     emu: Arc<Emulator>,
+    caller: Caller,
     action: Action,
     params: Params,
-    token: Option<String>,
     latency: Duration,
     details: DetailOverrides,
     meta: Meta,
 ) -> Executed {
+    let token = caller.token.clone();
     let key = token.as_ref().map(|t| (action, t.clone()));
-    let early = key.as_ref().and_then(|key| {
-        let fingerprint = params.fingerprint();
-        let check = {
-            let mut inner = emu.lock();
-            let replay = inner.cfg.replay;
-            inner.store.token_begin(key, &fingerprint, replay)
-        };
-        token_answer(check, &meta)
-    });
+    let early = match &key {
+        None => None,
+        Some(key) => {
+            let fingerprint = params.fingerprint();
+            let check = {
+                let mut inner = emu.lock();
+                let replay = inner.cfg.replay;
+                inner
+                    .accounts
+                    .get_mut(&caller.account)
+                    .map(|a| a.store.token_begin(key, &fingerprint, replay))
+            };
+            match check {
+                Some(check) => token_answer(check, &meta),
+                None => return account_gone(&caller, &meta),
+            }
+        }
+    };
     // Only a call about to execute has marked its token in flight.
     let mut guard = InFlight {
         emu: emu.clone(),
+        account: caller.account.clone(),
         key: if early.is_none() { key.clone() } else { None },
     };
     // Latency is the server's processing time: every answer waits, and a token marked in
@@ -435,30 +488,43 @@ async fn execute(
         return answer;
     }
     let now = Timestamp::now();
-    let mut inner = emu.lock();
-    let revert_deletions = inner.faults.take_revert(action);
-    let ctx = Ctx {
-        now,
-        region: &meta.region,
-        request_id: &meta.request_id,
-        client_token: token.as_deref(),
-        delays: inner.cfg.delays,
-        visibility_lag_ms: inner.cfg.visibility_lag_ms,
-        details: &details,
-        tag_filter_limit: inner.cfg.tag_filter_limit,
-        revert_deletions,
+    let mut guard_inner = emu.lock();
+    let inner = &mut *guard_inner;
+    if inner.accounts.get(&caller.account).is_none() {
+        return account_gone(&caller, &meta);
+    }
+    let revert_deletions = inner.faults.take_revert(action, &caller.account);
+    let cfg = &inner.cfg;
+    let outcome = inner
+        .accounts
+        .with_store(&caller.account, |store, id_taken| {
+            let ctx = Ctx {
+                now,
+                region: &meta.region,
+                request_id: &meta.request_id,
+                client_token: token.as_deref(),
+                delays: cfg.delays,
+                visibility_lag_ms: cfg.visibility_lag_ms,
+                details: &details,
+                tag_filter_limit: cfg.tag_filter_limit,
+                revert_deletions,
+                id_taken,
+            };
+            actions::dispatch(store, &ctx, action, &params)
+        });
+    let Some(outcome) = outcome else {
+        return account_gone(&caller, &meta);
     };
-    let (status, body, instance_codes) =
-        match actions::dispatch(&mut inner.store, &ctx, action, &params) {
-            Ok(done) => (
-                200,
-                realistic(meta.ok(done.result), action, &inner.cfg),
-                done.instance_codes,
-            ),
-            Err(e) => (e.status, meta.err(&e), Vec::new()),
-        };
-    if let Some(key) = guard.key.take() {
-        inner.store.token_finish(
+    let (status, body, instance_codes) = match outcome {
+        Ok(done) => (
+            200,
+            realistic(meta.ok(done.result), action, cfg),
+            done.instance_codes,
+        ),
+        Err(e) => (e.status, meta.err(&e), Vec::new()),
+    };
+    if let (Some(key), Some(a)) = (guard.key.take(), inner.accounts.get_mut(&caller.account)) {
+        a.store.token_finish(
             &key,
             Recorded {
                 status,
@@ -467,7 +533,7 @@ async fn execute(
             },
         );
     }
-    drop(inner);
+    drop(guard_inner);
     Executed {
         status,
         code: code_of(&body),

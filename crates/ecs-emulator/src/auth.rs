@@ -6,6 +6,7 @@ use jiff::Timestamp;
 
 use volcengine_ecs::signer::{expected_signature, parse_authorization, sha256_hex, VerifyRequest};
 
+use super::accounts::Accounts;
 use super::wire::ApiError;
 use super::EmulatorConfig;
 
@@ -19,10 +20,13 @@ pub(crate) struct Incoming<'a> {
     pub body: &'a [u8],
 }
 
-/// The credential scope's region when the Authorization header could be parsed (for the
-/// envelope), and the verdict.
+/// The credential scope's region and access key when the Authorization header could be
+/// parsed (for the envelope and the call log), the account that key belongs to when it is
+/// an active key, and the verdict.
 pub(crate) struct Verdict {
     pub region: Option<String>,
+    pub access_key: Option<String>,
+    pub account: Option<String>,
     pub result: Result<(), ApiError>,
 }
 
@@ -41,17 +45,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(crate) fn verify(cfg: &EmulatorConfig, req: &Incoming<'_>, now: Timestamp) -> Verdict {
-    let mut region = None;
-    let result = check(cfg, req, now, &mut region);
-    Verdict { region, result }
+/// Checks the request against the active keys of every account: the access key names the
+/// account, and the signature must be made with that key's secret.
+pub(crate) fn verify(
+    cfg: &EmulatorConfig,
+    accounts: &Accounts,
+    req: &Incoming<'_>,
+    now: Timestamp,
+) -> Verdict {
+    let mut v = Verdict {
+        region: None,
+        access_key: None,
+        account: None,
+        result: Ok(()),
+    };
+    v.result = check(cfg, accounts, req, now, &mut v);
+    v
 }
 
 fn check(
     cfg: &EmulatorConfig,
+    accounts: &Accounts,
     req: &Incoming<'_>,
     now: Timestamp,
-    region_out: &mut Option<String>,
+    out: &mut Verdict,
 ) -> Result<(), ApiError> {
     let Some(raw) = req.headers.get("authorization") else {
         return Err(ApiError::new(
@@ -72,8 +89,10 @@ fn check(
         .ok()
         .and_then(parse_authorization)
         .ok_or_else(|| invalid_auth("expected HMAC-SHA256 Credential=AK/DATE/REGION/SERVICE/request, SignedHeaders=..., Signature=..."))?;
-    *region_out = Some(auth.region.clone());
-    if auth.access_key != cfg.access_key {
+    out.region = Some(auth.region.clone());
+    out.access_key = Some(auth.access_key.clone());
+    // An unknown key and a revoked one look the same, as in the real cloud.
+    let Some((account, secret)) = accounts.by_key(&auth.access_key) else {
         return Err(ApiError::new(
             401,
             "InvalidAccessKey",
@@ -82,7 +101,8 @@ fn check(
                 auth.access_key
             ),
         ));
-    }
+    };
+    out.account = Some(account.name.clone());
     if auth.service != volcengine_ecs::model::SERVICE {
         return Err(ApiError::new(
             404,
@@ -133,7 +153,7 @@ fn check(
         ));
     }
     let want = expected_signature(
-        cfg.secret_key.expose(),
+        secret.expose(),
         VerifyRequest {
             method: req.method,
             path: req.path,
@@ -172,6 +192,10 @@ mod tests {
     fn cfg() -> EmulatorConfig {
         EmulatorConfig {
             expired_tokens: vec!["old-token".into()],
+            accounts: vec![crate::AccountSpec {
+                name: "team-a".into(),
+                keys: vec![("AKLTteamA".into(), Secret::new("team-a-secret"))],
+            }],
             ..Default::default()
         }
     }
@@ -235,8 +259,14 @@ mod tests {
     }
 
     fn run(b: &Built, now: Timestamp) -> Result<(), ApiError> {
-        let r = verify(
-            &cfg(),
+        let c = cfg();
+        run_with(&c, &Accounts::from_config(&c).unwrap(), b, now).result
+    }
+
+    fn run_with(c: &EmulatorConfig, accounts: &Accounts, b: &Built, now: Timestamp) -> Verdict {
+        verify(
+            c,
+            accounts,
             &Incoming {
                 method: b.method,
                 path: "/",
@@ -245,8 +275,7 @@ mod tests {
                 body: &b.body,
             },
             now,
-        );
-        r.result
+        )
     }
 
     fn code(r: Result<(), ApiError>) -> (u16, String) {
@@ -279,6 +308,60 @@ mod tests {
             b"InstanceIds.1=i-a",
         );
         assert!(run(&post, now).is_ok());
+    }
+
+    #[test]
+    fn each_key_names_its_account_and_signs_with_its_own_secret() {
+        let now = Timestamp::now();
+        let c = cfg();
+        let mut accounts = Accounts::from_config(&c).unwrap();
+        let get = |ak: &str, sk: &str| build(ak, sk, None, "cn-beijing", now, b"");
+        let v = run_with(&c, &accounts, &get("AKLTteamA", "team-a-secret"), now);
+        assert!(v.result.is_ok());
+        assert_eq!(v.account.as_deref(), Some("team-a"));
+        assert_eq!(v.access_key.as_deref(), Some("AKLTteamA"));
+        let v = run_with(
+            &c,
+            &accounts,
+            &get(&c.access_key, c.secret_key.expose()),
+            now,
+        );
+        assert!(v.result.is_ok());
+        assert_eq!(v.account.as_deref(), Some("default"));
+        // Another account's secret does not sign for this key.
+        let v = run_with(&c, &accounts, &get("AKLTteamA", c.secret_key.expose()), now);
+        assert_eq!(code(v.result), (401, "SignatureDoesNotMatch".into()));
+        // Added at run time: valid at once. Revoked: exactly an unknown key.
+        accounts
+            .add_key("team-a", "AKLTteamA2", Secret::new("second"))
+            .unwrap();
+        let second = get("AKLTteamA2", "second");
+        assert!(run_with(&c, &accounts, &second, now).result.is_ok());
+        assert!(accounts.revoke("team-a", "AKLTteamA"));
+        let v = run_with(&c, &accounts, &get("AKLTteamA", "team-a-secret"), now);
+        assert_eq!(v.account, None);
+        assert_eq!(v.access_key.as_deref(), Some("AKLTteamA"));
+        let revoked = v.result.unwrap_err();
+        let unknown = run_with(&c, &accounts, &get("AKLTnobody", "x"), now)
+            .result
+            .unwrap_err();
+        assert_eq!(
+            (
+                revoked.status,
+                revoked.code.as_str(),
+                revoked.message.as_str()
+            ),
+            (
+                401,
+                "InvalidAccessKey",
+                "The accesskey [AKLTteamA] included in the request is invalid."
+            )
+        );
+        assert_eq!(
+            (unknown.status, unknown.code),
+            (401, "InvalidAccessKey".into())
+        );
+        assert!(run_with(&c, &accounts, &second, now).result.is_ok());
     }
 
     #[test]

@@ -16,6 +16,11 @@ use super::wire::ApiError;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultSpec {
+    /// Only calls of this account (signed with one of its keys) are affected; the others
+    /// are served as if there were no fault, and leave its counters alone. None: every
+    /// account. One fault per action either way: a PUT replaces the action's fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// Probability (0..1) that a call fails with `error_code`/`error_status` before it is applied.
     pub error_rate: f64,
     /// Default `InternalError`.
@@ -205,10 +210,22 @@ impl Faults {
             .collect()
     }
 
-    /// The `OperationDetails` falsifications in force for `action`.
-    pub fn detail_overrides(&self, action: Action) -> DetailOverrides {
+    /// The fault of `action` when it applies to calls of `account`.
+    fn of(&self, action: Action, account: &str) -> Option<&ActionFaults> {
         self.per_action
             .get(&action)
+            .filter(|f| f.spec.account.as_deref().is_none_or(|a| a == account))
+    }
+
+    fn of_mut(&mut self, action: Action, account: &str) -> Option<&mut ActionFaults> {
+        self.per_action
+            .get_mut(&action)
+            .filter(|f| f.spec.account.as_deref().is_none_or(|a| a == account))
+    }
+
+    /// The `OperationDetails` falsifications in force for `action` in `account`.
+    pub fn detail_overrides(&self, action: Action, account: &str) -> DetailOverrides {
+        self.of(action, account)
             .map(|f| DetailOverrides {
                 omit: f.spec.omit_details.clone(),
                 conflicting: f.spec.conflicting_details.clone(),
@@ -217,8 +234,8 @@ impl Faults {
     }
 
     /// A call-level rejection when the request names a poisoned instance ID.
-    pub fn poisoned(&self, action: Action, ids: &[String]) -> Option<Decision> {
-        let spec = &self.per_action.get(&action)?.spec;
+    pub fn poisoned(&self, action: Action, account: &str, ids: &[String]) -> Option<Decision> {
+        let spec = &self.of(action, account)?.spec;
         let hit = ids.iter().find(|id| spec.poison_ids.contains(id))?;
         let code = spec
             .error_code
@@ -230,8 +247,8 @@ impl Faults {
     }
 
     /// A call-level failure for a later page of a listing (`FaultSpec::fail_paged`).
-    pub fn paged(&self, action: Action, has_next_token: bool) -> Option<Decision> {
-        let spec = &self.per_action.get(&action)?.spec;
+    pub fn paged(&self, action: Action, account: &str, has_next_token: bool) -> Option<Decision> {
+        let spec = &self.of(action, account)?.spec;
         if !(spec.fail_paged && has_next_token) {
             return None;
         }
@@ -245,8 +262,8 @@ impl Faults {
     }
 
     /// Whether the DeleteInstances about to be applied is to be rolled back (and counts it).
-    pub fn take_revert(&mut self, action: Action) -> bool {
-        let Some(f) = self.per_action.get_mut(&action) else {
+    pub fn take_revert(&mut self, action: Action, account: &str) -> bool {
+        let Some(f) = self.of_mut(action, account) else {
             return false;
         };
         if action != Action::DeleteInstances || f.spec.revert_next_deletions == 0 {
@@ -274,8 +291,10 @@ impl Faults {
         Some(Decision::Reject(e, AMBIENT_THROTTLE))
     }
 
-    pub fn decide(&mut self, action: Action, now: Instant) -> Decision {
-        let Some(f) = self.per_action.get_mut(&action) else {
+    /// What to do with a call of `action` by `account` (a fault scoped to another account
+    /// does not apply).
+    pub fn decide(&mut self, action: Action, account: &str, now: Instant) -> Decision {
+        let Some(f) = self.of_mut(action, account) else {
             return Decision::Proceed {
                 latency: Duration::ZERO,
                 lose_response: false,
@@ -407,17 +426,20 @@ mod tests {
         f.set(Action::DeleteInstances, spec);
         let now = Instant::now();
         assert_eq!(
-            f.decide(Action::UntagResources, now),
+            f.decide(Action::UntagResources, "default", now),
             Decision::AckUnapplied
         );
-        assert_eq!(f.decide(Action::UntagResources, now), proceed());
-        assert_eq!(f.decide(Action::DeleteInstances, now), proceed());
+        assert_eq!(f.decide(Action::UntagResources, "default", now), proceed());
+        assert_eq!(f.decide(Action::DeleteInstances, "default", now), proceed());
     }
 
     #[test]
     fn no_spec_means_proceed() {
         let mut f = Faults::default();
-        assert_eq!(f.decide(Action::RunInstances, Instant::now()), proceed());
+        assert_eq!(
+            f.decide(Action::RunInstances, "default", Instant::now()),
+            proceed()
+        );
     }
 
     #[test]
@@ -432,15 +454,15 @@ mod tests {
         );
         let now = Instant::now();
         for _ in 0..2 {
-            match f.decide(Action::DeleteInstances, now) {
+            match f.decide(Action::DeleteInstances, "default", now) {
                 Decision::Reject(e, "injected_error") => {
                     assert_eq!((e.status, e.code.as_str()), (500, "InternalError"))
                 }
                 d => panic!("{d:?}"),
             }
         }
-        assert_eq!(f.decide(Action::DeleteInstances, now), proceed());
-        assert_eq!(f.decide(Action::RunInstances, now), proceed());
+        assert_eq!(f.decide(Action::DeleteInstances, "default", now), proceed());
+        assert_eq!(f.decide(Action::RunInstances, "default", now), proceed());
         assert_eq!(f.snapshot()["DeleteInstances"].fail_next, 0);
     }
 
@@ -456,7 +478,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        match f.decide(Action::StopInstances, Instant::now()) {
+        match f.decide(Action::StopInstances, "default", Instant::now()) {
             Decision::Reject(e, _) => {
                 assert_eq!((e.status, e.code.as_str()), (503, "ServiceUnavailableTemp"))
             }
@@ -471,7 +493,7 @@ mod tests {
             },
         );
         assert_eq!(
-            f.decide(Action::StopInstances, Instant::now()),
+            f.decide(Action::StopInstances, "default", Instant::now()),
             Decision::Proceed {
                 latency: Duration::from_millis(7),
                 lose_response: true
@@ -491,12 +513,32 @@ mod tests {
         );
         let t0 = Instant::now();
         let throttled = |d: Decision| matches!(d, Decision::Reject(e, "throttle") if e.status == 429 && e.code == "FlowLimitExceeded");
-        assert!(!throttled(f.decide(Action::DescribeInstances, t0)));
-        assert!(!throttled(f.decide(Action::DescribeInstances, t0)));
-        assert!(throttled(f.decide(Action::DescribeInstances, t0)));
+        assert!(!throttled(f.decide(
+            Action::DescribeInstances,
+            "default",
+            t0
+        )));
+        assert!(!throttled(f.decide(
+            Action::DescribeInstances,
+            "default",
+            t0
+        )));
+        assert!(throttled(f.decide(
+            Action::DescribeInstances,
+            "default",
+            t0
+        )));
         let later = t0 + Duration::from_millis(500);
-        assert!(!throttled(f.decide(Action::DescribeInstances, later)));
-        assert!(throttled(f.decide(Action::DescribeInstances, later)));
+        assert!(!throttled(f.decide(
+            Action::DescribeInstances,
+            "default",
+            later
+        )));
+        assert!(throttled(f.decide(
+            Action::DescribeInstances,
+            "default",
+            later
+        )));
     }
 
     #[test]
@@ -513,7 +555,7 @@ mod tests {
         );
         let now = Instant::now();
         assert_eq!(
-            f.decide(Action::RunInstances, now),
+            f.decide(Action::RunInstances, "default", now),
             Decision::Garbage {
                 kind: GarbageKind::Html,
                 status: 502,
@@ -521,13 +563,13 @@ mod tests {
             }
         );
         assert!(matches!(
-            f.decide(Action::RunInstances, now),
+            f.decide(Action::RunInstances, "default", now),
             Decision::Proceed {
                 lose_response: true,
                 ..
             }
         ));
-        assert_eq!(f.decide(Action::RunInstances, now), proceed());
+        assert_eq!(f.decide(Action::RunInstances, "default", now), proceed());
     }
 
     #[test]
@@ -540,16 +582,20 @@ mod tests {
         );
         let now = Instant::now();
         for _ in 0..2 {
-            assert_eq!(f.decide(Action::DeleteInstances, now), proceed());
-            let o = f.detail_overrides(Action::DeleteInstances);
+            assert_eq!(f.decide(Action::DeleteInstances, "default", now), proceed());
+            let o = f.detail_overrides(Action::DeleteInstances, "default");
             assert_eq!(
                 (o.omit, o.conflicting),
                 (vec!["i-a".into()], vec!["i-b".into()])
             );
         }
-        assert!(f.detail_overrides(Action::StopInstances).is_empty());
+        assert!(f
+            .detail_overrides(Action::StopInstances, "default")
+            .is_empty());
         f.remove(Action::DeleteInstances);
-        assert!(f.detail_overrides(Action::DeleteInstances).is_empty());
+        assert!(f
+            .detail_overrides(Action::DeleteInstances, "default")
+            .is_empty());
     }
 
     #[test]
@@ -561,10 +607,10 @@ mod tests {
         );
         let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(f
-            .poisoned(Action::DeleteInstances, &ids(&["i-a", "i-b"]))
+            .poisoned(Action::DeleteInstances, "default", &ids(&["i-a", "i-b"]))
             .is_none());
         for _ in 0..2 {
-            match f.poisoned(Action::DeleteInstances, &ids(&["i-a", "i-bad"])) {
+            match f.poisoned(Action::DeleteInstances, "default", &ids(&["i-a", "i-bad"])) {
                 Some(Decision::Reject(e, "poisoned_id")) => assert_eq!(
                     (e.status, e.code.as_str()),
                     (400, "InvalidInstanceId.Malformed")
@@ -573,11 +619,68 @@ mod tests {
             }
         }
         assert!(f
-            .poisoned(Action::DescribeInstances, &ids(&["i-bad"]))
+            .poisoned(Action::DescribeInstances, "default", &ids(&["i-bad"]))
             .is_none());
-        assert!(!f.take_revert(Action::StopInstances));
-        assert!(f.take_revert(Action::DeleteInstances));
-        assert!(!f.take_revert(Action::DeleteInstances));
+        assert!(!f.take_revert(Action::StopInstances, "default"));
+        assert!(f.take_revert(Action::DeleteInstances, "default"));
+        assert!(!f.take_revert(Action::DeleteInstances, "default"));
+    }
+
+    #[test]
+    fn a_fault_with_an_account_applies_only_to_that_accounts_calls() {
+        let mut f = Faults::default();
+        f.set(
+            Action::DescribeInstances,
+            serde_json::from_str(
+                r#"{"account":"team-a","fail_next":1,"poison_ids":["i-x"],"fail_paged":true,
+                    "omit_details":["i-y"]}"#,
+            )
+            .unwrap(),
+        );
+        f.set(
+            Action::DeleteInstances,
+            serde_json::from_str(r#"{"account":"team-a","revert_next_deletions":1}"#).unwrap(),
+        );
+        let now = Instant::now();
+        let ids = vec!["i-x".to_string()];
+        // Account B: no fault at all, and A's counters are left alone.
+        for _ in 0..3 {
+            assert_eq!(
+                f.decide(Action::DescribeInstances, "team-b", now),
+                proceed()
+            );
+        }
+        assert!(f
+            .poisoned(Action::DescribeInstances, "team-b", &ids)
+            .is_none());
+        assert!(f.paged(Action::DescribeInstances, "team-b", true).is_none());
+        assert!(f
+            .detail_overrides(Action::DescribeInstances, "default")
+            .is_empty());
+        assert!(!f.take_revert(Action::DeleteInstances, "default"));
+        // Account A gets every part of it.
+        assert!(matches!(
+            f.decide(Action::DescribeInstances, "team-a", now),
+            Decision::Reject(_, "injected_error")
+        ));
+        assert_eq!(
+            f.decide(Action::DescribeInstances, "team-a", now),
+            proceed()
+        );
+        assert!(f
+            .poisoned(Action::DescribeInstances, "team-a", &ids)
+            .is_some());
+        assert!(f.paged(Action::DescribeInstances, "team-a", true).is_some());
+        assert_eq!(
+            f.detail_overrides(Action::DescribeInstances, "team-a").omit,
+            ["i-y"]
+        );
+        assert!(f.take_revert(Action::DeleteInstances, "team-a"));
+        // Without `account` the snapshot (and GET /faults) is as before.
+        f.set(Action::StopInstances, FaultSpec::default());
+        let json = serde_json::to_value(f.snapshot()).unwrap();
+        assert!(json["StopInstances"].get("account").is_none());
+        assert_eq!(json["DeleteInstances"]["account"], "team-a");
     }
 
     #[test]

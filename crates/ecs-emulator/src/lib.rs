@@ -5,7 +5,8 @@
 //! tool: the operator crate does not depend on it and its image does not contain it.
 //!
 //! Besides the real API there is an unsigned admin JSON API under `/_emulator/` (see
-//! `admin.rs`) to seed instances, inject faults and read the call and deletion logs.
+//! `admin.rs`) to seed instances, inject faults, manage accounts and keys, and read the call
+//! and deletion logs.
 //! `--request-log PATH` appends every HTTP request as it arrived (`reqlog.rs`), for checkers
 //! that are not ours (the official Python SDK's signer in `tests/python`).
 //!
@@ -63,7 +64,27 @@
 //! - fault `unapplied_next` (operation actions only): success without the change, as a
 //!   tag write not yet visible to DescribeInstances looks. Whether the real tag index lags
 //!   is not documented; the operator confirms an untag by describing before it relies on it.
+//! - several accounts (`accounts.rs`): `--access-key`/`--secret-key` are the keys of the
+//!   account `default`; `--account NAME:AK:SK` (repeatable; `EMULATOR_ACCOUNTS`, comma
+//!   separated, is read when no flag is given) adds an account or a key to one, and so does
+//!   the admin `POST /accounts` at run time. An access key belongs to exactly one account (one given to two accounts is
+//!   refused at startup, and with 409 by the admin API); each account has its own instances,
+//!   deletions log, ClientToken records and private IP sequence. A call acts only on the
+//!   store of the account whose key signed it, so ClientTokens are per account (the same
+//!   token in two accounts is two requests). Instance IDs are global: no two accounts ever
+//!   hold the same ID (RunInstances and the admin seeds skip IDs taken anywhere).
+//! - another account's instance looks exactly like one that does not exist: DescribeInstances
+//!   (by ID or TagFilters) omits it, batch actions answer its `OperationDetails` entry
+//!   `InvalidInstance.NotFound`, TagResources/UntagResources/ModifyInstanceAttribute/
+//!   DeleteInstance answer 404 `InvalidInstance.NotFound`, and nothing of it changes.
+//! - a key revoked at run time (`DELETE /_emulator/accounts/{name}/keys/{ak}`) fails from
+//!   the next request on (a call already past authentication completes) with the answer of
+//!   an unknown key, 401 `InvalidAccessKey`; a key added at run time signs at once. The call
+//!   log records each call's `account` (empty for an unknown or revoked key) and
+//!   `access_key`, never a secret. A fault with `account` applies to that account's calls
+//!   only; `POST /_emulator/reset` restores the initial accounts and keys.
 
+mod accounts;
 mod actions;
 mod admin;
 mod api;
@@ -86,6 +107,7 @@ use tokio::net::TcpListener;
 
 use volcengine_ecs::signer::Secret;
 
+pub use accounts::{valid_access_key, valid_account_name, AccountSpec, DEFAULT_ACCOUNT};
 pub use faults::{FaultSpec, GarbageKind, AMBIENT_THROTTLE, THROTTLE_VARIANTS};
 pub use log::{ActionStats, CallRecord};
 pub use state::{Delays, Deletion};
@@ -101,6 +123,52 @@ fn parse_secret(s: &str) -> Result<Secret, String> {
     Ok(Secret::new(s))
 }
 
+/// `--account NAME:AK:SK`. Its errors never show the value (it holds a secret key): clap's
+/// own error for a failed `value_parser` function would quote it.
+#[derive(Clone, Copy, Debug)]
+struct AccountParser;
+
+impl clap::builder::TypedValueParser for AccountParser {
+    type Value = AccountSpec;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<AccountSpec, clap::Error> {
+        let refuse = |why: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --account (EMULATOR_ACCOUNTS) value: {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let s = value.to_str().ok_or_else(|| refuse("not UTF-8"))?.trim();
+        let mut parts = s.splitn(3, ':');
+        let (Some(name), Some(ak), Some(sk)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(refuse("expected NAME:AK:SK"));
+        };
+        if !valid_account_name(name) {
+            return Err(refuse(
+                "the account name must be 1-64 letters, digits, '.', '_' or '-'",
+            ));
+        }
+        if !valid_access_key(ak) {
+            return Err(refuse(
+                "the access key must be 1-128 letters, digits, '.', '_', '~' or '-'",
+            ));
+        }
+        if sk.is_empty() {
+            return Err(refuse("the secret key is empty"));
+        }
+        Ok(AccountSpec {
+            name: name.to_string(),
+            keys: vec![(ak.to_string(), Secret::new(sk))],
+        })
+    }
+}
+
 /// `ecs-emulator` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EmulatorArgs {
@@ -112,6 +180,19 @@ pub struct EmulatorArgs {
     pub access_key: String,
     #[arg(long, env = "EMULATOR_SECRET_KEY", default_value = "emulator-secret", hide_env_values = true, value_parser = parse_secret)]
     pub secret_key: Secret,
+    /// Another account (`NAME:AK:SK`), or another key of an account already given
+    /// (`default` is the account of --access-key). Repeatable; the environment variable
+    /// takes a comma-separated list and is read only when no --account is given. An access
+    /// key belongs to one account.
+    #[arg(
+        long = "account",
+        value_name = "NAME:AK:SK",
+        env = "EMULATOR_ACCOUNTS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_parser = AccountParser
+    )]
+    pub accounts: Vec<AccountSpec>,
     /// Regions accepted in the credential scope.
     #[arg(
         long,
@@ -169,8 +250,12 @@ pub const DEFAULT_TAG_FILTER_LIMIT: usize = 1000;
 /// runtime copy, `POST /_emulator/reset` restores the initial one.
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
+    /// The first key of the account `default`.
     pub access_key: String,
     pub secret_key: Secret,
+    /// More accounts, or more keys of `default` (a spec of that name). An access key
+    /// belongs to one account (`Emulator::new` panics otherwise; `run` refuses to start).
+    pub accounts: Vec<AccountSpec>,
     pub regions: Vec<String>,
     pub delays: Delays,
     /// Replay the recorded answer for a re-sent ClientToken (else execute again).
@@ -201,6 +286,7 @@ impl Default for EmulatorConfig {
         Self {
             access_key: "AKLTemulator".into(),
             secret_key: Secret::new("emulator-secret"),
+            accounts: Vec::new(),
             regions: DEFAULT_REGIONS.iter().map(|r| r.to_string()).collect(),
             delays: Delays::default(),
             replay: true,
@@ -222,6 +308,7 @@ impl From<&EmulatorArgs> for EmulatorConfig {
         Self {
             access_key: a.access_key.clone(),
             secret_key: a.secret_key.clone(),
+            accounts: a.accounts.clone(),
             regions: a
                 .regions
                 .iter()
@@ -250,19 +337,30 @@ impl From<&EmulatorArgs> for EmulatorConfig {
 /// All mutable state behind one lock: calls are short and never hold it across an await.
 pub(crate) struct Inner {
     pub cfg: EmulatorConfig,
-    pub store: state::Store,
+    /// Each account's keys and instances.
+    pub accounts: accounts::Accounts,
     pub faults: faults::Faults,
     pub log: log::CallLog,
 }
 
 impl Inner {
     fn new(cfg: EmulatorConfig) -> Self {
+        let accounts = accounts::Accounts::from_config(&cfg)
+            .unwrap_or_else(|e| panic!("invalid EmulatorConfig: {e}"));
         Self {
             log: log::CallLog::new(cfg.call_log_limit),
             cfg,
-            store: state::Store::default(),
+            accounts,
             faults: faults::Faults::default(),
         }
+    }
+}
+
+impl EmulatorConfig {
+    /// Whether the accounts are consistent: every access key belongs to one account, with
+    /// one secret key, and every account name is valid.
+    pub fn check(&self) -> Result<(), String> {
+        accounts::Accounts::from_config(self).map(|_| ())
     }
 }
 
@@ -275,6 +373,7 @@ pub struct Emulator {
 }
 
 impl Emulator {
+    /// Panics when `cfg` fails `EmulatorConfig::check` (an access key given to two accounts).
     pub fn new(cfg: EmulatorConfig) -> Arc<Self> {
         Arc::new(Self {
             request_log: cfg.request_log.clone().map(reqlog::RequestLog::new),
@@ -288,7 +387,8 @@ impl Emulator {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Back to the initial configuration with nothing in it.
+    /// Back to the initial configuration (and accounts, with their initial keys) with
+    /// nothing in it.
     pub(crate) fn reset(&self) {
         *self.lock() = Inner::new(self.initial.clone());
     }
@@ -325,6 +425,9 @@ pub async fn serve(
 /// SIGTERM.
 pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
     let cfg = EmulatorConfig::from(&args);
+    cfg.check().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--account: {e}"))
+    })?;
     if let Some(path) = &cfg.request_log {
         // Fail at startup, not on the first request, if the log cannot be written.
         reqlog::open(path).map_err(|e| {
@@ -338,7 +441,13 @@ pub async fn run(args: EmulatorArgs) -> std::io::Result<()> {
         writeln!(out, "emulator listening on http://{addr}")?;
         out.flush()?;
     }
-    tracing::info!(%addr, regions = ?cfg.regions, "ECS emulator started");
+    let mut accounts = vec![DEFAULT_ACCOUNT];
+    for a in &cfg.accounts {
+        if !accounts.contains(&a.name.as_str()) {
+            accounts.push(&a.name);
+        }
+    }
+    tracing::info!(%addr, regions = ?cfg.regions, ?accounts, "ECS emulator started");
     serve(listener, cfg, shutdown_signal()).await
 }
 
@@ -355,4 +464,83 @@ async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<EmulatorConfig, String> {
+        let argv = std::iter::once("ecs-emulator").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .map(|c| EmulatorConfig::from(&c.args))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn account_flags() {
+        let cfg = parse(&[
+            "--account",
+            "team-a:AKa:SKa:with:colons",
+            "--account",
+            "team-b:AKb:SKb,team-a:AKa2:SKa2",
+        ])
+        .unwrap();
+        let got: Vec<(String, String, String)> = cfg
+            .accounts
+            .iter()
+            .flat_map(|a| {
+                a.keys
+                    .iter()
+                    .map(|(ak, sk)| (a.name.clone(), ak.clone(), sk.expose().to_string()))
+            })
+            .collect();
+        let want = [
+            ("team-a", "AKa", "SKa:with:colons"),
+            ("team-b", "AKb", "SKb"),
+            ("team-a", "AKa2", "SKa2"),
+        ];
+        assert_eq!(
+            got,
+            want.map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        );
+        assert!(cfg.check().is_ok());
+        assert_eq!(
+            cfg.access_key, "AKLTemulator",
+            "the default account is unchanged"
+        );
+        assert!(parse(&[]).unwrap().accounts.is_empty());
+
+        // An access key of two accounts is refused at startup.
+        let twice = parse(&["--account", "x:AKLTemulator:s"]).unwrap();
+        assert!(twice
+            .check()
+            .unwrap_err()
+            .contains("belongs to account default"));
+    }
+
+    #[test]
+    fn a_bad_account_flag_never_echoes_its_secret() {
+        for bad in [
+            "team-a:AKa",
+            "team a:AKa:TOPSECRET",
+            "team-a:AK/a:TOPSECRET",
+            ":AKa:TOPSECRET",
+            "team-a::TOPSECRET",
+            "team-a:AKa:",
+        ] {
+            let e = parse(&["--account", bad]).unwrap_err();
+            assert!(e.contains("--account"), "{bad}: {e}");
+            assert!(!e.contains("TOPSECRET"), "{bad}: {e}");
+        }
+        let debug = format!("{:?}", parse(&["--account", "a:AKa:TOPSECRET"]).unwrap());
+        assert!(!debug.contains("TOPSECRET"), "{debug}");
+    }
 }

@@ -19,6 +19,12 @@ pub struct CallRecord {
     pub action: String,
     /// From the credential scope; empty when the Authorization header was unusable.
     pub region: String,
+    /// The account whose active access key signed the request; empty when the key is
+    /// unknown or revoked (or the Authorization header was unusable).
+    pub account: String,
+    /// The access key of the credential scope, as sent (never the secret); empty when the
+    /// Authorization header was unusable.
+    pub access_key: String,
     pub params: BTreeMap<String, String>,
     pub client_token: Option<String>,
     pub status: u16,
@@ -47,6 +53,22 @@ pub struct ActionStats {
     pub instance_codes: BTreeMap<String, u64>,
     pub replayed: u64,
     pub lost: u64,
+}
+
+/// Which calls `CallLog::query` returns; every field given must match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallFilter<'a> {
+    pub action: Option<&'a str>,
+    pub account: Option<&'a str>,
+    pub access_key: Option<&'a str>,
+}
+
+impl CallFilter<'_> {
+    fn matches(&self, c: &CallRecord) -> bool {
+        self.action.is_none_or(|a| c.action == a)
+            && self.account.is_none_or(|a| c.account == a)
+            && self.access_key.is_none_or(|k| c.access_key == k)
+    }
 }
 
 #[derive(Debug)]
@@ -91,8 +113,8 @@ impl CallLog {
         seq
     }
 
-    /// Records with seq > `since`, optionally of one action, at most `limit` of them.
-    pub fn query(&self, action: Option<&str>, since: u64, limit: usize) -> Vec<CallRecord> {
+    /// Records with seq > `since` that pass `filter`, at most `limit` of them.
+    pub fn query(&self, filter: &CallFilter<'_>, since: u64, limit: usize) -> Vec<CallRecord> {
         // Sequence numbers are dense within the buffer, so `since` maps to an index.
         let first = self.calls.front().map_or(0, |c| c.seq);
         let skip =
@@ -100,7 +122,7 @@ impl CallLog {
         self.calls
             .iter()
             .skip(skip)
-            .filter(|c| action.is_none_or(|a| c.action == a))
+            .filter(|c| filter.matches(c))
             .take(limit)
             .cloned()
             .collect()
@@ -138,18 +160,63 @@ mod tests {
         for i in 0..5 {
             log.push(rec(if i % 2 == 0 { "A" } else { "B" }, "OK"));
         }
-        let all = log.query(None, 0, usize::MAX);
+        let none = CallFilter::default();
+        let all = log.query(&none, 0, usize::MAX);
         assert_eq!(all.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
-        let since = log.query(None, 3, usize::MAX);
+        let since = log.query(&none, 3, usize::MAX);
         assert_eq!(since.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![4, 5]);
-        let a = log.query(Some("A"), 0, usize::MAX);
+        let only_a = CallFilter {
+            action: Some("A"),
+            ..none
+        };
+        let a = log.query(&only_a, 0, usize::MAX);
         assert_eq!(a.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3, 5]);
-        assert_eq!(log.query(None, 0, 1).len(), 1);
+        assert_eq!(log.query(&none, 0, 1).len(), 1);
         assert_eq!(log.stats()["A"].calls, 3);
         log.clear();
-        assert!(log.query(None, 0, usize::MAX).is_empty());
+        assert!(log.query(&none, 0, usize::MAX).is_empty());
         assert_eq!(log.push(rec("A", "X")), 6);
-        assert_eq!(log.query(None, 5, usize::MAX).len(), 1);
+        assert_eq!(log.query(&none, 5, usize::MAX).len(), 1);
         assert_eq!(log.stats()["A"].codes["X"], 1);
+    }
+
+    #[test]
+    fn filters_by_account_and_access_key() {
+        let mut log = CallLog::new(10);
+        for (action, account, ak) in [
+            ("A", "default", "AK0"),
+            ("A", "team-a", "AKa"),
+            ("B", "team-a", "AKa2"),
+            ("A", "", "AKrevoked"),
+        ] {
+            log.push(CallRecord {
+                account: account.into(),
+                access_key: ak.into(),
+                ..rec(action, "OK")
+            });
+        }
+        let seqs = |f: CallFilter<'_>| -> Vec<u64> {
+            log.query(&f, 0, usize::MAX).iter().map(|c| c.seq).collect()
+        };
+        assert_eq!(seqs(CallFilter::default()), [1, 2, 3, 4]);
+        let team_a = CallFilter {
+            account: Some("team-a"),
+            ..Default::default()
+        };
+        assert_eq!(seqs(team_a), [2, 3]);
+        assert_eq!(
+            seqs(CallFilter {
+                action: Some("A"),
+                ..team_a
+            }),
+            [2]
+        );
+        assert_eq!(
+            seqs(CallFilter {
+                access_key: Some("AKrevoked"),
+                ..Default::default()
+            }),
+            [4]
+        );
     }
 }

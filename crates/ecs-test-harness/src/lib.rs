@@ -539,6 +539,88 @@ impl Emulator {
             })
             .count()
     }
+
+    /// Adds the key `ak`/`sk` to `account`, creating the account if it does not exist yet
+    /// (`POST /_emulator/accounts`). The key signs from the next request on.
+    pub async fn add_account_key(&self, account: &str, ak: &str, sk: &str) {
+        let body = json!({"name": account, "access_key": ak, "secret_key": sk});
+        self.send(reqwest::Method::POST, "accounts", body).await;
+    }
+
+    /// Revokes the key `ak` of `account`: from the next request on it gets 401
+    /// InvalidAccessKey, as an unknown key does.
+    pub async fn revoke_key(&self, account: &str, ak: &str) {
+        let path = format!(
+            "accounts/{}/keys/{}",
+            path_segment(account),
+            path_segment(ak)
+        );
+        self.admin(reqwest::Method::DELETE, &path, None).await;
+    }
+
+    /// Seeds one VM in `account` and returns its ID.
+    pub async fn seed_in(&self, account: &str, body: Value) -> String {
+        let path = format!("instances?account={}", path_segment(account));
+        let v = self.send(reqwest::Method::POST, &path, body).await;
+        v["InstanceId"].as_str().expect("InstanceId").to_string()
+    }
+
+    /// Every VM `account` holds (deleted ones included until they expire).
+    pub async fn instances_in(&self, account: &str) -> Vec<Value> {
+        let v = self
+            .get(&format!("instances?account={}", path_segment(account)))
+            .await;
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Calls of one action (every action when `action` is "") made with a key of `account`
+    /// that got past ambient throttling, in order. Calls with an unknown or revoked key
+    /// belong to no account: see `calls_with_key`.
+    pub async fn calls_in(&self, account: &str, action: &str) -> Vec<Value> {
+        let mut v = self
+            .get(&calls_path(&[("account", account), ("action", action)]))
+            .await;
+        let mut v = v.as_array_mut().map(std::mem::take).unwrap_or_default();
+        v.retain(|c| c["fault"] != ecs_emulator::AMBIENT_THROTTLE);
+        v
+    }
+
+    /// How many calls of one action (every action when `action` is "") were signed with
+    /// the access key `ak`, ambient throttles excluded; refused ones (an unknown or revoked
+    /// key) included.
+    pub async fn calls_with_key(&self, ak: &str, action: &str) -> usize {
+        let v = self
+            .get(&calls_path(&[("access_key", ak), ("action", action)]))
+            .await;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["fault"] != ecs_emulator::AMBIENT_THROTTLE)
+            .count()
+    }
+}
+
+/// `s` percent-encoded for a URL path segment or query value (account names and access
+/// keys are URL-safe already; this keeps any other value intact).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `calls?k=v&...`, leaving out empty values.
+fn calls_path(q: &[(&str, &str)]) -> String {
+    let q: Vec<String> = q
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", path_segment(v)))
+        .collect();
+    format!("calls?{}", q.join("&"))
 }
 
 impl Drop for Emulator {
@@ -1092,6 +1174,66 @@ impl EmulatorServer {
                 .body(b.to_string());
         }
         json_answer(req.send().await.unwrap()).await
+    }
+
+    /// One admin request that must succeed (2xx); its JSON answer.
+    async fn admin_ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.admin(method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
+        v
+    }
+
+    /// As `Emulator::add_account_key`.
+    pub async fn add_account_key(&self, account: &str, ak: &str, sk: &str) {
+        let body = json!({"name": account, "access_key": ak, "secret_key": sk});
+        self.admin_ok("POST", "accounts", Some(body)).await;
+    }
+
+    /// As `Emulator::revoke_key`.
+    pub async fn revoke_key(&self, account: &str, ak: &str) {
+        let path = format!(
+            "accounts/{}/keys/{}",
+            path_segment(account),
+            path_segment(ak)
+        );
+        self.admin_ok("DELETE", &path, None).await;
+    }
+
+    /// As `Emulator::seed_in`.
+    pub async fn seed_in(&self, account: &str, body: Value) -> String {
+        let path = format!("instances?account={}", path_segment(account));
+        let v = self.admin_ok("POST", &path, Some(body)).await;
+        v["InstanceId"].as_str().expect("InstanceId").to_string()
+    }
+
+    /// As `Emulator::instances_in`.
+    pub async fn instances_in(&self, account: &str) -> Vec<Value> {
+        let path = format!("instances?account={}", path_segment(account));
+        let v = self.admin_ok("GET", &path, None).await;
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// As `Emulator::calls_in`.
+    pub async fn calls_in(&self, account: &str, action: &str) -> Vec<Value> {
+        let path = calls_path(&[("account", account), ("action", action)]);
+        let mut v = self.admin_ok("GET", &path, None).await;
+        let mut v = v.as_array_mut().map(std::mem::take).unwrap_or_default();
+        v.retain(|c| c["fault"] != ecs_emulator::AMBIENT_THROTTLE);
+        v
+    }
+
+    /// As `Emulator::calls_with_key`.
+    pub async fn calls_with_key(&self, ak: &str, action: &str) -> usize {
+        let path = calls_path(&[("access_key", ak), ("action", action)]);
+        let v = self.admin_ok("GET", &path, None).await;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["fault"] != ecs_emulator::AMBIENT_THROTTLE)
+            .count()
     }
 }
 
