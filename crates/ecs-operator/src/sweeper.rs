@@ -348,7 +348,7 @@ pub async fn sweep_once(
     extra_regions: &[String],
     grace: Duration,
     mode: SweepMode,
-) -> Result<(Vec<Candidate>, Vec<(String, Decision)>), SweepError> {
+) -> Result<Swept, SweepError> {
     let mut live = live_resources(client).await?;
     let regions = tracker.regions_to_sweep(cloud.default_region(), &live.regions, extra_regions);
     let mut vms = Vec::new();
@@ -392,6 +392,9 @@ pub async fn sweep_once(
     }
     Ok((candidates, actions))
 }
+
+/// One sweep's candidates and, in delete mode, what happened to the confirmed ones.
+pub type Swept = (Vec<Candidate>, Vec<(String, Decision)>);
 
 /// Settings of the periodic sweeper.
 #[derive(Debug, Clone)]
@@ -463,7 +466,7 @@ async fn report_sweep(
     ns_ref: &k8s_openapi::api::core::v1::ObjectReference,
     metrics: &crate::metrics::Metrics,
     account: &str,
-    sweep: Result<(Vec<Candidate>, Vec<(String, Decision)>), SweepError>,
+    sweep: Result<Swept, SweepError>,
 ) -> usize {
     use crate::controller::events::Note;
     let (candidates, actions) = match sweep {

@@ -136,8 +136,11 @@ pub fn control_plane() -> PathBuf {
         assert!(st.success(), "control plane failed to start");
         let kc = kubeconfig();
         let st = Command::new("kubectl")
-            .args(["--kubeconfig", kc.to_str().unwrap(), "apply", "-f"])
+            .args(["--kubeconfig", kc.to_str().unwrap(), "apply"])
+            .arg("-f")
             .arg(repo().join("crds/ecsinstance.yaml"))
+            .arg("-f")
+            .arg(repo().join("crds/ecsaccount.yaml"))
             .stdout(Stdio::null())
             .status()
             .expect("kubectl apply crd");
@@ -150,6 +153,7 @@ pub fn control_plane() -> PathBuf {
                 "--for=condition=Established",
                 "--timeout=60s",
                 "crd/ecsinstances.ecs.volcengine.io",
+                "crd/ecsaccounts.ecs.volcengine.io",
             ])
             .stdout(Stdio::null())
             .status()

@@ -231,11 +231,15 @@ fn client_for(
 }
 
 /// Whether this operator reports on the account: one that watches every namespace does; one
-/// limited by `--namespaces` only for an account that names one of them (two operators
+/// limited by `--namespaces` only for an account that allows one of them (two operators
 /// sharding a cluster would otherwise overwrite each other's view of the same account).
 fn reports_on(ctx: &Context, a: &EcsAccount) -> bool {
     let mine = &ctx.settings.namespaces;
-    mine.is_empty() || a.spec.allowed_namespaces.names.iter().any(|n| mine.contains(n))
+    mine.is_empty()
+        || mine.iter().any(|ns| {
+            let labels = ctx.accounts.namespace_now(ns).map(|i| i.labels);
+            super::allows(&a.spec.allowed_namespaces, ns, &labels.unwrap_or_default())
+        })
 }
 
 /// Writes the `Ready` condition when what it says changed.

@@ -241,6 +241,19 @@ impl Accounts {
         *write(&self.namespaces) = Namespaces::Cache(store);
     }
 
+    /// What the namespace cache holds of `ns` now (no wait for its sync).
+    pub fn namespace_now(&self, ns: &str) -> Option<NsInfo> {
+        let store = match &*read(&self.namespaces) {
+            Namespaces::Absent => return None,
+            Namespaces::Cache(s) => s.clone(),
+        };
+        let n = store.get(&reflector::ObjectRef::new(ns))?;
+        Some(NsInfo {
+            labels: n.metadata.labels.clone().unwrap_or_default(),
+            account_annotation: None,
+        })
+    }
+
     /// The namespace's labels and account annotation; `None`: not known (yet).
     async fn namespace(&self, ns: &str) -> Option<NsInfo> {
         let store = match &*read(&self.namespaces) {

@@ -52,6 +52,8 @@ pub struct ApplyFacts {
     pub owned: bool,
     /// ModifyInstanceAttribute DeletionProtection: its RequestId, or the failure.
     pub protection: Option<Result<String, CloudError>>,
+    /// `spec.managementPolicy: ObserveOnly`: read and report only.
+    pub observe_only: bool,
 }
 
 impl ApplyFacts {
@@ -91,6 +93,7 @@ impl ApplyFacts {
             observed: None,
             owned: false,
             protection: None,
+            observe_only: obj.observe_only(),
         }
     }
 
@@ -208,6 +211,8 @@ fn done(o: ApplyOutcome) -> ApplyStep {
 pub fn plan(f: &ApplyFacts) -> ApplyStep {
     let id = match (f.instance_id(), &f.lookup) {
         (Some(id), _) => id.to_string(),
+        // ObserveOnly never creates (the schema requires spec.instanceId with it).
+        (None, _) if f.observe_only => return done(ApplyOutcome::InvalidSpec),
         (None, _) if !f.has_create => return done(ApplyOutcome::InvalidSpec),
         (None, None) => return ApplyStep::LookUpByUid,
         (None, Some(Err(_))) => return done(ApplyOutcome::Failed(Call::Lookup)),
@@ -226,6 +231,10 @@ pub fn plan(f: &ApplyFacts) -> ApplyStep {
     };
     if f.status.run_instances_at.is_some() {
         return ApplyStep::MarkSeen;
+    }
+    // ObserveOnly: no claim, no protection change; what was seen is the whole report.
+    if f.observe_only {
+        return done(ApplyOutcome::Observed);
     }
     // One VM, one owner: claim it (or see that it is ours) before anything else touches it.
     if !f.owned {
@@ -250,7 +259,7 @@ fn missing(f: &ApplyFacts) -> ApplyOutcome {
         return ApplyOutcome::Appearing;
     }
     let generation = f.status.create_generation.unwrap_or(0);
-    if f.recreate_missing && f.created_by_us && generation < MAX_COUNTER {
+    if f.recreate_missing && f.created_by_us && !f.observe_only && generation < MAX_COUNTER {
         ApplyOutcome::Recreate
     } else {
         ApplyOutcome::Missing
@@ -667,6 +676,10 @@ mod tests {
             f
         };
         let boxed = Box::new(inst("RUNNING", None));
+        let observer = |f: ApplyFacts| ApplyFacts {
+            observe_only: true,
+            ..f
+        };
         let set = |want| ApplyStep::SetProtection {
             id: ID.into(),
             want,
@@ -687,13 +700,19 @@ mod tests {
             ("vanished, Recreate: re-create",           vanished(None, true, 0),            d(O::Recreate)),
             ("vanished, Recreate, generation at bound", vanished(None, true, MAX_COUNTER),  d(O::Missing)),
             ("listed the first time: mark it seen",     first_seen,                         ApplyStep::MarkSeen),
-            ("not yet claimed: claim or refuse",        unowned,                            ApplyStep::EnsureOwned { inst: boxed }),
+            ("not yet claimed: claim or refuse",        unowned.clone(),                          ApplyStep::EnsureOwned { inst: boxed }),
             ("protection wanted on, VM off: set",       protection(Some(true), None, None), set(true)),
             ("protection wanted off, VM on: set",       protection(Some(false), Some(true), None), set(false)),
             ("protection as wanted: observed",          protection(Some(true), Some(true), None), d(O::Observed)),
             ("protection unset in spec: left alone",    protection(None, Some(true), None), d(O::Observed)),
             ("protection set: observed",                protection(Some(true), None, Some(Ok("req".into()))), d(O::Observed)),
             ("protection call fails: report",           protection(Some(true), None, Some(Err(err()))), d(O::Failed(Call::Protection))),
+            // ObserveOnly: describe and report; never create, claim, re-create or protect.
+            ("observer without instanceId: nothing",    observer(creating(Some(Ok(None)))), d(O::InvalidSpec)),
+            ("observer: describe",                      observer(adopted(None)),            ApplyStep::Describe { id: ID.into() }),
+            ("observer, not claimed: observed",         observer(unowned.clone()),          d(O::Observed)),
+            ("observer, protection differs: observed",  observer(protection(Some(true), None, None)), d(O::Observed)),
+            ("observer, vanished: missing, no re-create", observer(vanished(None, true, 0)), d(O::Missing)),
         ];
         for (what, f, want) in rows {
             assert_eq!(plan(&f), want, "{what}");

@@ -636,7 +636,11 @@ pub fn report(f: &Facts, o: &Outcome) -> Report {
             let msg = format!("paused (annotation {PAUSED_ANNOTATION}: \"true\"): no cloud call is made; the deletion of VM {} waits until the annotation is removed", if id.is_empty() { "-" } else { &id });
             let mut st = f.status.clone();
             cond(&mut st, f, Cond::Synced, false, Reason::Paused, &msg);
-            let first = f.reason_of(Cond::Synced) != Some(Reason::Paused.as_str());
+            cond(&mut st, f, Cond::Ready, false, Reason::Deleting, &msg);
+            // Once per paused deletion (a live resource paused earlier has Synced=Paused
+            // already, but not Ready=Deleting).
+            let first = f.reason_of(Cond::Synced) != Some(Reason::Paused.as_str())
+                || f.reason_of(Cond::Ready) != Some(Reason::Deleting.as_str());
             let ev = first.then(|| EventNote::normal(Reason::Paused, "Delete", msg));
             held(st, Reason::Paused, ev, Then::AwaitChange)
         }
@@ -1235,8 +1239,48 @@ mod tests {
             why: "the resource is not being deleted",
         };
         let ns = || "team-a".to_string();
+        let refusal = || crate::accounts::Refusal::NotAllowed {
+            name: "a".into(),
+            namespace: ns(),
+        };
+        let blocked = |b: Blocked, acted: bool| {
+            let mut f = base();
+            if !acted {
+                f.status = EcsInstanceStatus::default();
+                f.instance_id = None;
+            }
+            f.blocked = Some(b);
+            f
+        };
+        let blocked_annotated = {
+            let mut f = annotated(Some(ReleaseCheck::Honoured {
+                who: "w".into(),
+                stated: "s".into(),
+            }));
+            f.blocked = Some(Blocked::Account(refusal()));
+            f
+        };
+        let observer = |ownership: Option<Ownership>, pol: Option<DeletionPolicy>| {
+            let mut f = base();
+            f.observe_only = true;
+            f.status.ownership = ownership;
+            if let Some(p) = pol {
+                policy(&mut f, p);
+            }
+            f
+        };
         #[rustfmt::skip]
         let rows: Vec<(&str, Facts, Step)> = vec![
+            // paused, refused an account, ObserveOnly
+            ("paused: no cloud call",                    blocked(Blocked::Paused, true),          d(O::Paused)),
+            ("paused, never acted: still no call",       blocked(Blocked::Paused, false),         d(O::Paused)),
+            ("refused, acted: keep",                     blocked(Blocked::Account(refusal()), true), d(O::Hold(Held::Account))),
+            ("refused, never acted: release, no call",   blocked(Blocked::Account(refusal()), false), d(O::NeverActed)),
+            ("refused, escape hatch: released",          blocked_annotated,                       d(O::ReleasedOnRequest)),
+            ("observer: release, no cloud call",         observer(None, None),                    d(O::Observed)),
+            ("observer refused earlier: release",        observer(Some(Ownership::Refused), None), d(O::Observed)),
+            ("observer that claimed it: prove, untag",   observer(Some(Ownership::Claimed), None), Step::CheckOwnership { id: id() }),
+            ("observer that claimed it, policy Delete: untag", { let mut f = observer(Some(Ownership::Claimed), Some(Delete)); f.proof = Some(Ok(Proof::Proven)); f }, Step::Untag { id: id() }),
             // escape hatch
             ("annotation: read it fresh",                annotated(None),                         Step::ReadReleaseRequest),
             ("annotation honoured: release, no cloud",   annotated(Some(honoured)),               d(O::ReleasedOnRequest)),
