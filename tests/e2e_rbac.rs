@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 use support::*;
 
 const SYSTEM_NS: &str = "ecs-operator-system";
+/// Where the EcsAccounts' Secrets live (deploy/rbac/account-secrets-role.yaml).
+const ACCOUNTS_NS: &str = "ecs-operator-accounts";
 const SA_USER: &str = "system:serviceaccount:ecs-operator-system:ecs-operator";
 const LEASE: &str = "ecs-operator-leader";
 const USER_DATA: &str = "#cloud-config\nruncmd: [echo hello]\n";
@@ -98,7 +100,9 @@ fn cluster_grants() -> BTreeSet<Grant> {
         ),
         ("ecs.volcengine.io", "ecsinstances/finalizers", &["update"]),
         ("events.k8s.io", "events", &["create", "patch"]),
-        ("", "namespaces", &["get"]),
+        ("", "namespaces", &["get", "list", "watch"]),
+        ("ecs.volcengine.io", "ecsaccounts", &["get", "list", "watch"]),
+        ("ecs.volcengine.io", "ecsaccounts/status", &["get", "patch"]),
         // Restricted to the one name (see named_grants in `effective`).
         (
             "apiextensions.k8s.io",
@@ -355,6 +359,10 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         &["get", "create", "update", "patch"],
     )]));
     assert_eq!(effective(&sa, SYSTEM_NS).await, with_lease);
+    // Account keys: get, in their own namespace only; never listed or watched.
+    let mut with_keys = base.clone();
+    with_keys.insert(("".into(), "secrets".into(), "get".into()));
+    assert_eq!(effective(&sa, ACCOUNTS_NS).await, with_keys);
     let listing = kubectl_ok(&["auth", "can-i", "--list", "-n", &ns, "--as", SA_USER]);
     eprintln!("kubectl auth can-i --list -n {ns} --as {SA_USER}:\n{listing}");
     for (verb, res, where_) in [
@@ -363,10 +371,16 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         ("list", "secrets", ns.as_str()),
         ("get", "secrets", ns2.as_str()),
         ("get", "secrets", SYSTEM_NS),
+        ("list", "secrets", ACCOUNTS_NS),
+        ("watch", "secrets", ACCOUNTS_NS),
+        ("create", "secrets", ACCOUNTS_NS),
+        ("create", "ecsaccounts.ecs.volcengine.io", "default"),
+        ("delete", "ecsaccounts.ecs.volcengine.io", "default"),
         ("create", "events", ns.as_str()), // kubectl maps "events" to the core ("") API
         ("create", "leases.coordination.k8s.io", ns.as_str()),
         ("delete", "leases.coordination.k8s.io", SYSTEM_NS),
-        ("list", "namespaces", "default"),
+        ("delete", "namespaces", "default"),
+        ("patch", "namespaces", "default"),
         (
             "list",
             "customresourcedefinitions.apiextensions.k8s.io",
@@ -385,18 +399,50 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         );
     }
     assert!(can_i("get", "secrets", &ns));
+    assert!(can_i("get", "secrets", ACCOUNTS_NS));
     assert!(can_i("create", "events.events.k8s.io", &ns2));
 
     // The operator binary with that kubeconfig (later env entries win over the harness's
     // admin KUBECONFIG), leader election in ecs-operator-system, watching ns and ns2.
-    let emu = Emulator::start("rbac", &["--create-delay-ms", "500"]);
+    // An account whose key lives in ecs-operator-accounts, for a resource of ns.
+    let run = uuid_ish()[..6].to_string();
+    let (acct, key, acct_ak) = (format!("rbac-{run}"), format!("rbac-key-{run}"), format!("AKrbac{run}"));
+    let emu = Emulator::start(
+        "rbac",
+        &["--create-delay-ms", "500", "--account", &format!("team:{acct_ak}:SKrbac")],
+    );
+    let account_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": key},
+        "stringData": {"VOLCENGINE_ACCESS_KEY": acct_ak, "VOLCENGINE_SECRET_KEY": "SKrbac"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), ACCOUNTS_NS)
+        .create(&PostParams::default(), &account_secret)
+        .await
+        .unwrap();
+    let account: ecs_operator::api::EcsAccount = serde_json::from_value(json!({
+        "apiVersion": "ecs.volcengine.io/v1alpha1", "kind": "EcsAccount",
+        "metadata": {"name": acct},
+        "spec": {"secretRef": {"name": key}, "allowedNamespaces": {"names": [ns.as_str()]}}
+    }))
+    .unwrap();
+    Api::<ecs_operator::api::EcsAccount>::all(admin.clone())
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
     let pod = format!("ecs-operator-e2e-{}", &uuid_ish()[..6]);
     let kc = sa_kubeconfig.to_str().unwrap();
     let mut op = Operator::start_with_env(
         "rbac",
         &ns,
         &emu,
-        &["--namespaces", &ns2, "--leader-elect"],
+        &[
+            "--namespaces",
+            &ns2,
+            "--leader-elect",
+            "--account-secret-namespace",
+            ACCOUNTS_NS,
+        ],
         &[
             ("VOLCENGINE_SECRET_KEY", SK),
             ("KUBECONFIG", kc),
@@ -410,8 +456,13 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
     create(&api, "web", create_spec(true)).await;
     let kept_id = emu.seed(json!({"Status": "RUNNING"})).await;
     create(&api, "kept", json!({"instanceId": kept_id})).await;
+    create(&api, "teamvm", json!({"instanceId": emu.seed_in("team", json!({"Status": "RUNNING"})).await, "accountRef": {"name": acct}})).await;
     let web = ready(&api, "web").await;
     ready(&api, "kept").await;
+    // The account's key was read with the ServiceAccount's rights, and used.
+    let teamvm = ready(&api, "teamvm").await;
+    assert_eq!(teamvm.status.as_ref().unwrap().account.as_deref(), Some(acct.as_str()));
+    assert!(emu.calls_with_key(&acct_ak, "DescribeInstances").await > 0);
     let lease: Lease = Api::namespaced(admin.clone(), SYSTEM_NS)
         .get(LEASE)
         .await
@@ -478,6 +529,10 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
     delete(&api, "web").await;
     delete(&api, "kept").await;
     delete(&api2, "web2").await;
+    delete(&api, "teamvm").await;
+    wait_for(60, "teamvm gone", || gone(&api, "teamvm")).await;
+    let _ = kubectl(&["delete", "ecsaccount", &acct, "--wait=false"]);
+    let _ = kubectl(&["delete", "secret", &key, "-n", ACCOUNTS_NS, "--wait=false"]);
     wait_for(60, "web gone", || gone(&api, "web")).await;
     wait_for(60, "kept gone", || gone(&api, "kept")).await;
     wait_for(60, "web2 gone", || gone(&api2, "web2")).await;
