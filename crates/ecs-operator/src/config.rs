@@ -274,11 +274,6 @@ pub struct RunArgs {
     /// gone here, or their leaks are never found.
     #[arg(long, env = "ECS_SWEEP_REGIONS", value_delimiter = ',')]
     pub sweep_regions: Vec<String>,
-    /// Act in the `EcsAccount`s resources or their namespaces name (needs the EcsAccount
-    /// CRD, list/watch of namespaces and ecsaccounts, and get of the accounts' Secrets).
-    /// Off: every resource uses the default account, and one naming an account is refused.
-    #[arg(long, env = "ECS_ACCOUNTS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub accounts: bool,
     /// Namespace of the Secrets `EcsAccount`s name (default: the operator's own,
     /// POD_NAMESPACE). The operator reads only there, one named Secret at a time.
     #[arg(long, env = "ECS_ACCOUNT_SECRET_NAMESPACE")]

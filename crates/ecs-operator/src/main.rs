@@ -222,7 +222,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         recreate_missing: args.on_missing_instance == OnMissing::Recreate,
         appear_window: Duration::from_secs(args.instance_appear_window_secs),
         termination_timeout: Duration::from_secs(args.termination_timeout_secs),
-        account_manager: args.accounts.then(|| ManagerConfig {
+        // Always on: without the namespace watch an `ecs.volcengine.io/account` annotation
+        // would go unseen and its resources would act in the default account.
+        account_manager: Some(ManagerConfig {
             secret_namespace: args
                 .account_secret_namespace
                 .clone()
