@@ -157,8 +157,13 @@ async fn deletions_in(emu: &Emulator, account: &str, id: &str) -> usize {
 
 /// Sum of `ecs_operator_cloud_calls_total` series whose labels contain all of `want`.
 fn calls_metric(text: &str, want: &[&str]) -> f64 {
+    metric(text, "ecs_operator_cloud_calls_total", want)
+}
+
+/// Sum of the series of `name` whose labels contain all of `want`.
+fn metric(text: &str, name: &str, want: &[&str]) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with("ecs_operator_cloud_calls_total{"))
+        .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter(|l| want.iter().all(|w| l.contains(w)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -283,6 +288,69 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
         "{m}"
     );
 
+    // Team a's account throttled on every DescribeInstances (Retry-After 2 s): its calls
+    // wait, team b's do not (its own client, limiters and batchers).
+    emu.faults(
+        "DescribeInstances",
+        json!({"account": "team-a", "throttle_rate": 1.0, "retry_after_secs": 2}),
+    )
+    .await;
+    let slow_vm = emu.seed_in("team-a", json!({"Status": "RUNNING"})).await;
+    let quick_vm = emu.seed_in("team-b", json!({"Status": "RUNNING"})).await;
+    let orphan = |id: &str, acct: Option<&str>| {
+        let mut v = json!({"instanceId": id, "deletionPolicy": "Orphan"});
+        if let Some(a) = acct {
+            v["accountRef"] = json!({"name": a});
+        }
+        v
+    };
+    create(&api_a, "slow", orphan(&slow_vm, Some(&acct_a))).await;
+    create(&api_b, "quick", orphan(&quick_vm, None)).await;
+    ready(&api_b, "quick").await;
+    wait_for(30, "team a throttled", || async {
+        let m = op.metrics().await?;
+        // Throttled, and its limiter paused for the Retry-After (calls waited over 1 s).
+        let a = format!("account=\"{acct_a}\"");
+        let waited = metric(&m, "ecs_operator_throttle_wait_seconds_total", &[&a]);
+        (metric(
+            &m,
+            "ecs_operator_cloud_calls_total",
+            &[&a, "FlowLimitExceeded"],
+        ) > 0.0
+            && waited > 1.0)
+            .then_some(())
+    })
+    .await;
+    let m = op.metrics().await.unwrap();
+    // Acquiring a free token is measured too (microseconds): "never waited" is well below
+    // the 2 s team a's limiter was paused for.
+    let b_waited = metric(
+        &m,
+        "ecs_operator_throttle_wait_seconds_total",
+        &[&format!("account=\"{acct_b}\"")],
+    );
+    assert!(
+        b_waited < 0.1,
+        "team b waited {b_waited} s for a rate limiter:\n{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "ecs_operator_cloud_calls_total",
+            &[&format!("account=\"{acct_b}\""), "FlowLimitExceeded"]
+        ),
+        0.0
+    );
+    assert_ne!(
+        condition(&api_a, "slow", "Ready")
+            .await
+            .map(|c| c.0)
+            .as_deref(),
+        Some("True")
+    );
+    emu.clear_fault("DescribeInstances").await;
+    ready(&api_a, "slow").await;
+
     // A malformed Secret: the account says so, and is fixed without a restart.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &keys);
     secrets
@@ -304,6 +372,8 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
         (&api_b, "vm"),
         (&api_c, "vm"),
         (&api_a, "peek"),
+        (&api_a, "slow"),
+        (&api_b, "quick"),
     ] {
         delete(api, n).await;
     }
@@ -312,6 +382,8 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
         (&api_b, "vm"),
         (&api_c, "vm"),
         (&api_a, "peek"),
+        (&api_a, "slow"),
+        (&api_b, "quick"),
     ] {
         wait_for(40, &format!("{n} gone"), || gone(api, n)).await;
     }
@@ -326,6 +398,12 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
     assert_eq!(emu.status_of(&b_vm).await.as_deref(), Some("RUNNING"));
     assert_eq!(emu.calls_naming("DeleteInstances", &b_vm).await, 0);
     assert_eq!(emu.calls_naming("TagResources", &b_vm).await, 0);
+    // The Orphan ones are kept, each untagged in its own account.
+    for v in [&slow_vm, &quick_vm] {
+        assert_eq!(emu.status_of(v).await.as_deref(), Some("RUNNING"));
+    }
+    assert_eq!(emu.calls_with_key(&ak_a, "UntagResources").await, 1);
+    assert_eq!(emu.calls_with_key(&ak_b, "UntagResources").await, 1);
     wait_for_event(&client, &ns_c, "vm", |_, r, n| {
         r == "ReleasedWithoutVM" && n.contains("never acted")
     })

@@ -101,7 +101,11 @@ fn cluster_grants() -> BTreeSet<Grant> {
         ("ecs.volcengine.io", "ecsinstances/finalizers", &["update"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "namespaces", &["get", "list", "watch"]),
-        ("ecs.volcengine.io", "ecsaccounts", &["get", "list", "watch"]),
+        (
+            "ecs.volcengine.io",
+            "ecsaccounts",
+            &["get", "list", "watch"],
+        ),
         ("ecs.volcengine.io", "ecsaccounts/status", &["get", "patch"]),
         // Restricted to the one name (see named_grants in `effective`).
         (
@@ -406,10 +410,19 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
     // admin KUBECONFIG), leader election in ecs-operator-system, watching ns and ns2.
     // An account whose key lives in ecs-operator-accounts, for a resource of ns.
     let run = uuid_ish()[..6].to_string();
-    let (acct, key, acct_ak) = (format!("rbac-{run}"), format!("rbac-key-{run}"), format!("AKrbac{run}"));
+    let (acct, key, acct_ak) = (
+        format!("rbac-{run}"),
+        format!("rbac-key-{run}"),
+        format!("AKrbac{run}"),
+    );
     let emu = Emulator::start(
         "rbac",
-        &["--create-delay-ms", "500", "--account", &format!("team:{acct_ak}:SKrbac")],
+        &[
+            "--create-delay-ms",
+            "500",
+            "--account",
+            &format!("team:{acct_ak}:SKrbac"),
+        ],
     );
     let account_secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": key},
@@ -461,7 +474,10 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
     ready(&api, "kept").await;
     // The account's key was read with the ServiceAccount's rights, and used.
     let teamvm = ready(&api, "teamvm").await;
-    assert_eq!(teamvm.status.as_ref().unwrap().account.as_deref(), Some(acct.as_str()));
+    assert_eq!(
+        teamvm.status.as_ref().unwrap().account.as_deref(),
+        Some(acct.as_str())
+    );
     assert!(emu.calls_with_key(&acct_ak, "DescribeInstances").await > 0);
     let lease: Lease = Api::namespaced(admin.clone(), SYSTEM_NS)
         .get(LEASE)
