@@ -418,19 +418,30 @@ async fn a_key_rotated_during_deletions_needs_no_restart_and_a_revoked_key_holds
     let acct = format!("rot-{run}");
     let ns = namespace(&client, "e2e-acct-rot").await;
     let (old, new) = (format!("AKold{run}"), format!("AKnew{run}"));
-    // Deletions last: each waits (waitForTermination) 3 s for its VM to go.
+    // Deletions last: each waits (waitForTermination) 10 s for its VM to go, so the rotation
+    // lands while they run (the Secret is read every second here).
     let emu = Emulator::start(
         "rotation",
         &[
             "--account",
             &format!("team-r:{old}:SKold"),
             "--delete-delay-ms",
-            "3000",
+            "10000",
         ],
     );
     put_secret(&client, &ns, "key", &old, "SKold").await;
     let _g = account(&client, &acct, "key", json!({"names": [ns.as_str()]})).await;
-    let mut op = Operator::start("rotation", &ns, &emu, &["--account-secret-namespace", &ns]);
+    let mut op = Operator::start(
+        "rotation",
+        &ns,
+        &emu,
+        &[
+            "--account-secret-namespace",
+            &ns,
+            "--account-secret-poll-secs",
+            "1",
+        ],
+    );
     let pid = op.pid();
     wait_account(&client, &acct, "True", "SecretRead").await;
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);

@@ -159,6 +159,27 @@ pub fn crd() -> Result<Value, String> {
     Ok(crd)
 }
 
+/// Fields this operator relies on that an older CRD does not have: the API server drops
+/// unknown fields, so with an older CRD an ObserveOnly resource would silently be managed,
+/// and an account binding would be lost.
+pub const REQUIRED_FIELDS: &[&str] = &[
+    "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/managementPolicy",
+    "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/accountRef",
+    "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/account",
+];
+
+/// Whether the installed EcsInstance CRD (as JSON) has every field of `REQUIRED_FIELDS`;
+/// `Err` names the first one missing.
+pub fn check_installed(crd: &Value) -> Result<(), String> {
+    for p in REQUIRED_FIELDS {
+        if crd.pointer(p).is_none() {
+            let field = p.rsplit('/').next().unwrap_or(p);
+            return Err(format!("the installed EcsInstance CRD is older than this operator (it has no {field}); install this version's CRD first: kubectl apply -k deploy/crd"));
+        }
+    }
+    Ok(())
+}
+
 /// The `EcsAccount` CRD. `default` is the metric and log name of the operator's own
 /// credentials, so no account may take it.
 pub fn account_crd() -> Result<Value, String> {
@@ -180,6 +201,23 @@ pub fn account_crd() -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_generated_crd_passes_the_installed_check_and_an_older_one_does_not() {
+        let crd = crd().unwrap();
+        assert_eq!(check_installed(&crd), Ok(()));
+        for p in REQUIRED_FIELDS {
+            let mut old = crd.clone();
+            let (parent, field) = p.rsplit_once('/').unwrap();
+            old.pointer_mut(parent)
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .remove(field);
+            let e = check_installed(&old).unwrap_err();
+            assert!(e.contains(field) && e.contains("deploy/crd"), "{e}");
+        }
+    }
 
     #[test]
     fn every_rule_lands_on_an_existing_node() {

@@ -36,6 +36,10 @@ pub enum Error {
     /// replica acted on a stale view, so it requeues instead of acting.
     #[error("the resource changed since it was read (409 Conflict)")]
     Stale,
+    /// The EcsInstance CRD in the cluster is older than this operator: it drops fields the
+    /// operator relies on (status.account). Install the CRD of this version.
+    #[error("the EcsInstance CRD in the cluster is older than this operator (status.account was dropped): kubectl apply -k deploy/crd")]
+    OutdatedCrd,
 }
 
 impl Error {
@@ -48,6 +52,7 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::LeaseLost => "lease_lost",
             Error::Stale => "stale",
+            Error::OutdatedCrd => "outdated_crd",
         }
     }
 }

@@ -164,6 +164,24 @@ async fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Refuses to start against an older EcsInstance CRD (`admission::check_installed`). A read
+/// that fails is retried, as the cluster identity's is: the API server may be starting.
+async fn require_current_crd(client: &kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let crd = loop {
+        match api.get(ecs_operator::api::CRD_NAME).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the EcsInstance CRD; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let json = serde_json::to_value(&crd)?;
+    ecs_operator::admission::check_installed(&json).map_err(|e| e.into())
+}
+
 fn log_identity(id: &ClusterIdentity) {
     tracing::info!(cluster_id = %id.id, source = id.source.label(), "cluster identity (tag ecs.volcengine.io/cluster)");
 }
@@ -192,6 +210,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let kube_config = kube::Config::infer().await?;
     let client =
         ecs_operator::kube_client::limited(kube_config, usize::from(args.kube_api_in_flight))?;
+    require_current_crd(&client).await?;
     // Never start with a guessed identity: it decides which VMs the sweeper may delete.
     let sweep_deletes = args.sweep_interval_secs > 0 && args.sweep_mode == SweepMode::Delete;
     let identity =

@@ -44,12 +44,10 @@ impl AccountName {
         }
     }
 
-    /// How `status.account` records it (absent: the default account).
-    pub fn as_status(&self) -> Option<String> {
-        match self {
-            AccountName::Default => None,
-            AccountName::Named(n) => Some(n.clone()),
-        }
+    /// How `status.account` records it (the default account as `default`, a name no
+    /// `EcsAccount` may take).
+    pub fn as_status(&self) -> String {
+        self.label().to_string()
     }
 }
 
@@ -62,8 +60,29 @@ impl std::fmt::Display for AccountName {
     }
 }
 
-/// The account a resource asks for: spec, then namespace annotation, then the default.
-/// An empty name counts as unset.
+/// The account a resource asks for. Bound (`pinned`): its own account, unless
+/// `spec.accountRef` names another (then `decide` refuses it); a namespace annotation added
+/// later moves only resources that never acted. Unbound: spec, then the namespace
+/// annotation, then the default. An empty name counts as unset.
+pub fn wanted_given(
+    obj: &EcsInstance,
+    pinned: Option<&AccountName>,
+    ns_annotation: Option<&str>,
+) -> AccountName {
+    let spec = obj
+        .spec
+        .account_ref
+        .as_ref()
+        .map(|r| r.name.trim())
+        .filter(|n| !n.is_empty());
+    match (pinned, spec) {
+        (Some(p), None) => p.clone(),
+        _ => wanted(obj, ns_annotation),
+    }
+}
+
+/// The account an unbound resource asks for: spec, then namespace annotation, then the
+/// default. An empty name counts as unset.
 pub fn wanted(obj: &EcsInstance, ns_annotation: Option<&str>) -> AccountName {
     obj.spec
         .account_ref
@@ -81,8 +100,10 @@ pub fn wanted(obj: &EcsInstance, ns_annotation: Option<&str>) -> AccountName {
 /// requested, a claim), the default.
 pub fn pinned(status: Option<&EcsInstanceStatus>) -> Option<AccountName> {
     let s = status?;
-    if let Some(n) = s.account.as_deref().filter(|n| !n.is_empty()) {
-        return Some(AccountName::Named(n.to_string()));
+    match s.account.as_deref().filter(|n| !n.is_empty()) {
+        Some(DEFAULT_ACCOUNT) => return Some(AccountName::Default),
+        Some(n) => return Some(AccountName::Named(n.to_string())),
+        None => {}
     }
     let acted =
         s.instance_id.is_some() || s.create_requested == Some(true) || s.ownership.is_some();

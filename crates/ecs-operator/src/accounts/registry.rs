@@ -7,10 +7,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector;
 
-use super::{decide, pinned, wanted, AccountName, AccountView, NsLabels, Refusal};
+use super::{decide, pinned, wanted_given, AccountName, AccountView, NsLabels, Refusal};
 use crate::api::{EcsAccountSpec, EcsInstance, NAMESPACE_ACCOUNT_ANNOTATION};
 use crate::cloud::signer::Credentials;
 use crate::cloud::{Cloud, CloudError, Instance};
@@ -146,6 +147,7 @@ pub struct Accounts {
     named: RwLock<HashMap<String, Arc<AccountCloud>>>,
     views: RwLock<HashMap<String, AccountView>>,
     namespaces: RwLock<Namespaces>,
+    client: RwLock<Option<kube::Client>>,
     pub factory: Option<Arc<dyn CloudFactory>>,
     /// The manager read every `EcsAccount` once: before that an unknown name is not known
     /// to be missing.
@@ -167,6 +169,7 @@ impl Accounts {
             named: RwLock::new(HashMap::new()),
             views: RwLock::new(HashMap::new()),
             namespaces: RwLock::new(Namespaces::Absent),
+            client: RwLock::new(None),
             factory,
             synced: std::sync::atomic::AtomicBool::new(false),
         }
@@ -237,8 +240,40 @@ impl Accounts {
         read(&self.views).keys().cloned().collect()
     }
 
-    pub fn use_namespace_cache(&self, store: reflector::Store<PartialObjectMeta<Namespace>>) {
+    /// From now on namespaces are read from this cache (and, for a resource not bound to
+    /// an account yet, from the API server with `client`).
+    pub fn use_namespace_cache(
+        &self,
+        store: reflector::Store<PartialObjectMeta<Namespace>>,
+        client: kube::Client,
+    ) {
         *write(&self.namespaces) = Namespaces::Cache(store);
+        *write(&self.client) = Some(client);
+    }
+
+    /// The namespace read from the API server now (its labels and account annotation);
+    /// `None` when it cannot be read. Without a client (tests), the cache.
+    async fn namespace_fresh(&self, ns: &str) -> Option<NsInfo> {
+        let client = read(&self.client).clone();
+        let Some(client) = client else {
+            return self.namespace(ns).await;
+        };
+        match Api::<Namespace>::all(client).get_opt(ns).await {
+            Ok(Some(n)) => Some(NsInfo {
+                labels: n.metadata.labels.clone().unwrap_or_default(),
+                account_annotation: n
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(NAMESPACE_ACCOUNT_ANNOTATION))
+                    .cloned(),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::info!(namespace = %ns, error = %e, "namespace not readable for its account");
+                None
+            }
+        }
     }
 
     /// What the namespace cache holds of `ns` now (no wait for its sync).
@@ -283,15 +318,23 @@ impl Accounts {
     /// The account that acts for `obj`, or why none may (`accounts::decide`).
     pub async fn resolve(&self, obj: &EcsInstance) -> Result<Arc<AccountCloud>, Refusal> {
         let ns = obj.metadata.namespace.clone().unwrap_or_default();
-        let info = self.namespace(&ns).await;
+        let bound = pinned(obj.status.as_ref());
+        // An unbound resource's account is decided now for its whole life: read the
+        // namespace afresh, since the cache may predate an annotation added a moment ago.
+        let info = match bound {
+            None => self.namespace_fresh(&ns).await,
+            Some(_) => self.namespace(&ns).await,
+        };
         let absent = matches!(&*read(&self.namespaces), Namespaces::Absent);
-        let want = wanted(
+        let want = wanted_given(
             obj,
+            bound.as_ref(),
             info.as_ref().and_then(|i| i.account_annotation.as_deref()),
         );
-        // Without the namespace the annotation is unknown, and so is the account: no guess
-        // (a cache that was never set up is the tests' default account only).
-        if info.is_none() && !absent {
+        // Without the namespace the annotation (unbound) or the labels (a named account)
+        // are unknown: no guess (a cache never set up is the tests' default account only).
+        let needs_ns = bound.is_none() || matches!(want, AccountName::Named(_));
+        if info.is_none() && !absent && needs_ns {
             return Err(Refusal::Unverified {
                 name: want.label().to_string(),
                 namespace: ns,
@@ -312,13 +355,7 @@ impl Accounts {
             Some(i) => NsLabels::Known(&i.labels),
             None => NsLabels::Unknown,
         };
-        let name = decide(
-            &want,
-            pinned(obj.status.as_ref()).as_ref(),
-            &ns,
-            view.as_ref(),
-            labels,
-        )?;
+        let name = decide(&want, bound.as_ref(), &ns, view.as_ref(), labels)?;
         // A usable view without a client only while the manager builds it.
         self.get(&name).ok_or(Refusal::NotReady {
             name: name.label().to_string(),

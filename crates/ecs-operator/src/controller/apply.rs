@@ -67,12 +67,6 @@ pub async fn run(
     event(ctx, obj, apply_plan::annotation_note(obj));
     // The account is recorded before the first call that may create or claim a VM in it:
     // from then on the resource is bound to it (`accounts::pinned`).
-    if crate::accounts::pinned(obj.status.as_ref()).is_none() {
-        if let Some(name) = acct.name.as_status() {
-            f.status.account = Some(name);
-            status::patch(&api, obj, &f.status).await?;
-        }
-    }
     loop {
         match apply_plan::plan(&f) {
             ApplyStep::Done(outcome) => {

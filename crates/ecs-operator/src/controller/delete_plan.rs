@@ -400,19 +400,20 @@ pub fn plan(f: &Facts) -> Step {
         Some(Blocked::Paused) => return done(Outcome::Paused),
         // Refused before it ever acted: it made or claimed no VM, so there is nothing of
         // its own in any account to delete or release.
-        Some(Blocked::Account(_)) if crate::accounts::pinned(Some(&f.status)).is_none() => {
+        // (A refusal that may pass, the namespace not read yet, is not one.)
+        Some(Blocked::Account(r))
+            if !r.transient() && crate::accounts::pinned(Some(&f.status)).is_none() =>
+        {
             return done(Outcome::NeverActed)
         }
         Some(Blocked::Account(_)) => return done(Outcome::Hold(Held::Account)),
         None => {}
     }
-    // ObserveOnly: the VM is never deleted. One that never claimed it leaves at once, with
-    // no cloud call; one that claimed it while it was managed removes its ownership tags
-    // first (the Orphan path), or the sweeper would later take the kept VM for a leak.
+    // ObserveOnly: the VM is never deleted, and never claimed. The ownership look (a read)
+    // still runs: a VM carrying this resource's uid tag (claimed while it was managed, or
+    // created by it with the answer lost) has its ownership tags removed first, as Orphan
+    // does, or the sweeper would later take the kept VM for a leak; any other is left as is.
     let policy = match (&f.policy, f.observe_only) {
-        (_, true) if f.status.ownership != Some(crate::api::Ownership::Claimed) => {
-            return done(Outcome::Observed)
-        }
         (_, true) => DeletionPolicy::Orphan,
         (None, false) => return Step::ResolvePolicy,
         (Some(Err(_)), false) => return done(Outcome::Hold(Held::Policy)),
@@ -490,6 +491,8 @@ fn plan_proof(f: &Facts, policy: DeletionPolicy, id: &str) -> Option<Step> {
         }),
         Proof::Appearing => return None,
         Proof::Gone => done(Outcome::Gone),
+        // An observer never claims: not carrying its uid, the VM is not its to touch.
+        Proof::NeverOwned if f.observe_only => done(Outcome::Observed),
         // Adopted, but no claim ever reached the cloud: the apply path's claim step first.
         Proof::NeverOwned if f.status.ownership.is_none() => match &f.claim {
             None => Step::Claim { id },
@@ -1276,9 +1279,14 @@ mod tests {
             ("paused, never acted: still no call",       blocked(Blocked::Paused, false),         d(O::Paused)),
             ("refused, acted: keep",                     blocked(Blocked::Account(refusal()), true), d(O::Hold(Held::Account))),
             ("refused, never acted: release, no call",   blocked(Blocked::Account(refusal()), false), d(O::NeverActed)),
+            ("unverified, never acted: keep (may pass)", blocked(Blocked::Account(crate::accounts::Refusal::Unverified { name: "a".into(), namespace: ns() }), false), d(O::Hold(Held::Account))),
             ("refused, escape hatch: released",          blocked_annotated,                       d(O::ReleasedOnRequest)),
-            ("observer: release, no cloud call",         observer(None, None),                    d(O::Observed)),
-            ("observer refused earlier: release",        observer(Some(Ownership::Refused), None), d(O::Observed)),
+            ("observer: look at the VM (a read)",        observer(None, None),                    Step::CheckOwnership { id: id() }),
+            ("observer, VM not its own: release, untouched", { let mut f = observer(None, None); f.proof = Some(Ok(Proof::NeverOwned)); f }, d(O::Observed)),
+            ("observer refused earlier: release",        { let mut f = observer(Some(Ownership::Refused), None); f.proof = Some(Ok(Proof::NeverOwned)); f }, d(O::Observed)),
+            ("observer, VM gone: release",               { let mut f = observer(None, None); f.proof = Some(Ok(Proof::Gone)); f }, d(O::Gone)),
+            ("observer, look fails: keep",               { let mut f = observer(None, None); f.proof = Some(Err(cloud_err("InternalError", 500))); f }, d(O::Hold(Held::Proof))),
+            ("observer, VM carries its uid (answer lost): untag", { let mut f = observer(None, None); f.proof = Some(Ok(Proof::Proven)); f }, Step::Untag { id: id() }),
             ("observer that claimed it: prove, untag",   observer(Some(Ownership::Claimed), None), Step::CheckOwnership { id: id() }),
             ("observer that claimed it, policy Delete: untag", { let mut f = observer(Some(Ownership::Claimed), Some(Delete)); f.proof = Some(Ok(Proof::Proven)); f }, Step::Untag { id: id() }),
             // escape hatch

@@ -418,7 +418,7 @@ pub async fn run(
         // The namespace cache is in the registry before the first reconcile resolves an
         // account: without it the namespace annotation would be unknown.
         let (reader, writer) = reflector::store();
-        ctx.accounts.use_namespace_cache(reader);
+        ctx.accounts.use_namespace_cache(reader, ctx.client.clone());
         runs.push(tokio::spawn(crate::accounts::manager::run(
             ctx.clone(),
             cfg,

@@ -7,7 +7,8 @@ use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use tokio::time::Instant;
 
-use super::{apply, delete, finalizer, hold, Context, Unmanaged};
+use super::{apply, delete, finalizer, hold, status, Context, Unmanaged};
+use crate::accounts::{self, registry::AccountCloud};
 use crate::api::EcsInstance;
 use crate::metrics::ResultLabels;
 use crate::Error;
@@ -62,10 +63,40 @@ async fn route(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
     if obj.paused() {
         return hold::paused(obj, ctx).await;
     }
-    match ctx.accounts.resolve(obj).await {
-        Ok(acct) => apply::run(obj, ctx, &acct).await,
-        Err(refusal) => hold::refused(obj, ctx, &refusal).await,
+    let acct = match ctx.accounts.resolve(obj).await {
+        Ok(acct) => acct,
+        Err(refusal) => return hold::refused(obj, ctx, &refusal).await,
+    };
+    if accounts::pinned(obj.status.as_ref()).is_some() {
+        return apply::run(obj, ctx, &acct).await;
     }
+    let bound = bind(obj, ctx, &acct).await?;
+    apply::run(&bound, ctx, &acct).await
+}
+
+/// Records the account in `status.account` before the first call that may create or claim
+/// a VM in it: from then on the resource is bound to it (`accounts::pinned`). Guarded by the
+/// resourceVersion read (a stale copy binds nothing) and checked: a CRD that predates the
+/// field would drop it, and the resource would later count as the default account's.
+async fn bind(
+    obj: &EcsInstance,
+    ctx: &Arc<Context>,
+    acct: &AccountCloud,
+) -> Result<EcsInstance, Error> {
+    let api: Api<EcsInstance> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let mut st = obj.status.clone().unwrap_or_default();
+    st.account = Some(acct.name.as_status());
+    let written = status::patch_if_current(&api, obj, &st).await?;
+    if written
+        .status
+        .as_ref()
+        .and_then(|s| s.account.as_ref())
+        .is_none()
+    {
+        return Err(Error::OutdatedCrd);
+    }
+    Ok(written)
 }
 
 /// Paused wins over ObserveOnly in the gauge: it stops even the reads.

@@ -51,7 +51,7 @@ pub async fn patch_if_current(
     api: &Api<EcsInstance>,
     obj: &EcsInstance,
     status: &EcsInstanceStatus,
-) -> Result<(), Error> {
+) -> Result<EcsInstance, Error> {
     let body = guarded_body(obj, status).ok_or(Error::Stale)?;
     let pp = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -61,7 +61,7 @@ pub async fn patch_if_current(
         .patch_status(&obj.name_any(), &pp, &Patch::Merge(body))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written),
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Err(Error::Stale),
         Err(e) => Err(e.into()),
     }
