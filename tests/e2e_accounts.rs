@@ -75,6 +75,15 @@ struct Guard(String);
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = kubectl(&["delete", "ecsaccount", &self.0, "--wait=false"]);
+        // The operator is gone by now: its finalizer would keep the account for ever.
+        let _ = kubectl(&[
+            "patch",
+            "ecsaccount",
+            &self.0,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]);
     }
 }
 
@@ -365,7 +374,24 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
     put_secret(&client, &keys, "key-b", &ak_b, "SKb").await;
     wait_account(&client, &acct_b, "True", "SecretRead").await;
 
-    // Deleting: each VM in its own account; the refused resource goes without a cloud call;
+    // An account in use is kept while resources are bound to it (finalizer), and a new
+    // resource may not start using it meanwhile.
+    let accounts: Api<EcsAccount> = Api::all(client.clone());
+    accounts
+        .delete(&acct_a, &DeleteParams::default())
+        .await
+        .unwrap();
+    create(&api_a, "late", create_spec(Some(&acct_a))).await;
+    let msg = wait_condition(&api_a, "late", "Synced", "False", "AccountNotReady").await;
+    assert!(msg.contains("being deleted"), "{msg}");
+    let still = accounts.get(&acct_a).await.unwrap();
+    assert!(still.metadata.deletion_timestamp.is_some());
+    assert!(still
+        .finalizers()
+        .iter()
+        .any(|f| f == "ecs.volcengine.io/account-in-use"));
+
+    // Deleting: each VM in its own account; the refused resources go without a cloud call;
     // the peeking resource never held b's VM, which stays.
     for (api, n) in [
         (&api_a, "vm"),
@@ -374,6 +400,7 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
         (&api_a, "peek"),
         (&api_a, "slow"),
         (&api_b, "quick"),
+        (&api_a, "late"),
     ] {
         delete(api, n).await;
     }
@@ -384,6 +411,7 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
         (&api_a, "peek"),
         (&api_a, "slow"),
         (&api_b, "quick"),
+        (&api_a, "late"),
     ] {
         wait_for(40, &format!("{n} gone"), || gone(api, n)).await;
     }
@@ -403,6 +431,16 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
         assert_eq!(emu.status_of(v).await.as_deref(), Some("RUNNING"));
     }
     assert_eq!(emu.calls_with_key(&ak_a, "UntagResources").await, 1);
+    // Nothing is bound to team a's account any more: it goes.
+    wait_for(30, "team a's account gone", || async {
+        accounts
+            .get_opt(&acct_a)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
     assert_eq!(emu.calls_with_key(&ak_b, "UntagResources").await, 1);
     wait_for_event(&client, &ns_c, "vm", |_, r, n| {
         r == "ReleasedWithoutVM" && n.contains("never acted")

@@ -104,7 +104,7 @@ fn cluster_grants() -> BTreeSet<Grant> {
         (
             "ecs.volcengine.io",
             "ecsaccounts",
-            &["get", "list", "watch"],
+            &["get", "list", "watch", "patch"],
         ),
         ("ecs.volcengine.io", "ecsaccounts/status", &["get", "patch"]),
         // Restricted to the one name (see named_grants in `effective`).

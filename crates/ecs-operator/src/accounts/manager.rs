@@ -144,6 +144,7 @@ pub async fn sync_all(ctx: &Arc<Context>, cfg: &ManagerConfig, all: &[Arc<EcsAcc
         present.insert(name.clone());
         let state = read_key(&secrets, &cfg.secret_namespace, &a.spec.secret_ref.name).await;
         sync_one(ctx, a, &name, state).await;
+        keep_finalizer(ctx, a, &name).await;
     }
     for gone in ctx.accounts.names() {
         if !present.contains(&gone) {
@@ -156,10 +157,17 @@ pub async fn sync_all(ctx: &Arc<Context>, cfg: &ManagerConfig, all: &[Arc<EcsAcc
 
 async fn sync_one(ctx: &Arc<Context>, a: &EcsAccount, name: &str, state: KeyState) {
     let allowed = a.spec.allowed_namespaces.clone();
+    let deleting = a.metadata.deletion_timestamp.is_some();
     let (usable, reason, message, rv) = match state {
-        KeyState::Unknown(e) => {
+        KeyState::Unknown(e) if ctx.accounts.view(name).is_some() => {
             tracing::info!(account = %name, error = %e, "account Secret not read; keeping the key in use");
             return;
+        }
+        // Never read yet: not usable until it is (a resource waits, it is not refused as if
+        // the account did not exist).
+        KeyState::Unknown(e) => {
+            let m = format!("its Secret could not be read yet: {e}");
+            (Err(m.clone()), "SecretUnreadable", m, None)
         }
         KeyState::Broken { reason, message } => (Err(message.clone()), reason, message, None),
         KeyState::Read {
@@ -176,6 +184,7 @@ async fn sync_one(ctx: &Arc<Context>, a: &EcsAccount, name: &str, state: KeyStat
                     AccountView {
                         allowed,
                         usable: Ok(()),
+                        deleting,
                     },
                     Some(cloud),
                 );
@@ -189,11 +198,59 @@ async fn sync_one(ctx: &Arc<Context>, a: &EcsAccount, name: &str, state: KeyStat
     tracing::warn!(account = %name, reason, %message, "account not usable");
     // The client is kept (calls in flight finish), but no new call is made with it.
     let cloud = ctx.accounts.get(&AccountName::Named(name.to_string()));
-    ctx.accounts
-        .set(name, AccountView { allowed, usable }, cloud);
+    let view = AccountView {
+        allowed,
+        usable,
+        deleting,
+    };
+    ctx.accounts.set(name, view, cloud);
     write_status(ctx, a, false, reason, &message, rv).await;
     ctx.metrics.account_ready(name, Some(false));
 }
+
+/// Keeps an account from going while a resource is bound to it: its VMs live there, and
+/// their deletions need its key. The finalizer is added to every account and removed, once
+/// the account is being deleted, when no `EcsInstance` names it in `status.account` (the
+/// cluster-wide cache). Writes are guarded by the resourceVersion read.
+async fn keep_finalizer(ctx: &Arc<Context>, a: &EcsAccount, name: &str) {
+    if !reports_on(ctx, a) {
+        return;
+    }
+    let has = a.finalizers().iter().any(|f| f == ACCOUNT_FINALIZER);
+    let mut finalizers = a.finalizers().to_vec();
+    match (a.metadata.deletion_timestamp.is_some(), has) {
+        (false, false) => finalizers.push(ACCOUNT_FINALIZER.to_string()),
+        (true, true) => {
+            let in_use = match ctx.all_instances().await {
+                Ok(all) => all
+                    .iter()
+                    .any(|o| o.status.as_ref().and_then(|s| s.account.as_deref()) == Some(name)),
+                Err(e) => {
+                    tracing::info!(account = %name, error = %e, "resources not listed; the account's finalizer stays");
+                    true
+                }
+            };
+            if in_use {
+                return;
+            }
+            finalizers.retain(|f| f != ACCOUNT_FINALIZER);
+            tracing::info!(account = %name, "no resource uses the account any more: releasing it");
+        }
+        _ => return,
+    }
+    let api: Api<EcsAccount> = Api::all(ctx.client.clone());
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": a.resource_version()}});
+    if let Err(e) = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::info!(account = %name, error = %e, "account finalizer not written; next pass");
+    }
+}
+
+/// On every `EcsAccount` while a resource may be bound to it (`keep_finalizer`).
+pub const ACCOUNT_FINALIZER: &str = "ecs.volcengine.io/account-in-use";
 
 /// The account's client: the one in use, re-keyed, while its endpoint and region are the
 /// same; else a new one.

@@ -116,6 +116,9 @@ pub struct AccountView {
     pub allowed: AllowedNamespaces,
     /// `Err`: why its key cannot be used now (the Secret is missing, malformed, ...).
     pub usable: Result<(), String>,
+    /// The `EcsAccount` is being deleted: resources bound to it go on (their deletions must
+    /// complete), no new one binds to it.
+    pub deleting: bool,
 }
 
 /// What is known of the resource's namespace.
@@ -235,6 +238,12 @@ pub fn decide(
             why: why.clone(),
         });
     }
+    if view.deleting && pinned.is_none() {
+        return Err(Refusal::NotReady {
+            name: name.clone(),
+            why: "the EcsAccount is being deleted; no new resource may start using it".into(),
+        });
+    }
     Ok(wanted.clone())
 }
 
@@ -266,6 +275,7 @@ mod tests {
                 selector,
             },
             usable: usable.map_err(str::to_string),
+            deleting: false,
         }
     }
 
@@ -340,6 +350,10 @@ mod tests {
         let nobody = view(&[], None, Ok(()));
         let everyone = view(&[], Some(LabelSelector::default()), Ok(()));
         let broken = view(&["ns-a"], None, Err("Secret ecs/a not found"));
+        let leaving = AccountView {
+            deleting: true,
+            ..listed.clone()
+        };
         let d = AccountName::Default;
         let a = named("a");
         type Row<'a> = (
@@ -502,6 +516,23 @@ mod tests {
                 Some(&broken),
                 NsLabels::Known(&team),
                 Err(Reason::AccountNotReady),
+            ),
+            // Being deleted: those bound to it go on, no new one binds.
+            (
+                a.clone(),
+                None,
+                "ns-a",
+                Some(&leaving),
+                NsLabels::Known(&team),
+                Err(Reason::AccountNotReady),
+            ),
+            (
+                a.clone(),
+                Some(a.clone()),
+                "ns-a",
+                Some(&leaving),
+                NsLabels::Known(&team),
+                Ok(a.clone()),
             ),
             // Not allowed wins over not ready: the message must not reveal the key's state.
             (

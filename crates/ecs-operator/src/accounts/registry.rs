@@ -276,6 +276,25 @@ impl Accounts {
         }
     }
 
+    /// The `EcsAccount` read now: `Some(Some(deleting))`, `Some(None)` when it does not
+    /// exist, `None` when it cannot be read. Without a client (tests): as last seen.
+    async fn account_fresh(&self, name: &str) -> Option<Option<bool>> {
+        let client = read(&self.client).clone();
+        let Some(client) = client else {
+            return Some(self.view(name).map(|v| v.deleting));
+        };
+        match Api::<crate::api::EcsAccount>::all(client)
+            .get_opt(name)
+            .await
+        {
+            Ok(a) => Some(a.map(|a| a.metadata.deletion_timestamp.is_some())),
+            Err(e) => {
+                tracing::info!(account = %name, error = %e, "EcsAccount not readable");
+                None
+            }
+        }
+    }
+
     /// What the namespace cache holds of `ns` now (no wait for its sync).
     pub fn namespace_now(&self, ns: &str) -> Option<NsInfo> {
         let store = match &*read(&self.namespaces) {
@@ -340,10 +359,24 @@ impl Accounts {
                 namespace: ns,
             });
         }
-        let view = match &want {
+        let mut view = match &want {
             AccountName::Named(n) => self.view(n),
             AccountName::Default => None,
         };
+        // Binding is for life: the account must exist and not be leaving now, not only in
+        // the manager's last pass (it may be seconds old).
+        if let (None, AccountName::Named(n), Some(v)) = (&bound, &want, view.as_mut()) {
+            match self.account_fresh(n).await {
+                Some(Some(deleting)) => v.deleting |= deleting,
+                Some(None) => view = None,
+                None => {
+                    return Err(Refusal::Unverified {
+                        name: n.clone(),
+                        namespace: ns,
+                    })
+                }
+            }
+        }
         let synced = self.synced.load(std::sync::atomic::Ordering::SeqCst) || absent;
         if let (AccountName::Named(n), None, false) = (&want, &view, synced) {
             return Err(Refusal::Unverified {

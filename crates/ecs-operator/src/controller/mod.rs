@@ -390,6 +390,8 @@ fn ownership_view(o: &mut EcsInstance) {
     o.status = o.status.take().map(|s| crate::api::EcsInstanceStatus {
         instance_id: s.instance_id,
         ownership: s.ownership,
+        // Whether an EcsAccount being deleted is still in use (accounts::manager).
+        account: s.account,
         ..Default::default()
     });
 }
