@@ -64,7 +64,7 @@ async fn metrics_health_and_json_logs() {
     assert_eq!(
         value(
             &m,
-            "ecs_operator_cloud_calls_total{action=\"DeleteInstances\",code=\"OK\"}"
+            "ecs_operator_cloud_calls_total{account=\"default\",action=\"DeleteInstances\",code=\"OK\"}"
         ),
         1.0,
         "{m}"
@@ -72,7 +72,7 @@ async fn metrics_health_and_json_logs() {
     assert!(
         value(
             &m,
-            "ecs_operator_cloud_calls_total{action=\"DescribeInstances\",code=\"OK\"}"
+            "ecs_operator_cloud_calls_total{account=\"default\",action=\"DescribeInstances\",code=\"OK\"}"
         ) >= 1.0
     );
     assert!(value(&m, "ecs_operator_reconciles_total{result=\"ok\"}") >= 2.0);

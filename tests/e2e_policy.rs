@@ -249,7 +249,9 @@ async fn an_unreadable_namespace_keeps_the_vm_until_it_can_be_read() {
     let client = client().await;
     let ns = namespace(&client, "e2e-nsread").await;
     let emu = Emulator::start("nsread", &[]);
-    let user = namespace_blind_user(&client, &ns, false).await;
+    // Namespaces readable at first: a resource binds to its account only once it has read
+    // its namespace (the account annotation), so the VM is adopted with them.
+    let user = namespace_blind_user(&client, &ns, true).await;
     let dir = tempfile::tempdir().unwrap();
     let kc = impersonating_kubeconfig(dir.path(), &user);
     let op = Operator::start_with_env(
@@ -265,6 +267,7 @@ async fn an_unreadable_namespace_keeps_the_vm_until_it_can_be_read() {
     let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
     let id = emu.seed(json!({"Status": "RUNNING"})).await;
     adopted(&api, "vm", &id).await;
+    namespace_blind_user(&client, &ns, false).await;
     delete(&api, "vm").await;
 
     // The namespace cannot be read (403): that is doubt, not "no annotation" (Delete).

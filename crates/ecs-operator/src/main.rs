@@ -165,13 +165,17 @@ async fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Refuses to start against an older EcsInstance CRD (`admission::check_installed`). A read
-/// that fails is retried, as the cluster identity's is: the API server may be starting.
+/// that fails is retried (the API server may be starting), unless it is refused: waiting
+/// would not change RBAC.
 async fn require_current_crd(client: &kube::Client) -> Result<(), Box<dyn std::error::Error>> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
     let crd = loop {
         match api.get(ecs_operator::api::CRD_NAME).await {
             Ok(c) => break c,
+            Err(kube::Error::Api(e)) if e.code == 401 || e.code == 403 => {
+                return Err(format!("reading the EcsInstance CRD {}: {} (the ClusterRole in deploy/rbac grants get on it)", ecs_operator::api::CRD_NAME, e.message).into());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the EcsInstance CRD; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -210,13 +214,13 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let kube_config = kube::Config::infer().await?;
     let client =
         ecs_operator::kube_client::limited(kube_config, usize::from(args.kube_api_in_flight))?;
-    require_current_crd(&client).await?;
     // Never start with a guessed identity: it decides which VMs the sweeper may delete.
     let sweep_deletes = args.sweep_interval_secs > 0 && args.sweep_mode == SweepMode::Delete;
     let identity =
         identity::resolve(&client, args.cluster_id.as_deref(), sweep_deletes, u32::MAX).await?;
     log_identity(&identity);
     metrics.set_cluster_identity(&identity.id, identity.source.label());
+    require_current_crd(&client).await?;
     let (backoff_base, backoff_max) = args.backoff();
     let settings = Settings {
         resync: Duration::from_secs(args.resync_secs.max(1)),

@@ -440,21 +440,31 @@ pub async fn run_periodic(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(cfg.interval) => {}
         }
-        let mut leaked = 0;
-        for acct in accounts.usable() {
+        // Accounts side by side: one throttled or slow account does not delay the others'.
+        let sweeps = accounts.usable().into_iter().map(|acct| {
             let label = acct.name.label().to_string();
-            let tracker = trackers.entry(label.clone()).or_default();
-            let sweep = sweep_once(
-                &client,
-                acct.cloud.as_ref(),
-                tracker,
-                &cfg.cluster_id,
-                &cfg.regions,
-                cfg.grace,
-                cfg.mode,
-            )
-            .await;
-            leaked += report_sweep(&recorder, &ns_ref, &metrics, &label, sweep).await;
+            let mut tracker = trackers.remove(&label).unwrap_or_default();
+            let (client, cfg, recorder, ns_ref, metrics) =
+                (&client, &cfg, &recorder, &ns_ref, &metrics);
+            async move {
+                let sweep = sweep_once(
+                    client,
+                    acct.cloud.as_ref(),
+                    &mut tracker,
+                    &cfg.cluster_id,
+                    &cfg.regions,
+                    cfg.grace,
+                    cfg.mode,
+                )
+                .await;
+                let leaked = report_sweep(recorder, ns_ref, metrics, &label, sweep).await;
+                (label, tracker, leaked)
+            }
+        });
+        let mut leaked = 0;
+        for (label, tracker, n) in futures::future::join_all(sweeps).await {
+            trackers.insert(label, tracker);
+            leaked += n;
         }
         metrics.leaked_instances.set(leaked as i64);
     }

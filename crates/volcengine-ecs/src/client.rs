@@ -226,13 +226,18 @@ impl EcsClient {
         }
         let limiter = self.limiters.get(region);
         let mut attempt = 1;
+        // The key is taken when the first attempt leaves, not when the call was queued: a
+        // call that waited behind the rate limiter through a rotation signs with the new key.
+        // Its retries keep it.
+        let mut signing: Option<Arc<Credentials>> = None;
         loop {
             let waited = limiter.acquire(action).await;
             if let Some(m) = &self.metrics {
                 m.throttle_wait(action.as_str(), waited.as_secs_f64());
             }
+            let key = signing.get_or_insert_with(|| self.credentials()).clone();
             let started = Instant::now();
-            let (res, retry_after) = self.once::<T>(&creds, region, action, &params).await;
+            let (res, retry_after) = self.once::<T>(&key, region, action, &params).await;
             let code = match &res {
                 Ok(_) => "OK",
                 Err(e) => e.code(),

@@ -1450,8 +1450,39 @@ mod tests {
         accepted_off.spec_protection = Some(false);
         accepted_off.protection_off = Some(Ok("req-p".into()));
         accepted_off.delete = Some(deleted());
+        let mut paused = proven();
+        paused.blocked = Some(Blocked::Paused);
+        let mut paused_again = paused.clone();
+        for (t, r) in [("Synced", R::Paused), ("Ready", R::Deleting)] {
+            set_condition(
+                &mut paused_again.status.conditions,
+                t,
+                false,
+                r.as_str(),
+                "m",
+                Some(1),
+            );
+        }
+        let refusal = crate::accounts::Refusal::NotReady {
+            name: "a".into(),
+            why: "Secret ecs/a not found".into(),
+        };
+        let mut refused_acted = proven();
+        refused_acted.blocked = Some(Blocked::Account(refusal.clone()));
+        let mut refused_never = base();
+        refused_never.status = EcsInstanceStatus::default();
+        refused_never.instance_id = None;
+        refused_never.blocked = Some(Blocked::Account(refusal));
+        let mut observer = base();
+        observer.observe_only = true;
+        observer.proof = Some(Ok(Proof::NeverOwned));
         #[rustfmt::skip]
         let rows: Vec<(&str, Facts, Want)> = vec![
+            ("paused",            paused,                     Want { conds: &[("Synced", "False", R::Paused), ("Ready", "False", R::Deleting)], ..want(AwaitChange, Some(R::Paused), Some((false, R::Paused))) }),
+            ("paused, reported",  paused_again,               Want { conds: &[("Synced", "False", R::Paused), ("Ready", "False", R::Deleting)], ..want(AwaitChange, Some(R::Paused), None) }),
+            ("account refused",   refused_acted,              Want { conds: &[("Synced", "False", R::AccountNotReady), ("Ready", "False", R::Deleting)], ..want(Backoff, Some(R::AccountNotReady), Some((true, R::AccountNotReady))) }),
+            ("refused, never acted", refused_never,           want(Release, None, Some((false, R::ReleasedWithoutVm)))),
+            ("observer",          observer,                   want(Release, None, Some((false, R::ObserveOnly)))),
             ("escape hatch",      honoured,                   want(ReleaseFresh, None, Some((true, R::ReleasedWithoutDelete)))),
             ("policy doubt",      doubt,                      Want { conds: &[("Synced", "False", R::NamespaceNotFound), ("Ready", "False", R::Deleting)], ..want(Backoff, Some(R::NamespaceNotFound), Some((true, R::NamespaceNotFound))) }),
             ("proof throttled",   throttled,                  Want { conds: &[("Synced", "False", R::CloudThrottled), ("Ready", "False", R::Deleting)], ..want(Backoff, Some(R::CloudThrottled), Some((true, R::CloudThrottled))) }),
