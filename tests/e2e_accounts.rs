@@ -401,7 +401,7 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
 
     // Deleting: each VM in its own account; the refused resources go without a cloud call;
     // the peeking resource never held b's VM, which stays.
-    for (api, n) in [
+    let all = [
         (&api_a, "vm"),
         (&api_b, "vm"),
         (&api_c, "vm"),
@@ -410,19 +410,11 @@ async fn two_teams_act_each_in_its_own_account_and_cannot_borrow_another() {
         (&api_b, "quick"),
         (&api_a, "late"),
         (&api_b, "broke"),
-    ] {
+    ];
+    for (api, n) in all {
         delete(api, n).await;
     }
-    for (api, n) in [
-        (&api_a, "vm"),
-        (&api_b, "vm"),
-        (&api_c, "vm"),
-        (&api_a, "peek"),
-        (&api_a, "slow"),
-        (&api_b, "quick"),
-        (&api_a, "late"),
-        (&api_b, "broke"),
-    ] {
+    for (api, n) in all {
         wait_for(40, &format!("{n} gone"), || gone(api, n)).await;
     }
     wait_for(30, "both VMs deleted", || async {

@@ -129,6 +129,19 @@ pub struct NsInfo {
     pub account_annotation: Option<String>,
 }
 
+impl NsInfo {
+    fn of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        NsInfo {
+            labels: m.labels.clone().unwrap_or_default(),
+            account_annotation: m
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(NAMESPACE_ACCOUNT_ANNOTATION))
+                .cloned(),
+        }
+    }
+}
+
 /// Where namespaces are read from.
 enum Namespaces {
     /// No cache (tests that build a `Context` by hand): no namespace annotation, labels not
@@ -259,15 +272,7 @@ impl Accounts {
             return self.namespace(ns).await;
         };
         match Api::<Namespace>::all(client).get_opt(ns).await {
-            Ok(Some(n)) => Some(NsInfo {
-                labels: n.metadata.labels.clone().unwrap_or_default(),
-                account_annotation: n
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(NAMESPACE_ACCOUNT_ANNOTATION))
-                    .cloned(),
-            }),
+            Ok(Some(n)) => Some(NsInfo::of(&n.metadata)),
             Ok(None) => None,
             Err(e) => {
                 tracing::info!(namespace = %ns, error = %e, "namespace not readable for its account");
@@ -302,10 +307,7 @@ impl Accounts {
             Namespaces::Cache(s) => s.clone(),
         };
         let n = store.get(&reflector::ObjectRef::new(ns))?;
-        Some(NsInfo {
-            labels: n.metadata.labels.clone().unwrap_or_default(),
-            account_annotation: None,
-        })
+        Some(NsInfo::of(&n.metadata))
     }
 
     /// The namespace's labels and account annotation; `None`: not known (yet).
@@ -321,17 +323,7 @@ impl Accounts {
         {
             return None;
         }
-        let key = reflector::ObjectRef::<PartialObjectMeta<Namespace>>::new(ns);
-        let n = store.get(&key)?;
-        Some(NsInfo {
-            labels: n.metadata.labels.clone().unwrap_or_default(),
-            account_annotation: n
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(NAMESPACE_ACCOUNT_ANNOTATION))
-                .cloned(),
-        })
+        self.namespace_now(ns)
     }
 
     /// The account that acts for `obj`, or why none may (`accounts::decide`).

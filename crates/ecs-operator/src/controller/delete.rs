@@ -50,6 +50,15 @@ pub async fn run(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error>
             Err(r) => (ctx.default_account().clone(), Some(Blocked::Account(r))),
         }
     };
+    // A deletion may claim, untag or delete in the account: bound to it first, as the apply
+    // path is (a crash after a claim must not leave the resource counted as the default's).
+    let bound;
+    let obj = if blocked.is_none() && crate::accounts::pinned(obj.status.as_ref()).is_none() {
+        bound = super::reconcile::bind(obj, ctx, &acct).await?;
+        &bound
+    } else {
+        obj
+    };
     let mut x = Exec::new(obj, ctx, acct);
     let s = &ctx.settings;
     let (window, timeout) = (s.appear_window, s.termination_timeout);

@@ -78,7 +78,7 @@ async fn route(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
 /// a VM in it: from then on the resource is bound to it (`accounts::pinned`). Guarded by the
 /// resourceVersion read (a stale copy binds nothing) and checked: a CRD that predates the
 /// field would drop it, and the resource would later count as the default account's.
-async fn bind(
+pub(super) async fn bind(
     obj: &EcsInstance,
     ctx: &Arc<Context>,
     acct: &AccountCloud,
