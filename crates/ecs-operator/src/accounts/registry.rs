@@ -148,6 +148,9 @@ enum Namespaces {
     /// known, so only the default account resolves.
     Absent,
     Cache(reflector::Store<PartialObjectMeta<Namespace>>),
+    /// Every read from the API server (tests on the in-memory API server, which has no
+    /// watch for namespaces).
+    Api,
 }
 
 /// How long a reconcile waits for the namespace cache's first sync before it reports
@@ -253,6 +256,12 @@ impl Accounts {
         read(&self.views).keys().cloned().collect()
     }
 
+    /// From now on every namespace read goes to the API server with `client`.
+    pub fn read_namespaces_from(&self, client: kube::Client) {
+        *write(&self.namespaces) = Namespaces::Api;
+        *write(&self.client) = Some(client);
+    }
+
     /// From now on namespaces are read from this cache (and, for a resource not bound to
     /// an account yet, from the API server with `client`).
     pub fn use_namespace_cache(
@@ -269,7 +278,7 @@ impl Accounts {
     async fn namespace_fresh(&self, ns: &str) -> Option<NsInfo> {
         let client = read(&self.client).clone();
         let Some(client) = client else {
-            return self.namespace(ns).await;
+            return self.namespace_cached(ns).await;
         };
         match Api::<Namespace>::all(client).get_opt(ns).await {
             Ok(Some(n)) => Some(NsInfo::of(&n.metadata)),
@@ -303,7 +312,7 @@ impl Accounts {
     /// What the namespace cache holds of `ns` now (no wait for its sync).
     pub fn namespace_now(&self, ns: &str) -> Option<NsInfo> {
         let store = match &*read(&self.namespaces) {
-            Namespaces::Absent => return None,
+            Namespaces::Absent | Namespaces::Api => return None,
             Namespaces::Cache(s) => s.clone(),
         };
         let n = store.get(&reflector::ObjectRef::new(ns))?;
@@ -312,9 +321,19 @@ impl Accounts {
 
     /// The namespace's labels and account annotation; `None`: not known (yet).
     async fn namespace(&self, ns: &str) -> Option<NsInfo> {
+        let api = matches!(&*read(&self.namespaces), Namespaces::Api);
+        if api {
+            self.namespace_fresh(ns).await
+        } else {
+            self.namespace_cached(ns).await
+        }
+    }
+
+    /// From the namespace cache, once it has synced.
+    async fn namespace_cached(&self, ns: &str) -> Option<NsInfo> {
         let store = match &*read(&self.namespaces) {
-            Namespaces::Absent => return None,
             Namespaces::Cache(s) => s.clone(),
+            Namespaces::Absent | Namespaces::Api => return None,
         };
         if tokio::time::timeout(NS_SYNC_WAIT, store.wait_until_ready())
             .await

@@ -29,6 +29,8 @@ pub struct KubeState {
     /// EcsInstances by (namespace, name).
     pub instances: BTreeMap<(String, String), Value>,
     pub namespaces: BTreeMap<String, Value>,
+    /// EcsAccounts by name (GET only).
+    pub accounts: BTreeMap<String, Value>,
     pub crd: Option<Value>,
     /// Namespace GETs answered with this HTTP status instead (403, 500, ...).
     pub namespace_faults: BTreeMap<String, u16>,
@@ -200,6 +202,18 @@ impl FakeKube {
             name.to_string(),
             json!({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": name, "uid": format!("ns-{name}"), "resourceVersion": rv, "annotations": ann}}),
+        );
+    }
+
+    /// An EcsAccount (only read by GET here; its spec is not used by the operator's reads).
+    pub fn create_account(&self, name: &str) {
+        let mut st = self.state();
+        let rv = st.next_rv();
+        st.accounts.insert(
+            name.to_string(),
+            json!({"apiVersion": "ecs.volcengine.io/v1alpha1", "kind": "EcsAccount",
+                   "metadata": {"name": name, "uid": format!("acct-{name}"), "resourceVersion": rv},
+                   "spec": {"secretRef": {"name": name}}}),
         );
     }
 
@@ -406,6 +420,9 @@ impl FakeKube {
                     );
                 }
                 get(st.namespaces.get(*name), name)
+            }
+            ["apis", GROUP, VERSION, "ecsaccounts", name] if m == Method::GET => {
+                get(st.accounts.get(*name), name)
             }
             ["apis", "apiextensions.k8s.io", "v1", "customresourcedefinitions", name]
                 if m == Method::GET && *name == CRD_NAME =>

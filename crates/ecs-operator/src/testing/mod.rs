@@ -283,4 +283,142 @@ mod tests {
         reconcile_now(&ctx, &kube, NS, "vm").await.unwrap().unwrap();
         assert_eq!(cloud.state().vms.len(), 1);
     }
+
+    /// Two accounts on two fake clouds, resources in three namespaces: each resource's calls
+    /// go to its own account's cloud only (team a by spec.accountRef, team b by the namespace
+    /// annotation), a namespace the account does not allow makes no call anywhere, the
+    /// default account's cloud sees nothing, and a deletion of everything sends each VM's
+    /// DeleteInstances to its own account only.
+    #[tokio::test(start_paused = true)]
+    async fn each_account_sees_only_its_own_resources_calls() {
+        use crate::accounts::registry::AccountCloud;
+        use crate::accounts::{AccountName, AccountView};
+        use crate::api::{AccountRef, AllowedNamespaces, NAMESPACE_ACCOUNT_ANNOTATION};
+        let kube = FakeKube::new();
+        kube.create_namespace("ns-a", &[]);
+        kube.create_namespace("ns-b", &[(NAMESPACE_ACCOUNT_ANNOTATION, "team-b")]);
+        kube.create_namespace("ns-c", &[]);
+        let default = Arc::new(FakeCloud::new(REGION));
+        let a = Arc::new(FakeCloud::new(REGION));
+        let b = Arc::new(FakeCloud::new(REGION));
+        let ctx = context(&kube, default.clone(), settings());
+        ctx.accounts.read_namespaces_from(kube.client());
+        for (name, cloud, ns) in [("team-a", &a, "ns-a"), ("team-b", &b, "ns-b")] {
+            let raw: Arc<dyn Cloud> = cloud.clone();
+            let acct = AccountCloud::new(
+                AccountName::Named(name.into()),
+                raw,
+                ctx.settings.batch,
+                &ctx.metrics,
+                None,
+            );
+            let view = AccountView {
+                allowed: AllowedNamespaces {
+                    names: vec![ns.into()],
+                    selector: None,
+                },
+                usable: Ok(()),
+                deleting: false,
+            };
+            ctx.accounts.set(name, view, Some(Arc::new(acct)));
+        }
+        ctx.accounts.mark_synced();
+        kube.create_account("team-a");
+        kube.create_account("team-b");
+        let spec = |id: &str, account: Option<&str>| EcsInstanceSpec {
+            instance_id: Some(id.into()),
+            account_ref: account.map(|n| AccountRef { name: n.into() }),
+            ..Default::default()
+        };
+        let mut all = Vec::new();
+        for i in 0..4 {
+            let (ida, idb) = (format!("i-a{i}"), format!("i-b{i}"));
+            a.add_vm(Vm::running(&ida));
+            b.add_vm(Vm::running(&idb));
+            kube.create_instance("ns-a", &format!("a{i}"), spec(&ida, Some("team-a")))
+                .unwrap();
+            kube.create_instance("ns-b", &format!("b{i}"), spec(&idb, None))
+                .unwrap();
+            all.push(("ns-a", format!("a{i}")));
+            all.push(("ns-b", format!("b{i}")));
+        }
+        // Namespace c names team a's account, which does not allow it.
+        a.add_vm(Vm::running("i-a9"));
+        kube.create_instance("ns-c", "c", spec("i-a9", Some("team-a")))
+            .unwrap();
+        all.push(("ns-c", "c".to_string()));
+        for _ in 0..3 {
+            for (ns, n) in &all {
+                reconcile_now(&ctx, &kube, ns, n).await.unwrap().unwrap();
+            }
+        }
+        for (ns, n) in &all[..8] {
+            let o = kube.get(ns, n).unwrap();
+            let want = if *ns == "ns-a" { "team-a" } else { "team-b" };
+            assert_eq!(
+                o.status.as_ref().unwrap().account.as_deref(),
+                Some(want),
+                "{n}: {:?}",
+                o.status
+            );
+            assert_eq!(
+                reason(&o, "Ready").as_deref(),
+                Some("InstanceRunning"),
+                "{n}"
+            );
+        }
+        let c = kube.get("ns-c", "c").unwrap();
+        assert_eq!(reason(&c, "Synced").as_deref(), Some("AccountNotAllowed"));
+        let names = |cloud: &FakeCloud, id: &str| {
+            cloud
+                .state()
+                .calls
+                .iter()
+                .filter(|call| call.params.iter().any(|(_, v)| v == id))
+                .count()
+        };
+        assert_eq!(names(&a, "i-a9"), 0, "a refused resource made a call");
+        assert!(
+            default.state().calls.is_empty(),
+            "the default account was used"
+        );
+        for i in 0..4 {
+            assert_eq!(names(&b, &format!("i-a{i}")), 0);
+            assert_eq!(names(&a, &format!("i-b{i}")), 0);
+        }
+
+        for (ns, n) in &all {
+            kube.delete_instance(ns, n);
+        }
+        for _ in 0..3 {
+            for (ns, n) in &all {
+                if let Some(r) = reconcile_now(&ctx, &kube, ns, n).await {
+                    r.unwrap();
+                }
+            }
+        }
+        for (ns, n) in &all {
+            assert!(kube.get(ns, n).is_none(), "{ns}/{n} released");
+        }
+        let deleted = |cloud: &FakeCloud| {
+            let mut v: Vec<String> = cloud
+                .state()
+                .calls_of(CloudAction::DeleteInstances)
+                .flat_map(|c| {
+                    c.params
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("InstanceIds"))
+                        .map(|(_, v)| v.clone())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        assert_eq!(deleted(&a), ["i-a0", "i-a1", "i-a2", "i-a3"]);
+        assert_eq!(deleted(&b), ["i-b0", "i-b1", "i-b2", "i-b3"]);
+        assert_eq!(a.vm("i-a9").unwrap().status, "RUNNING");
+        assert!(default.state().calls.is_empty());
+    }
 }
