@@ -671,3 +671,63 @@ async fn observe_only_leaves_the_vm_and_paused_makes_no_call_until_unpaused() {
     wait_for(30, "held gone", || gone(&api, "held")).await;
     assert_eq!(emu.deletions_of(&vm).await, 1);
 }
+
+/// `ecs-operator sweep --account NAME` sweeps with that EcsAccount's key: it lists the
+/// account's leak and never sees another account's.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sweep_command_sweeps_one_account_with_its_own_key() {
+    let client = client().await;
+    let run = &uuid_ish()[..6];
+    let acct = format!("sweep-{run}");
+    let keys = namespace(&client, "e2e-acct-sweep").await;
+    let ak = format!("AKsw{run}");
+    let emu = Emulator::start(
+        "account-sweep",
+        &[
+            "--account",
+            &format!("team-s:{ak}:SKs"),
+            "--account",
+            "team-t:AKt:SKt",
+        ],
+    );
+    let cid = format!("e2e-sweep-{run}");
+    let tags = json!([{"Key": "ecs.volcengine.io/cluster", "Value": cid},
+                      {"Key": "ecs.volcengine.io/uid", "Value": "0000-gone"}]);
+    let mine = emu.seed_in("team-s", json!({"Tags": tags})).await;
+    let theirs = emu.seed_in("team-t", json!({"Tags": tags})).await;
+    put_secret(&client, &keys, "key", &ak, "SKs").await;
+    let _g = account(&client, &acct, "key", json!({})).await;
+    let out = std::process::Command::new(operator_bin())
+        .args([
+            "sweep",
+            "--account",
+            &acct,
+            "--account-secret-namespace",
+            &keys,
+        ])
+        .args([
+            "--cluster-id",
+            &cid,
+            "--grace-secs",
+            "0",
+            "--interval-secs",
+            "0",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KUBECONFIG", control_plane())
+        .env("VOLCENGINE_ENDPOINT", &emu.url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&mine), "{stdout}");
+    assert!(
+        !stdout.contains(&theirs),
+        "another account's VM was seen:\n{stdout}"
+    );
+    assert!(emu.calls_with_key(&ak, "DescribeInstances").await > 0);
+    assert_eq!(emu.calls_with_key("AKt", "").await, 0);
+    assert!(!stdout.contains("SKs") && !stderr.contains("SKs"));
+}

@@ -86,6 +86,17 @@ pub struct SweepArgs {
     /// More regions to look in (the default region and those of existing resources always are).
     #[arg(long, value_delimiter = ',')]
     pub regions: Vec<String>,
+    /// Sweep this EcsAccount with its own key (read from its Secret) instead of the
+    /// environment's credentials; its region and endpoint, when set, too.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Where the EcsAccounts' Secrets live (as the operator's --account-secret-namespace).
+    #[arg(
+        long,
+        env = "ECS_ACCOUNT_SECRET_NAMESPACE",
+        default_value = "ecs-operator-accounts"
+    )]
+    pub account_secret_namespace: String,
 }
 
 fn parse_secret(s: &str) -> Result<Secret, String> {

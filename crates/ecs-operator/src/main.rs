@@ -103,8 +103,12 @@ async fn shutdown_signal(token: CancellationToken) {
 
 /// `ecs-operator sweep`: runs a few sweeps and prints the candidates as a table.
 async fn sweep(args: SweepArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let cloud = EcsClient::new(args.cloud.client_config(), None)?;
     let client = kube::Client::try_default().await?;
+    let cfg = match &args.account {
+        None => args.cloud.client_config(),
+        Some(name) => account_client_config(&client, &args, name).await?,
+    };
+    let cloud = EcsClient::new(cfg, None)?;
     let mode = if args.dry_run {
         SweepMode::Report
     } else {
@@ -184,6 +188,43 @@ async fn require_current_crd(client: &kube::Client) -> Result<(), Box<dyn std::e
     };
     let json = serde_json::to_value(&crd)?;
     ecs_operator::admission::check_installed(&json).map_err(|e| e.into())
+}
+
+/// The client settings of an EcsAccount for `ecs-operator sweep --account`: the flags' and
+/// environment's settings with the account's key, region and endpoint.
+async fn account_client_config(
+    client: &kube::Client,
+    args: &SweepArgs,
+    name: &str,
+) -> Result<ecs_operator::cloud::client::ClientConfig, Box<dyn std::error::Error>> {
+    use k8s_openapi::api::core::v1::Secret;
+    let account = kube::Api::<ecs_operator::api::EcsAccount>::all(client.clone())
+        .get(name)
+        .await
+        .map_err(|e| format!("EcsAccount {name}: {e}"))?;
+    let ns = &args.account_secret_namespace;
+    let secret_name = &account.spec.secret_ref.name;
+    let secret = kube::Api::<Secret>::namespaced(client.clone(), ns)
+        .get(secret_name)
+        .await
+        .map_err(|e| format!("Secret {ns}/{secret_name} of EcsAccount {name}: {e}"))?;
+    let credentials = ecs_operator::accounts::secret::credentials(secret.data.as_ref())
+        .map_err(|e| format!("Secret {ns}/{secret_name} of EcsAccount {name}: {e}"))?;
+    let mut cfg = args.cloud.client_config();
+    if let Some(e) = account
+        .spec
+        .endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+    {
+        cfg.endpoint = e.trim().to_string();
+        cfg.region_endpoints.clear();
+    }
+    if let Some(r) = &account.spec.region {
+        cfg.region = r.clone();
+    }
+    cfg.credentials = credentials;
+    Ok(cfg)
 }
 
 fn log_identity(id: &ClusterIdentity) {
