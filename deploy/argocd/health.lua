@@ -6,7 +6,9 @@
 --
 -- Verdicts, first match wins:
 --   being deleted:
---     Stalled=True DeletionRefused, or Synced=False CloudAuthError / DeletionRefused
+--     Synced=False Paused (annotation ecs.volcengine.io/paused), deleting or not  Suspended
+--     Stalled=True DeletionRefused, or Synced=False CloudAuthError / DeletionRefused /
+--     AccountNotFound / AccountNotAllowed / AccountChanged / AccountNotReady
 --                                                        Degraded (needs a human)
 --     otherwise                                          Progressing ("Deleting: ...")
 --   no status / no conditions                            Progressing (not reconciled yet)
@@ -89,7 +91,9 @@ local DEGRADED_SYNCED = { "CloudAuthError", "InvalidSpec", "ImmutableFieldChange
   "UserDataForbidden", "UserDataTooLarge" }
 local DEGRADED_READY = { "InstanceNotFound", "InvalidSpec", "ImmutableFieldChanged", "CloudAuthError", "UserDataNotFound",
   "UserDataForbidden", "UserDataTooLarge" }
-local DEGRADED_DELETING = { "CloudAuthError", "DeletionRefused" }
+-- A deletion no account may act for needs a person (fix the account, or the escape hatch).
+local DEGRADED_DELETING = { "CloudAuthError", "DeletionRefused", "AccountNotFound", "AccountNotAllowed",
+  "AccountChanged", "AccountNotReady" }
 local DELETING_READY = { "Deleting", "DeletionAccepted" }
 
 local function verdict()
@@ -97,6 +101,10 @@ local function verdict()
   local synced = condition("Synced")
   local stalled = condition("Stalled")
 
+  -- Paused by its annotation: nothing happens until a person removes it, deletion included.
+  if is_false(synced) and synced.reason == "Paused" then
+    return "Suspended", describe(synced, "paused")
+  end
   if obj.metadata ~= nil and obj.metadata.deletionTimestamp ~= nil then
     if is_true(stalled) and stalled.reason == "DeletionRefused" then
       return "Degraded", "Deletion blocked: " .. describe(stalled, "DeletionRefused")

@@ -292,6 +292,18 @@ local CASES = {
       cond("Ready", "False", "Deleting", "DeleteInstances failed"),
       cond("Synced", "False", "CloudAuthError", "DeleteInstances for VM i-abc123 failed: InvalidAccessKey") } },
     "Degraded", "Deletion blocked: CloudAuthError: DeleteInstances for VM i-abc123 failed: InvalidAccessKey" },
+  { "deletion held: account key unusable", ecsi { deleting = true, conds = {
+      cond("Ready", "False", "Deleting", "EcsAccount team-a has no usable key"),
+      cond("Synced", "False", "AccountNotReady", "EcsAccount team-a has no usable key") } },
+    "Degraded", "Deletion blocked: AccountNotReady: EcsAccount team-a has no usable key" },
+
+  -- paused (annotation ecs.volcengine.io/paused)
+  { "paused while ready", ecsi { instanceStatus = "RUNNING", conds = {
+      cond("Ready", "True", "InstanceRunning", running), cond("Synced", "False", "Paused", "paused: no cloud call") } },
+    "Suspended", "Paused: paused: no cloud call" },
+  { "paused deletion", ecsi { deleting = true, conds = {
+      cond("Ready", "False", "Deleting", "paused: the deletion waits"), cond("Synced", "False", "Paused", "paused: the deletion waits") } },
+    "Suspended", "Paused: paused: the deletion waits" },
 }
 
 -- Object literal from stdin (used by tests/e2e_rbac.rs on objects the real operator wrote).
