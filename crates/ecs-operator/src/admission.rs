@@ -25,11 +25,13 @@ pub struct Rule {
     pub field_path: Option<&'static str>,
 }
 
-/// Fields of `spec.create` that a VM cannot change after it was created. The others
-/// (`instanceName`, `description`, `tags`, `instanceTypeId`, `hostName`,
-/// `userDataSecretRef`) are not rejected here: they are reported by the operator, and some
-/// can be changed on a VM in place.
+/// Fields of `spec.create` that a VM cannot change after it was created (the host name and
+/// user data only take effect at the first boot). The others (`instanceName`,
+/// `description`, `tags`, `instanceTypeId`) are changed on the VM in place
+/// (`spec.updatePolicy`).
 pub const IMMUTABLE_CREATE_FIELDS: &[&str] = &[
+    "hostName",
+    "userDataSecretRef",
     "zoneId",
     "imageId",
     "subnetId",
@@ -166,6 +168,12 @@ pub const REQUIRED_FIELDS: &[&str] = &[
     "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/managementPolicy",
     "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/accountRef",
     "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/account",
+    // Without them an older schema would prune the update bookkeeping: a VM stopped for a
+    // type change would not be known as such, and never started again.
+    "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/updatePolicy",
+    "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/stoppedForUpdate",
+    "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/updateAttempt",
+    "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/managedTagKeys",
 ];
 
 /// Whether the installed EcsInstance CRD (as JSON) has every field of `REQUIRED_FIELDS`;

@@ -89,12 +89,66 @@ pub struct EcsInstanceSpec {
     #[schemars(schema_with = "management_policy_schema")]
     pub management_policy: Option<ManagementPolicy>,
 
-    /// Creation parameters, used only when `instanceId` is empty. The API server refuses
-    /// edits of the fields a VM cannot change (zone, image, subnet, security groups, disks,
-    /// key pair, charge type); the operator reports an edit of the others as
-    /// `ImmutableFieldChanged` and does not act on it.
+    /// Creation parameters, used only when `instanceId` is empty. `instanceName`,
+    /// `description`, `tags` and `instanceTypeId` can be changed later: the operator
+    /// converges the VM in place (see `updatePolicy`). The API server refuses edits of the
+    /// fields a VM cannot change (zone, image, subnet, security groups, disks, key pair,
+    /// charge type, host name, user data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create: Option<CreateSpec>,
+
+    /// How the operator converges the VM to `spec.create`'s mutable fields when they differ
+    /// (an edit of the spec, or a change made in the console): `WhenStopped` (default)
+    /// renames, re-describes and re-tags at once and changes the instance type only while
+    /// the VM is STOPPED (you stop it); `Restart` also stops a RUNNING VM to change its
+    /// type and starts it again; `Never` only reports the difference (condition `Synced`
+    /// reason `Drifted`). The default never stops a VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "update_policy_schema")]
+    pub update_policy: Option<UpdatePolicy>,
+
+    /// A ConfigMap in this resource's namespace that the operator keeps up to date with the
+    /// VM's `instanceId`, `region`, `zoneId`, `privateIp`, `publicIp` and `instanceStatus`,
+    /// for workloads to mount or read as environment. Owned by this resource (garbage
+    /// collected with it); never holds secrets. A ConfigMap of that name that this resource
+    /// does not own is left alone and reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_connection_info_to: Option<ConnectionInfoRef>,
+}
+
+fn update_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["Never", "WhenStopped", "Restart"]})
+}
+
+/// May the operator change the VM in place, and stop it to do so (`spec.updatePolicy`)?
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum UpdatePolicy {
+    /// Report differences, change nothing.
+    Never,
+    /// Change what needs no stop at once; the instance type only while the VM is STOPPED.
+    #[default]
+    WhenStopped,
+    /// As WhenStopped, and stop a RUNNING VM for a type change, then start it again.
+    Restart,
+}
+
+impl UpdatePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdatePolicy::Never => "Never",
+            UpdatePolicy::WhenStopped => "WhenStopped",
+            UpdatePolicy::Restart => "Restart",
+        }
+    }
+}
+
+/// Where the VM's addresses are published (`spec.writeConnectionInfoTo`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfoRef {
+    /// ConfigMap name, in the resource's namespace.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"))]
+    pub name: String,
 }
 
 fn management_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -336,9 +390,30 @@ pub struct EcsInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "ownership_schema")]
     pub ownership: Option<Ownership>,
-    /// Hash of `spec.create` as sent to RunInstances, to detect later edits.
+    /// Hash of `spec.create`'s immutable fields as sent to RunInstances, to detect later
+    /// edits (`v2:` prefix; without it, of the whole `spec.create`, as older versions wrote).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_hash: Option<String>,
+    /// The user tag keys the operator put on the VM (by RunInstances or TagResources): a
+    /// key removed from `spec.create.tags` is removed from the VM only if listed here, so a
+    /// tag someone else added in the console is never touched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_tag_keys: Vec<String>,
+    /// Counter in the ClientTokens of in-place updates (ModifyInstanceAttribute,
+    /// ModifyInstanceSpec, StopInstances, StartInstances). Bumped after each definitive
+    /// answer, so a retry of a lost answer re-sends its token. At most 1,000,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "counter_schema")]
+    pub update_attempt: Option<u32>,
+    /// The operator stopped the VM to change its type (`updatePolicy: Restart`); written
+    /// before StopInstances is sent, cleared once the VM was started again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_for_update: Option<bool>,
+    /// An instance type the cloud refused for good after the operator stopped the VM for
+    /// it: the VM was started again and is not stopped for this type again (change
+    /// `spec.create.instanceTypeId` to try another).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_instance_type: Option<String>,
     /// The `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -348,13 +423,30 @@ pub struct EcsInstanceStatus {
 }
 
 impl CreateSpec {
-    /// Stable fingerprint of the creation parameters (sha256 of their JSON, 16 hex).
+    /// Stable fingerprint of the creation parameters a VM cannot change in place (sha256 of
+    /// their JSON, 16 hex, `v2:` first): the mutable ones (`instanceName`, `description`,
+    /// `tags`, `instanceTypeId`) are blanked, so editing them is an update, not a drift.
     pub fn fingerprint(&self) -> String {
+        let immutable = CreateSpec {
+            instance_name: None,
+            description: None,
+            tags: BTreeMap::new(),
+            instance_type_id: String::new(),
+            ..self.clone()
+        };
+        format!("{FINGERPRINT_V2}{}", immutable.legacy_fingerprint())
+    }
+
+    /// The fingerprint of the whole spec, as versions before in-place updates recorded it.
+    pub fn legacy_fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let json = serde_json::to_vec(self).unwrap_or_default();
         hex::encode(&Sha256::digest(&json)[..8])
     }
 }
+
+/// Prefix of the fingerprint of the immutable creation fields.
+pub const FINGERPRINT_V2: &str = "v2:";
 
 impl EcsInstance {
     /// `spec.managementPolicy: ObserveOnly`.
@@ -379,6 +471,11 @@ impl EcsInstance {
             .and_then(|s| s.instance_id.as_deref())
             .or(self.spec.instance_id.as_deref())
             .filter(|s| !s.is_empty())
+    }
+
+    /// `spec.updatePolicy`, defaulted.
+    pub fn update_policy(&self) -> UpdatePolicy {
+        self.spec.update_policy.unwrap_or_default()
     }
 
     pub fn deletion_attempt(&self) -> u32 {

@@ -55,6 +55,18 @@ pub struct ActionLabels {
     pub action: String,
 }
 
+/// A managed field of the VM (`update_plan::Field`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FieldLabels {
+    pub field: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpdateLabels {
+    pub action: String,
+    pub result: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Family<ResultLabels, Counter>,
@@ -73,6 +85,9 @@ pub struct Metrics {
     pub sweeps: Family<ResultLabels, Counter>,
     pub deletions_held: Family<ReasonLabels, Counter>,
     pub events_dropped: Counter,
+    pub resources_drifted: Family<FieldLabels, Gauge>,
+    pub drift_detected: Family<FieldLabels, Counter>,
+    pub updates: Family<UpdateLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -177,6 +192,24 @@ impl Default for Metrics {
             "Kubernetes Events not published because too many were already waiting to be sent (conditions and metrics still say it)",
             events_dropped.clone(),
         );
+        let resources_drifted = Family::<FieldLabels, Gauge>::default();
+        registry.register(
+            "resources_drifted",
+            "EcsInstances whose VM differs from the spec in this managed field (at their last observation)",
+            resources_drifted.clone(),
+        );
+        let drift_detected = Family::<FieldLabels, Counter>::default();
+        registry.register(
+            "drift_detected",
+            "Times a managed field of a VM was found to differ from the spec (counted when it starts to differ)",
+            drift_detected.clone(),
+        );
+        let updates = Family::<UpdateLabels, Counter>::default();
+        registry.register(
+            "updates",
+            "In-place update calls (ModifyInstanceAttribute, TagResources, UntagResources, StopInstances, ModifyInstanceSpec, StartInstances) by result: ok or failed",
+            updates.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -194,6 +227,9 @@ impl Default for Metrics {
             sweeps,
             deletions_held,
             events_dropped,
+            resources_drifted,
+            drift_detected,
+            updates,
         }
     }
 }
@@ -284,6 +320,34 @@ impl Metrics {
                 self.account_ready.remove(&l);
                 self.batch_queue_depth.remove(&l);
             }
+        }
+    }
+
+    pub fn count_update(&self, action: &str, ok: bool) {
+        self.updates
+            .get_or_create(&UpdateLabels {
+                action: action.to_string(),
+                result: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+    }
+
+    /// `counts`: per field, how many resources differ now; `new`: fields that just started
+    /// to differ on some resource.
+    pub fn drift(&self, counts: &[(&'static str, i64)], new: &[&'static str]) {
+        for (field, n) in counts {
+            self.resources_drifted
+                .get_or_create(&FieldLabels {
+                    field: field.to_string(),
+                })
+                .set(*n);
+        }
+        for field in new {
+            self.drift_detected
+                .get_or_create(&FieldLabels {
+                    field: field.to_string(),
+                })
+                .inc();
         }
     }
 

@@ -651,6 +651,97 @@ impl EcsClient {
         })
     }
 
+    /// ModifyInstanceAttribute with the name and/or description (the fields not given
+    /// keep their values; an empty description clears it) and a ClientToken.
+    pub async fn modify_instance_attribute(
+        &self,
+        region: &str,
+        instance_id: String,
+        name: Option<String>,
+        description: Option<String>,
+        client_token: String,
+    ) -> Result<Called<()>, CloudError> {
+        let mut p = Params::new();
+        p.set("InstanceId", instance_id);
+        if let Some(n) = name {
+            p.set("InstanceName", n);
+        }
+        if let Some(d) = description {
+            p.set("Description", d);
+        }
+        p.set("ClientToken", client_token);
+        let r: Called<EmptyResult> = self
+            .call(region, Action::ModifyInstanceAttribute, p.into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: (),
+        })
+    }
+
+    /// ModifyInstanceSpec with `InstanceTypeId` (the documented name; Terraform sends
+    /// `InstanceType`) and a ClientToken. Returns the OrderId.
+    pub async fn modify_instance_spec(
+        &self,
+        region: &str,
+        instance_id: String,
+        instance_type_id: String,
+        client_token: String,
+    ) -> Result<Called<String>, CloudError> {
+        let mut p = Params::new();
+        p.set("InstanceId", instance_id)
+            .set("InstanceTypeId", instance_type_id)
+            .set("ClientToken", client_token);
+        let r: Called<ModifyInstanceSpecResult> = self
+            .call(region, Action::ModifyInstanceSpec, p.into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: r.value.order_id,
+        })
+    }
+
+    /// StopInstances with `StoppedMode=KeepCharging` (the VM keeps its vCPU and memory, so
+    /// the start that follows cannot fail for want of stock) and no ForceStop (a clean
+    /// shutdown). One `OperationDetail` per ID.
+    pub async fn stop_instances(
+        &self,
+        region: &str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> Result<Called<Vec<OperationDetail>>, CloudError> {
+        let mut p = Params::new();
+        p.list("InstanceIds", &instance_ids)
+            .set("StoppedMode", "KeepCharging")
+            .set("ClientToken", client_token);
+        let r: Called<OperationDetailsResult> = self
+            .call(region, Action::StopInstances, p.into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: r.value.operation_details,
+        })
+    }
+
+    /// StartInstances. One `OperationDetail` per ID.
+    pub async fn start_instances(
+        &self,
+        region: &str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> Result<Called<Vec<OperationDetail>>, CloudError> {
+        let mut p = Params::new();
+        p.list("InstanceIds", &instance_ids)
+            .set("ClientToken", client_token);
+        let r: Called<OperationDetailsResult> = self
+            .call(region, Action::StartInstances, p.into_vec())
+            .await?;
+        Ok(Called {
+            request_id: r.request_id,
+            value: r.value.operation_details,
+        })
+    }
+
     pub async fn untag_instances(
         &self,
         region: &str,

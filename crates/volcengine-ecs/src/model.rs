@@ -30,10 +30,11 @@ pub enum Action {
     ModifyInstanceAttribute,
     UntagResources,
     TagResources,
+    ModifyInstanceSpec,
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::RunInstances,
         Action::DescribeInstances,
         Action::DeleteInstances,
@@ -43,6 +44,7 @@ impl Action {
         Action::ModifyInstanceAttribute,
         Action::UntagResources,
         Action::TagResources,
+        Action::ModifyInstanceSpec,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Action {
             Action::ModifyInstanceAttribute => "ModifyInstanceAttribute",
             Action::UntagResources => "UntagResources",
             Action::TagResources => "TagResources",
+            Action::ModifyInstanceSpec => "ModifyInstanceSpec",
         }
     }
 
@@ -160,6 +163,16 @@ pub struct RunInstancesResult {
 /// `Result: {}` of single-instance actions; tolerate any fields.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
 pub struct EmptyResult {}
+
+/// ModifyInstanceSpec's answer (Go SDK `ModifyInstanceSpecOutput`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ModifyInstanceSpecResult {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub instance_id: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub order_id: String,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "PascalCase")]

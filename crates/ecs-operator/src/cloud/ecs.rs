@@ -54,6 +54,68 @@ impl Cloud for EcsClient {
         ))
     }
 
+    fn modify_instance_attribute<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: String,
+        name: Option<String>,
+        description: Option<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(EcsClient::modify_instance_attribute(
+            self,
+            region,
+            instance_id,
+            name,
+            description,
+            client_token,
+        ))
+    }
+
+    fn modify_instance_spec<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: String,
+        instance_type_id: String,
+        client_token: String,
+    ) -> CloudFuture<'a, String> {
+        Box::pin(EcsClient::modify_instance_spec(
+            self,
+            region,
+            instance_id,
+            instance_type_id,
+            client_token,
+        ))
+    }
+
+    fn stop_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>> {
+        Box::pin(EcsClient::stop_instances(
+            self,
+            region,
+            instance_ids,
+            client_token,
+        ))
+    }
+
+    fn start_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>> {
+        Box::pin(EcsClient::start_instances(
+            self,
+            region,
+            instance_ids,
+            client_token,
+        ))
+    }
+
     fn untag_instances<'a>(
         &'a self,
         region: &'a str,

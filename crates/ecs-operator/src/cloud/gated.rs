@@ -107,6 +107,53 @@ impl Cloud for GatedCloud {
         Box::pin(self.gate.admit("ModifyInstanceAttribute", call))
     }
 
+    fn modify_instance_attribute<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: String,
+        name: Option<String>,
+        description: Option<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, ()> {
+        let call =
+            self.inner
+                .modify_instance_attribute(region, instance_id, name, description, client_token);
+        Box::pin(self.gate.admit("ModifyInstanceAttribute", call))
+    }
+
+    fn modify_instance_spec<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: String,
+        instance_type_id: String,
+        client_token: String,
+    ) -> CloudFuture<'a, String> {
+        let call = self
+            .inner
+            .modify_instance_spec(region, instance_id, instance_type_id, client_token);
+        Box::pin(self.gate.admit("ModifyInstanceSpec", call))
+    }
+
+    fn stop_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>> {
+        let call = self.inner.stop_instances(region, instance_ids, client_token);
+        Box::pin(self.gate.admit("StopInstances", call))
+    }
+
+    fn start_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>> {
+        let call = self.inner.start_instances(region, instance_ids, client_token);
+        Box::pin(self.gate.admit("StartInstances", call))
+    }
+
     fn untag_instances<'a>(
         &'a self,
         region: &'a str,

@@ -49,6 +49,41 @@ pub trait Cloud: Send + Sync + 'static {
         enabled: bool,
     ) -> CloudFuture<'a, ()>;
 
+    /// ModifyInstanceAttribute with the name and/or the description (absent: unchanged).
+    fn modify_instance_attribute<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: String,
+        name: Option<String>,
+        description: Option<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, ()>;
+
+    /// ModifyInstanceSpec (InstanceTypeId): the VM must be STOPPED. Returns the OrderId.
+    fn modify_instance_spec<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: String,
+        instance_type_id: String,
+        client_token: String,
+    ) -> CloudFuture<'a, String>;
+
+    /// StopInstances (StoppedMode KeepCharging, clean shutdown): one detail per ID.
+    fn stop_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>>;
+
+    /// StartInstances: one detail per ID.
+    fn start_instances<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>>;
+
     /// UntagResources (ResourceType `instance`): removes these tag keys from the VMs.
     /// Used to release ownership of an orphaned VM, so no sweeper treats it as ours.
     fn untag_instances<'a>(

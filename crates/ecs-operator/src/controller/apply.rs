@@ -84,8 +84,11 @@ pub async fn run(
                 }
             }
             ApplyStep::Describe { id } => {
-                f.observed = Some(acct.describe_one(&region, &id, Pace::Unknown).await);
+                f.observe(acct.describe_one(&region, &id, Pace::Unknown).await);
                 f.now = super::ownership::now();
+            }
+            ApplyStep::Update { id, step } => {
+                super::update::act(obj, ctx, acct, &api, &mut f, &id, step).await?
             }
             // Seen once: from now on a VM the cloud does not list has vanished.
             ApplyStep::MarkSeen => {
@@ -137,8 +140,13 @@ async fn finish(
     obj: &EcsInstance,
     ctx: &Arc<Context>,
     api: &Api<EcsInstance>,
-    r: ApplyReport,
+    mut r: ApplyReport,
 ) -> Result<Action, Error> {
+    let uid = obj.uid().unwrap_or_default();
+    if let Some(fields) = &r.drift {
+        ctx.note_drift(&uid, fields);
+        publish_connection_info(obj, ctx, &mut r).await;
+    }
     match r.write {
         Write::Merge => status::patch(api, obj, &r.status).await?,
         Write::Replace => status::patch_replace(api, obj, &r.status).await?,
@@ -146,7 +154,6 @@ async fn finish(
     for e in r.events {
         event(ctx, obj, Some(e));
     }
-    let uid = obj.uid().unwrap_or_default();
     if r.reset_backoff {
         ctx.backoff.reset(&uid);
     }
@@ -157,6 +164,42 @@ async fn finish(
         ApplyThen::Soon => Action::requeue(ApplyThen::SOON),
         ApplyThen::AwaitChange => Action::await_change(),
     })
+}
+
+/// Writes `spec.writeConnectionInfoTo` from the status just observed. A failure does not
+/// stop the reconcile: `Synced` says it (unless it already says something worse) with a
+/// Warning Event the first time, and the next observation tries again.
+async fn publish_connection_info(obj: &EcsInstance, ctx: &Arc<Context>, r: &mut ApplyReport) {
+    if r.status.instance_id.is_none() {
+        return;
+    }
+    let Err(p) = super::connection_info::ensure(&ctx.client, obj, &r.status).await else {
+        return;
+    };
+    let synced = Cond::Synced.as_str();
+    let in_sync = r
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == synced && c.status == "True");
+    if !in_sync {
+        return;
+    }
+    let first = obj
+        .condition(synced)
+        .is_none_or(|c| c.reason != p.reason.as_str());
+    set_condition(
+        &mut r.status.conditions,
+        synced,
+        false,
+        p.reason.as_str(),
+        &p.message,
+        obj.metadata.generation,
+    );
+    if first {
+        r.events
+            .push(EventNote::warning(p.reason, "WriteConnectionInfo", p.message));
+    }
 }
 
 fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {

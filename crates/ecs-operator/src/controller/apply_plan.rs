@@ -9,9 +9,10 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::ownership;
 use super::reasons::{Cond, EventNote, Reason};
+use super::update_plan::{self, Field, UpdateFacts, UpdateStep};
 use crate::api::{
-    remove_condition, set_condition, CreateSpec, EcsInstance, EcsInstanceStatus, MAX_COUNTER,
-    RELEASE_ANNOTATION,
+    remove_condition, set_condition, CreateSpec, EcsInstance, EcsInstanceStatus, FINGERPRINT_V2,
+    MAX_COUNTER, RELEASE_ANNOTATION,
 };
 use crate::cloud::{CloudError, Instance};
 
@@ -54,6 +55,9 @@ pub struct ApplyFacts {
     pub protection: Option<Result<String, CloudError>>,
     /// `spec.managementPolicy: ObserveOnly`: read and report only.
     pub observe_only: bool,
+    /// In-place updates of the mutable fields: what the spec wants, what differs, and the
+    /// answers of this reconcile's update calls.
+    pub update: UpdateFacts,
 }
 
 impl ApplyFacts {
@@ -67,6 +71,16 @@ impl ApplyFacts {
         let mut status = obj.status.clone().unwrap_or_default();
         status.region.get_or_insert_with(|| region.to_string());
         let drift = drift(obj, &status);
+        migrate_create_hash(obj, &mut status);
+        let wanted = update_plan::wanted(obj);
+        let update = UpdateFacts {
+            stopped_for_update: status.stopped_for_update == Some(true),
+            type_change_refused: wanted.as_ref().is_some_and(|w| {
+                status.refused_instance_type.as_deref() == Some(w.instance_type.as_str())
+            }),
+            wanted,
+            ..Default::default()
+        };
         if let Some(id) = obj.owned_instance_id() {
             status.instance_id = Some(id.to_string());
         }
@@ -94,7 +108,19 @@ impl ApplyFacts {
             owned: false,
             protection: None,
             observe_only: obj.observe_only(),
+            update,
         }
+    }
+
+    /// Records the DescribeInstances answer, and what differs from the spec.
+    pub fn observe(&mut self, r: Result<Option<Instance>, CloudError>) {
+        if let (Ok(Some(inst)), Some(w)) = (&r, &self.update.wanted) {
+            self.update.diff = update_plan::diff(w, inst, &self.status.managed_tag_keys);
+        }
+        if let Ok(Some(inst)) = &r {
+            self.update.vm_status = inst.status.clone();
+        }
+        self.observed = Some(r);
     }
 
     fn instance_id(&self) -> Option<&str> {
@@ -120,6 +146,24 @@ pub fn create_problem(create: &CreateSpec) -> Option<&'static str> {
     )
 }
 
+/// A status written before in-place updates fingerprinted the whole `spec.create`. If it
+/// still matches, the spec is unchanged: record the new fingerprint and the tags
+/// RunInstances wrote as the managed keys. A mismatch cannot say which field changed; the
+/// API server has refused edits of the immutable fields since before, so it is taken for
+/// an edit of the mutable ones (converged as such) and the new fingerprint recorded too.
+fn migrate_create_hash(obj: &EcsInstance, st: &mut EcsInstanceStatus) {
+    let (Some(create), Some(have)) = (obj.spec.create.as_ref(), st.create_hash.as_deref()) else {
+        return;
+    };
+    if have.starts_with(FINGERPRINT_V2) {
+        return;
+    }
+    st.create_hash = Some(create.fingerprint());
+    if st.managed_tag_keys.is_empty() {
+        st.managed_tag_keys = create.tags.keys().cloned().collect();
+    }
+}
+
 /// Immutable fields: report a change instead of silently ignoring it or acting on it.
 pub fn drift(obj: &EcsInstance, st: &EcsInstanceStatus) -> Vec<String> {
     let mut drift = Vec::new();
@@ -134,7 +178,7 @@ pub fn drift(obj: &EcsInstance, st: &EcsInstanceStatus) -> Vec<String> {
         }
     }
     if let (Some(create), Some(have)) = (obj.spec.create.as_ref(), st.create_hash.as_deref()) {
-        if create.fingerprint() != have {
+        if have.starts_with(FINGERPRINT_V2) && create.fingerprint() != have {
             drift.push("spec.create changed after the VM was created".to_string());
         }
     }
@@ -176,6 +220,11 @@ pub enum ApplyStep {
         id: String,
         want: bool,
     },
+    /// Converge a mutable field (`update_plan`).
+    Update {
+        id: String,
+        step: UpdateStep,
+    },
     Done(ApplyOutcome),
 }
 
@@ -201,6 +250,7 @@ pub enum Call {
     Lookup,
     Describe,
     Protection,
+    Update,
 }
 
 fn done(o: ApplyOutcome) -> ApplyStep {
@@ -244,11 +294,37 @@ pub fn plan(f: &ApplyFacts) -> ApplyStep {
     }
     match (f.spec_protection, &f.protection) {
         (Some(want), None) if inst.deletion_protection.unwrap_or(false) != want => {
-            ApplyStep::SetProtection { id, want }
+            return ApplyStep::SetProtection { id, want }
         }
-        (_, Some(Err(_))) => done(ApplyOutcome::Failed(Call::Protection)),
-        _ => done(ApplyOutcome::Observed),
+        (_, Some(Err(_))) => return done(ApplyOutcome::Failed(Call::Protection)),
+        _ => {}
     }
+    // A resource whose immutable fields were edited is stalled: nothing is converged.
+    if !f.drift.is_empty() {
+        return done(ApplyOutcome::Observed);
+    }
+    if let Some(step) = update_plan::plan(&f.update) {
+        return ApplyStep::Update { id, step };
+    }
+    match update_failure(f) {
+        Some(_) => done(ApplyOutcome::Failed(Call::Update)),
+        None => done(ApplyOutcome::Observed),
+    }
+}
+
+/// The update call that failed in this reconcile, with its action's name.
+fn update_failure(f: &ApplyFacts) -> Option<(&'static str, &CloudError)> {
+    let u = &f.update;
+    [
+        ("ModifyInstanceAttribute", &u.attr),
+        ("TagResources", &u.tag),
+        ("UntagResources", &u.untag),
+        ("StopInstances", &u.stop),
+        ("ModifyInstanceSpec", &u.spec),
+        ("StartInstances", &u.start),
+    ]
+    .into_iter()
+    .find_map(|(what, a)| Some((what, a.as_ref()?.as_ref().err()?)))
 }
 
 /// DescribeInstances does not list the VM: appearing (never vanished within the window),
@@ -298,6 +374,8 @@ pub struct ApplyReport {
     pub then: ApplyThen,
     /// The resource is healthy: its backoff starts over.
     pub reset_backoff: bool,
+    /// The mutable fields that differ from the spec (`None`: not observed now).
+    pub drift: Option<Vec<Field>>,
 }
 
 fn cond(st: &mut EcsInstanceStatus, f: &ApplyFacts, t: Cond, on: bool, r: Reason, msg: &str) {
@@ -318,6 +396,7 @@ fn merge(status: EcsInstanceStatus, events: Vec<EventNote>, then: ApplyThen) -> 
         events,
         then,
         reset_backoff: false,
+        drift: None,
     }
 }
 
@@ -347,6 +426,17 @@ pub fn report(f: &ApplyFacts, o: ApplyOutcome) -> ApplyReport {
                     ("DescribeInstances", e)
                 }
                 (Call::Protection, .., Some(Err(e))) => ("ModifyInstanceAttribute", e),
+                (Call::Update, ..) => match update_failure(f) {
+                    Some((what, e)) => {
+                        let mut r = report_observed(f, st, id);
+                        let st = std::mem::take(&mut r.status);
+                        return ApplyReport {
+                            drift: r.drift,
+                            ..failure(f, st, what, e)
+                        };
+                    }
+                    None => return merge(st, vec![], ApplyThen::Backoff),
+                },
                 // Not reachable from `plan`.
                 _ => return merge(st, vec![], ApplyThen::Backoff),
             };
@@ -494,9 +584,19 @@ fn report_observed(f: &ApplyFacts, mut st: EcsInstanceStatus, id: &str) -> Apply
         Reason::InstanceNotRunning
     };
     cond(&mut st, f, Cond::Ready, running, ready, &ready_msg);
-    if f.drift.is_empty() {
+    update_bookkeeping(f, &mut st);
+    let u = &f.update;
+    if f.drift.is_empty() && u.diff.is_empty() {
         cond(&mut st, f, Cond::Synced, true, Reason::Observed, "");
         remove_condition(&mut st.conditions, Cond::Stalled.as_str());
+    } else if f.drift.is_empty() {
+        let r = Reason::Drifted;
+        let msg = drift_message(f);
+        cond(&mut st, f, Cond::Synced, false, r, &msg);
+        remove_condition(&mut st.conditions, Cond::Stalled.as_str());
+        if f.synced_reason.as_deref() != Some(r.as_str()) {
+            events.push(EventNote::warning(r, "Observe", msg));
+        }
     } else {
         let r = Reason::ImmutableFieldChanged;
         let msg = format!(
@@ -525,17 +625,81 @@ fn report_observed(f: &ApplyFacts, mut st: EcsInstanceStatus, id: &str) -> Apply
     if running && f.was_ready != Some(true) {
         events.push(EventNote::normal(Reason::Ready, "Observe", ready_msg));
     }
+    // An update sent is checked soon (the next DescribeInstances must show it); a VM the
+    // operator stopped is watched until it runs again.
+    let updating = update_sent(u).is_some() || st.stopped_for_update == Some(true);
     ApplyReport {
         reset_backoff: true,
+        drift: Some(u.diff.fields()),
         ..merge(
             st,
             events,
-            if settled {
+            if settled && !updating {
                 ApplyThen::Resync
             } else {
                 ApplyThen::Poll
             },
         )
+    }
+}
+
+/// The update calls of this reconcile the cloud accepted, as "Action (RequestId r)".
+fn update_sent(u: &UpdateFacts) -> Option<String> {
+    let sent: Vec<String> = [
+        ("ModifyInstanceAttribute", &u.attr),
+        ("TagResources", &u.tag),
+        ("UntagResources", &u.untag),
+        ("StopInstances", &u.stop),
+        ("ModifyInstanceSpec", &u.spec),
+        ("StartInstances", &u.start),
+    ]
+    .into_iter()
+    .filter_map(|(what, a)| match a {
+        Some(Ok(req)) => Some(format!("{what} (RequestId {req})")),
+        _ => None,
+    })
+    .collect();
+    (!sent.is_empty()).then(|| sent.join(", "))
+}
+
+/// `Drifted`: what differs, what was sent to correct it, and what waits and why.
+fn drift_message(f: &ApplyFacts) -> String {
+    let u = &f.update;
+    let mut msg = format!("the VM differs from the spec: {}", u.diff.describe().join("; "));
+    if let Some(sent) = update_sent(u) {
+        msg.push_str(&format!("; sent {sent}"));
+    }
+    for w in update_plan::pending_words(u) {
+        msg.push_str("; ");
+        msg.push_str(&w);
+    }
+    msg
+}
+
+/// The status fields the update calls of this reconcile change: the tag keys the operator
+/// manages, the VM it stopped and started again, a type refused for good.
+fn update_bookkeeping(f: &ApplyFacts, st: &mut EcsInstanceStatus) {
+    let u = &f.update;
+    if let (Some(Ok(_)), Some(w)) = (&u.tag, &u.wanted) {
+        st.managed_tag_keys = update_plan::with_spec_keys(&st.managed_tag_keys, w);
+    }
+    if let Some(Ok(_)) = &u.untag {
+        st.managed_tag_keys
+            .retain(|k| !u.diff.tags_remove.contains(k));
+    }
+    // Started again (by us now, or by anyone since): nothing to restore any more.
+    let running = matches!(u.vm_status.as_str(), "RUNNING" | "STARTING");
+    if matches!(u.start, Some(Ok(_))) || (running && u.stop.is_none()) {
+        st.stopped_for_update = None;
+    }
+    match (&u.spec, &u.diff.instance_type) {
+        (Some(Err(e)), Some((_, want)))
+            if e.class() == crate::cloud::ErrorClass::Terminal && !update_plan::bad_status(e) =>
+        {
+            st.refused_instance_type = Some(want.clone());
+        }
+        (_, None) => st.refused_instance_type = None,
+        _ => {}
     }
 }
 
@@ -857,11 +1021,150 @@ mod tests {
         let st = EcsInstanceStatus {
             instance_id: Some(ID.into()),
             region: Some("r1".into()),
-            create_hash: Some("other".into()),
+            create_hash: Some("v2:other".into()),
             ..Default::default()
         };
         let d = drift(&o, &st);
         assert_eq!(d.len(), 3, "{d:?}");
         assert!(drift(&obj(Some(ID), false), &st).is_empty());
+        // The mutable fields are not part of the fingerprint: editing them is no drift.
+        let mut o = obj(None, true);
+        let st = EcsInstanceStatus {
+            create_hash: Some(create_spec().fingerprint()),
+            ..Default::default()
+        };
+        if let Some(c) = o.spec.create.as_mut() {
+            c.instance_name = Some("renamed".into());
+            c.instance_type_id = "ecs.g3i.xlarge".into();
+            c.description = Some("d".into());
+            c.tags.insert("team".into(), "b".into());
+        }
+        assert!(drift(&o, &st).is_empty());
+        if let Some(c) = o.spec.create.as_mut() {
+            c.host_name = Some("h".into());
+        }
+        assert_eq!(drift(&o, &st).len(), 1);
+    }
+
+    /// A status written before in-place updates (a fingerprint of the whole spec.create)
+    /// is moved to the new fingerprint, and RunInstances' tags become the managed keys.
+    #[test]
+    fn legacy_fingerprints_are_migrated_not_reported() {
+        let mut o = obj(None, true);
+        if let Some(c) = o.spec.create.as_mut() {
+            c.tags.insert("team".into(), "a".into());
+        }
+        let legacy = o.spec.create.as_ref().unwrap().legacy_fingerprint();
+        o.status = Some(EcsInstanceStatus {
+            instance_id: Some(ID.into()),
+            create_hash: Some(legacy),
+            ..Default::default()
+        });
+        let f = facts(&o);
+        assert!(f.drift.is_empty());
+        assert_eq!(
+            f.status.create_hash,
+            Some(o.spec.create.as_ref().unwrap().fingerprint())
+        );
+        assert_eq!(f.status.managed_tag_keys, vec!["team".to_string()]);
+    }
+
+    /// The apply path hands over to the update planner once the VM is observed and owned,
+    /// and never for an ObserveOnly resource or one with an edited immutable field.
+    #[test]
+    fn updates_follow_observation_and_ownership() {
+        let mut o = obj(None, true);
+        o.status = Some(EcsInstanceStatus {
+            instance_id: Some(ID.into()),
+            create_hash: Some(create_spec().fingerprint()),
+            ..Default::default()
+        });
+        let renamed_of = |o: &EcsInstance| {
+            let mut f = facts(o);
+            let mut vm = inst("RUNNING", None);
+            vm.instance_name = Some("old".into());
+            f.observe(Ok(Some(vm)));
+            f.owned = true;
+            f
+        };
+        let renamed = || renamed_of(&o);
+        let want = ApplyStep::Update {
+            id: ID.into(),
+            step: UpdateStep::ModifyAttribute {
+                name: Some("vm".into()),
+                description: None,
+            },
+        };
+        assert_eq!(plan(&renamed()), want);
+        let mut f = renamed();
+        f.owned = false;
+        assert!(matches!(plan(&f), ApplyStep::EnsureOwned { .. }));
+        let mut f = renamed();
+        f.drift = vec!["spec.create changed".into()];
+        assert_eq!(plan(&f), d(ApplyOutcome::Observed));
+        // Sent: the report says Drifted with the RequestId and looks again soon.
+        let mut f = renamed();
+        f.update.attr = Some(Ok("req-9".into()));
+        assert_eq!(plan(&f), d(ApplyOutcome::Observed));
+        let r = report(&f, ApplyOutcome::Observed);
+        let synced = r.status.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
+        assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("False", "Drifted"));
+        assert!(synced.message.contains(r#"instanceName is "old" on the VM, the spec says "vm""#), "{}", synced.message);
+        assert!(synced.message.contains("ModifyInstanceAttribute (RequestId req-9)"), "{}", synced.message);
+        assert_eq!(r.then, ApplyThen::Poll);
+        assert_eq!(r.drift, Some(vec![Field::InstanceName]));
+        assert!(r.events.iter().any(|e| e.reason == Reason::Drifted && e.warning));
+        // Refused: a failure report (condition, Warning with the code), backoff.
+        let mut f = renamed();
+        f.update.attr = Some(Err(err()));
+        assert_eq!(plan(&f), d(ApplyOutcome::Failed(Call::Update)));
+        let r = report(&f, ApplyOutcome::Failed(Call::Update));
+        assert_eq!(r.then, ApplyThen::Backoff);
+        assert_eq!(r.events[0].action, "ModifyInstanceAttribute");
+        assert!(r.events[0].note.contains("req-e"));
+        // Under Never: reported, nothing sent, looked at again at the resync pace.
+        o.spec.update_policy = Some(crate::api::UpdatePolicy::Never);
+        let f = renamed_of(&o);
+        assert_eq!(plan(&f), d(ApplyOutcome::Observed));
+        let r = report(&f, ApplyOutcome::Observed);
+        assert_eq!(r.then, ApplyThen::Resync);
+        let synced = r.status.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
+        assert!(synced.message.contains("Never"), "{}", synced.message);
+        // ObserveOnly: nothing is managed, nothing drifts.
+        o.spec.update_policy = None;
+        o.spec.management_policy = Some(crate::api::ManagementPolicy::ObserveOnly);
+        let f = renamed_of(&o);
+        assert!(f.update.diff.is_empty());
+    }
+
+    /// The status bookkeeping of the restart flow.
+    #[test]
+    fn restart_bookkeeping() {
+        let mut f = seen("STOPPED");
+        f.status.stopped_for_update = Some(true);
+        f.update.vm_status = "STOPPED".into();
+        f.update.start = Some(Ok("r".into()));
+        let r = report(&f, ApplyOutcome::Observed);
+        assert_eq!(r.status.stopped_for_update, None, "started: nothing to restore");
+        let mut f = seen("RUNNING");
+        f.status.stopped_for_update = Some(true);
+        f.update.vm_status = "RUNNING".into();
+        f.update.stop = Some(Ok("r".into()));
+        let r = report(&f, ApplyOutcome::Observed);
+        assert_eq!(r.status.stopped_for_update, Some(true), "stop just sent: keep");
+        assert_eq!(r.then, ApplyThen::Poll);
+        let mut f = seen("STOPPED");
+        f.update.vm_status = "STOPPED".into();
+        f.update.diff.instance_type = Some(("a".into(), "b".into()));
+        f.update.spec = Some(Err(CloudError::Api {
+            action: CloudAction::ModifyInstanceSpec,
+            code: "InvalidInstanceTypeId.Malformed".into(),
+            code_n: None,
+            message: "m".into(),
+            status: 400,
+            request_id: "r".into(),
+        }));
+        let r = report(&f, ApplyOutcome::Failed(Call::Update));
+        assert_eq!(r.status.refused_instance_type.as_deref(), Some("b"));
     }
 }

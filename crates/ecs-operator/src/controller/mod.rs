@@ -5,6 +5,7 @@ pub mod apply_plan;
 pub mod backoff;
 pub mod batch;
 pub mod cleanup;
+pub mod connection_info;
 pub mod delete;
 pub mod delete_plan;
 pub mod events;
@@ -17,6 +18,8 @@ pub mod reasons;
 pub mod reconcile;
 pub mod status;
 pub mod termination;
+pub mod update;
+pub mod update_plan;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -80,6 +83,8 @@ pub struct Context {
     pub backoff: Backoff,
     /// Resources that are paused or ObserveOnly (`ecs_operator_resources_unmanaged`).
     unmanaged: std::sync::Mutex<HashMap<String, Unmanaged>>,
+    /// The managed fields each resource's VM differs in (`ecs_operator_resources_drifted`).
+    drifted: std::sync::Mutex<HashMap<String, Vec<update_plan::Field>>>,
     pub settings: Settings,
     /// Closes when this replica loses (or cannot renew) its Lease: every cloud mutation
     /// is refused from then on and in-flight reconciles are cancelled.
@@ -137,6 +142,7 @@ impl Context {
             recorder,
             metrics,
             unmanaged: std::sync::Mutex::new(HashMap::new()),
+            drifted: std::sync::Mutex::new(HashMap::new()),
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
             settings,
             gate,
@@ -185,6 +191,34 @@ impl Context {
             self.metrics
                 .resources_unmanaged(count(Unmanaged::Paused), count(Unmanaged::ObserveOnly));
         }
+    }
+
+    /// Records the fields a resource's VM differs in (empty: in sync, or the resource is
+    /// gone) and updates the gauge and the counter.
+    pub fn note_drift(&self, uid: &str, fields: &[update_plan::Field]) {
+        let mut m = match self.drifted.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let before = m.get(uid).cloned().unwrap_or_default();
+        if before == fields {
+            return;
+        }
+        let new: Vec<&'static str> = fields
+            .iter()
+            .filter(|f| !before.contains(f))
+            .map(|f| f.as_str())
+            .collect();
+        if fields.is_empty() {
+            m.remove(uid);
+        } else {
+            m.insert(uid.to_string(), fields.to_vec());
+        }
+        let counts: Vec<(&'static str, i64)> = update_plan::Field::ALL
+            .iter()
+            .map(|f| (f.as_str(), m.values().filter(|v| v.contains(f)).count() as i64))
+            .collect();
+        self.metrics.drift(&counts, &new);
     }
 
     /// Every EcsInstance in the cluster, all namespaces: the cluster-wide watch cache once it

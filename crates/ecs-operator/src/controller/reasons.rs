@@ -63,6 +63,11 @@ pub enum Reason {
     AccountNotReady,
     Paused,
     ObserveOnly,
+    // In-place updates and outputs.
+    Drifted,
+    Updated,
+    ConnectionInfoConflict,
+    ConnectionInfoFailed,
 }
 
 impl Reason {
@@ -121,6 +126,10 @@ impl Reason {
             AccountNotReady => "AccountNotReady",
             Paused => "Paused",
             ObserveOnly => "ObserveOnly",
+            Drifted => "Drifted",
+            Updated => "Updated",
+            ConnectionInfoConflict => "ConnectionInfoConflict",
+            ConnectionInfoFailed => "ConnectionInfoFailed",
         }
     }
 
@@ -237,6 +246,9 @@ mod tests {
             (AccountNotReady, "AccountNotReady"),
             (Paused, "Paused"),
             (ObserveOnly, "ObserveOnly"),
+            (Drifted, "Drifted"),
+            (Updated, "Updated"),
+            (ConnectionInfoConflict, "ConnectionInfoConflict"),
         ];
         for (r, s) in rows {
             assert_eq!(r.as_str(), s);

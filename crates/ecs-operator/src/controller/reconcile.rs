@@ -47,6 +47,7 @@ async fn route(obj: &EcsInstance, ctx: &Arc<Context>) -> Result<Action, Error> {
         // Without our finalizer the deletion is not ours to act on (it was released already).
         return if has {
             ctx.note_unmanaged(&obj.uid().unwrap_or_default(), unmanaged(obj));
+            ctx.note_drift(&obj.uid().unwrap_or_default(), &[]);
             delete::run(obj, ctx).await
         } else {
             Ok(Action::await_change())

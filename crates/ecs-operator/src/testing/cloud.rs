@@ -33,6 +33,15 @@ pub struct Vm {
     /// Visibility lag: the next `hidden_for` calls that would see it (DescribeInstances, and
     /// DeleteInstances by ID) do not.
     pub hidden_for: u32,
+    /// Name, description and instance type (the fields in-place updates change).
+    pub attrs: VmAttrs,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmAttrs {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub instance_type: Option<String>,
 }
 
 impl Vm {
@@ -44,6 +53,7 @@ impl Vm {
             deletion_protection: false,
             prepaid: false,
             hidden_for: 0,
+            attrs: VmAttrs::default(),
         }
     }
 
@@ -61,6 +71,9 @@ impl Vm {
             tags: self.tags.clone(),
             deletion_protection: Some(self.deletion_protection),
             instance_charge_type: Some(if self.prepaid { "PrePaid" } else { "PostPaid" }.into()),
+            instance_name: self.attrs.name.clone(),
+            description: self.attrs.description.clone(),
+            instance_type_id: self.attrs.instance_type.clone(),
             ..Default::default()
         }
     }
@@ -329,6 +342,46 @@ impl FakeCloud {
     }
 }
 
+impl FakeCloud {
+    /// Stop or start: per ID, `from` -> `to`, else an `InvalidInstanceStatus` detail.
+    fn power<'a>(
+        &'a self,
+        action: Action,
+        instance_ids: Vec<String>,
+        client_token: String,
+        from: &'static str,
+        to: &'static str,
+    ) -> CloudFuture<'a, Vec<OperationDetail>> {
+        let mut p = crate::cloud::model::Params::new();
+        p.list("InstanceIds", &instance_ids);
+        let exec = |st: &mut CloudState, _: usize| {
+            let details = instance_ids
+                .iter()
+                .map(|id| {
+                    let error = match st.visible(id) {
+                        Some(vm) if vm.status == from => {
+                            vm.status = to.to_string();
+                            None
+                        }
+                        Some(_) => Some(BAD_STATUS),
+                        None => Some(NOT_FOUND),
+                    };
+                    OperationDetail {
+                        instance_id: id.clone(),
+                        error: error.map(|code| OperationError {
+                            code: code.to_string(),
+                            message: code.to_string(),
+                        }),
+                    }
+                })
+                .collect();
+            Ok(details)
+        };
+        let token = Some(client_token);
+        ready(self.call(action, p.into_vec(), token, exec, |_| None, |_| None))
+    }
+}
+
 fn lost(action: Action) -> CloudError {
     CloudError::Timeout {
         action,
@@ -447,6 +500,11 @@ impl Cloud for FakeCloud {
                     deletion_protection: req.deletion_protection.unwrap_or(false),
                     prepaid: req.instance_charge_type.as_deref() == Some("PrePaid"),
                     hidden_for: st.lag_new_vms,
+                    attrs: VmAttrs {
+                        name: Some(req.instance_name.clone()),
+                        description: req.description.clone(),
+                        instance_type: Some(req.instance_type_id.clone()),
+                    },
                 },
             );
             Ok(vec![id])
@@ -483,6 +541,83 @@ impl Cloud for FakeCloud {
             None => Err(api_error(action, 404, NOT_FOUND)),
         };
         ready(self.call(action, params, None, exec, |_| None, |_| None))
+    }
+
+    fn modify_instance_attribute<'a>(
+        &'a self,
+        _region: &'a str,
+        instance_id: String,
+        name: Option<String>,
+        description: Option<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, ()> {
+        let mut p = crate::cloud::model::Params::new();
+        p.set("InstanceId", &instance_id);
+        if let Some(n) = &name {
+            p.set("InstanceName", n);
+        }
+        if let Some(d) = &description {
+            p.set("Description", d);
+        }
+        let action = Action::ModifyInstanceAttribute;
+        let exec = |st: &mut CloudState, _: usize| match st.visible(&instance_id) {
+            Some(vm) => {
+                if let Some(n) = name {
+                    vm.attrs.name = Some(n);
+                }
+                if let Some(d) = description {
+                    vm.attrs.description = Some(d);
+                }
+                Ok(())
+            }
+            None => Err(api_error(action, 404, NOT_FOUND)),
+        };
+        let token = Some(client_token);
+        ready(self.call(action, p.into_vec(), token, exec, |_| None, |_| None))
+    }
+
+    /// The VM must be STOPPED (as the emulator, after Terraform's stop-first sequence).
+    fn modify_instance_spec<'a>(
+        &'a self,
+        _region: &'a str,
+        instance_id: String,
+        instance_type_id: String,
+        client_token: String,
+    ) -> CloudFuture<'a, String> {
+        let params = vec![
+            ("InstanceId".to_string(), instance_id.clone()),
+            ("InstanceTypeId".to_string(), instance_type_id.clone()),
+        ];
+        let action = Action::ModifyInstanceSpec;
+        let exec = |st: &mut CloudState, _: usize| match st.visible(&instance_id) {
+            Some(vm) if vm.status == "STOPPED" => {
+                vm.attrs.instance_type = Some(instance_type_id);
+                Ok("order-fake".to_string())
+            }
+            Some(_) => Err(api_error(action, 400, BAD_STATUS)),
+            None => Err(api_error(action, 404, NOT_FOUND)),
+        };
+        let token = Some(client_token);
+        ready(self.call(action, params, token, exec, |_| None, |_| None))
+    }
+
+    /// RUNNING -> STOPPED at once (a fake has no clock); otherwise `InvalidInstanceStatus`.
+    fn stop_instances<'a>(
+        &'a self,
+        _region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>> {
+        self.power(Action::StopInstances, instance_ids, client_token, "RUNNING", "STOPPED")
+    }
+
+    fn start_instances<'a>(
+        &'a self,
+        _region: &'a str,
+        instance_ids: Vec<String>,
+        client_token: String,
+    ) -> CloudFuture<'a, Vec<OperationDetail>> {
+        self.power(Action::StartInstances, instance_ids, client_token, "STOPPED", "RUNNING")
     }
 
     fn untag_instances<'a>(
