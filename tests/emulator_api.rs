@@ -1197,3 +1197,301 @@ async fn a_fault_with_an_account_applies_only_there() {
         assert_eq!(s, 500);
     }
 }
+
+/// The console's and the cloud's changes through `PATCH /_emulator/instances/{id}`:
+/// description, type, private and public IP as DescribeInstances then shows them, and
+/// `Hold` keeping a VM in STOPPING until a later patch.
+#[tokio::test]
+async fn admin_patch_models_console_changes_and_holds_a_status() {
+    let emu = start(Delays {
+        create_ms: 0,
+        stop_ms: 200,
+        start_ms: 0,
+        delete_ms: 0,
+    })
+    .await;
+    let (s, v) = emu
+        .admin(
+            "POST",
+            "instances",
+            Some(json!({"InstanceId": "i-console"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = emu
+        .admin(
+            "PATCH",
+            "instances/i-console",
+            Some(
+                json!({"Description": "changed in the console", "InstanceTypeId": "ecs.g3i.xlarge",
+                "PrivateIp": "10.0.3.7", "PublicIp": "203.0.113.9"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let described = |v: &Value| v["Result"]["Instances"][0].clone();
+    let (_, d) = emu
+        .get(&[
+            ("Action", "DescribeInstances"),
+            ("Version", "2020-04-01"),
+            ("InstanceIds.1", "i-console"),
+        ])
+        .await;
+    let i = described(&d);
+    assert_eq!(i["Description"], "changed in the console", "{i}");
+    assert_eq!(i["InstanceTypeId"], "ecs.g3i.xlarge");
+    assert_eq!(i["NetworkInterfaces"][0]["PrimaryIpAddress"], "10.0.3.7");
+    assert_eq!(i["NetworkInterfaces"][0]["Type"], "primary");
+    assert_eq!(i["EipAddress"]["IpAddress"], "203.0.113.9");
+    let alloc = i["EipAddress"]["AllocationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(alloc.starts_with("eip-"), "{i}");
+
+    // A new address keeps the EIP's AllocationId; "" removes the EIP.
+    let (_, v) = emu
+        .admin(
+            "PATCH",
+            "instances/i-console",
+            Some(json!({"PublicIp": "203.0.113.10"})),
+        )
+        .await;
+    assert_eq!(
+        v["EipAddress"],
+        json!({"AllocationId": alloc, "IpAddress": "203.0.113.10"})
+    );
+    let (_, v) = emu
+        .admin(
+            "PATCH",
+            "instances/i-console",
+            Some(json!({"PublicIp": ""})),
+        )
+        .await;
+    assert!(v.get("EipAddress").is_none(), "{v}");
+    for bad in [
+        json!({"PrivateIp": "10.0.3"}),
+        json!({"PublicIp": "not an ip"}),
+        json!({"private_ip": "10.0.3.8"}),
+    ] {
+        let (s, v) = emu
+            .admin("PATCH", "instances/i-console", Some(bad.clone()))
+            .await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let (_, v) = emu.admin("GET", "instances/i-console", None).await;
+    assert_eq!(
+        v["NetworkInterfaces"][0]["PrimaryIpAddress"], "10.0.3.7",
+        "a refused patch changes nothing"
+    );
+
+    // Held: STOPPING outlasts stop_ms until a patch sets another status.
+    let (_, v) = emu
+        .admin(
+            "PATCH",
+            "instances/i-console",
+            Some(json!({"Status": "STOPPING", "Hold": true})),
+        )
+        .await;
+    assert_eq!(v["Status"], "STOPPING");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, v) = emu.admin("GET", "instances/i-console", None).await;
+    assert_eq!(v["Status"], "STOPPING", "held past stop_ms");
+    let (_, v) = emu
+        .admin(
+            "PATCH",
+            "instances/i-console",
+            Some(json!({"Description": ""})),
+        )
+        .await;
+    assert_eq!(
+        (&v["Status"], &v["Description"]),
+        (&json!("STOPPING"), &json!(""))
+    );
+    let (_, v) = emu
+        .admin(
+            "PATCH",
+            "instances/i-console",
+            Some(json!({"Status": "STOPPED"})),
+        )
+        .await;
+    assert_eq!(v["Status"], "STOPPED");
+
+    // Hold without Status freezes a transition StopInstances started.
+    emu.admin(
+        "PATCH",
+        "instances/i-console",
+        Some(json!({"Status": "RUNNING"})),
+    )
+    .await;
+    let (s, v) = emu
+        .get(&[
+            ("Action", "StopInstances"),
+            ("Version", "2020-04-01"),
+            ("InstanceIds.1", "i-console"),
+        ])
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, v) = emu
+        .admin("PATCH", "instances/i-console", Some(json!({"Hold": true})))
+        .await;
+    assert_eq!(v["Status"], "STOPPING");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, v) = emu.admin("GET", "instances/i-console", None).await;
+    assert_eq!(v["Status"], "STOPPING");
+    // Unheld by a patch with a status that runs its delay.
+    emu.admin(
+        "PATCH",
+        "instances/i-console",
+        Some(json!({"Status": "STOPPING"})),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, v) = emu.admin("GET", "instances/i-console", None).await;
+    assert_eq!(v["Status"], "STOPPED");
+}
+
+/// ModifyInstanceSpec over the wire: the admin-configured unavailable types, and ClientToken
+/// replay for it and for StopInstances/StartInstances as for DeleteInstances (a re-sent token
+/// answers the recorded result and applies nothing; other parameters with it are refused).
+#[tokio::test]
+async fn modify_spec_and_stop_start_honour_client_tokens() {
+    let emu = start(Delays::ZERO).await;
+    emu.admin("POST", "instances", Some(json!({"InstanceId": "i-spec"})))
+        .await;
+    let call = |action: &'static str, extra: Vec<(&'static str, &'static str)>| {
+        let mut p = vec![("Action", action), ("Version", "2020-04-01")];
+        p.extend(extra);
+        p
+    };
+    let stop = call(
+        "StopInstances",
+        vec![
+            ("InstanceIds.1", "i-spec"),
+            ("StoppedMode", "KeepCharging"),
+            ("ClientToken", "stop-1"),
+        ],
+    );
+    let (s, first) = emu.get(&stop).await;
+    assert_eq!(s, 200, "{first}");
+    // Stopped already: executed again it would fail InvalidInstanceStatus; replayed, it is OK.
+    let (s, again) = emu.get(&stop).await;
+    assert_eq!(s, 200);
+    assert_eq!(again["Result"], first["Result"]);
+    let bad_mode = call(
+        "StopInstances",
+        vec![
+            ("InstanceIds.1", "i-spec"),
+            ("StoppedMode", "Hibernate"),
+            ("ClientToken", "stop-2"),
+        ],
+    );
+    let (s, v) = emu.get(&bad_mode).await;
+    assert_eq!((s, code(&v)), (400, "InvalidStoppedMode.Malformed"));
+
+    let (_, cfg) = emu
+        .admin(
+            "PUT",
+            "config",
+            Some(json!({"unavailable_instance_types": ["ecs.g3i.8xlarge"]})),
+        )
+        .await;
+    assert_eq!(
+        cfg["unavailable_instance_types"],
+        json!(["ecs.g3i.8xlarge"])
+    );
+    let (s, v) = emu
+        .get(&call(
+            "ModifyInstanceSpec",
+            vec![
+                ("InstanceId", "i-spec"),
+                ("InstanceTypeId", "ecs.g3i.8xlarge"),
+                ("ClientToken", "spec-0"),
+            ],
+        ))
+        .await;
+    assert_eq!((s, code(&v)), (400, "ResourceNotFound.InstanceType"));
+
+    let spec = call(
+        "ModifyInstanceSpec",
+        vec![
+            ("InstanceId", "i-spec"),
+            ("InstanceTypeId", "ecs.g3i.xlarge"),
+            ("ClientToken", "spec-1"),
+        ],
+    );
+    let (s, first) = emu.get(&spec).await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["Result"]["InstanceId"], "i-spec");
+    assert!(first["Result"]["OrderId"]
+        .as_str()
+        .unwrap()
+        .starts_with("Order"));
+    // The console changes the type back; the re-sent token must not apply again.
+    emu.admin(
+        "PATCH",
+        "instances/i-spec",
+        Some(json!({"InstanceTypeId": "ecs.g3i.large"})),
+    )
+    .await;
+    let (s, again) = emu.get(&spec).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        again["Result"], first["Result"],
+        "the recorded answer, same OrderId"
+    );
+    let (_, v) = emu.admin("GET", "instances/i-spec", None).await;
+    assert_eq!(
+        v["InstanceTypeId"], "ecs.g3i.large",
+        "a replay applies nothing"
+    );
+    let other = call(
+        "ModifyInstanceSpec",
+        vec![
+            ("InstanceId", "i-spec"),
+            ("InstanceTypeId", "ecs.g3i.2xlarge"),
+            ("ClientToken", "spec-1"),
+        ],
+    );
+    let (s, v) = emu.get(&other).await;
+    assert_eq!((s, code(&v)), (400, "IdempotentParameterMismatch"));
+
+    let start_call = call(
+        "StartInstances",
+        vec![("InstanceIds.1", "i-spec"), ("ClientToken", "start-1")],
+    );
+    let (s, first) = emu.get(&start_call).await;
+    assert_eq!(s, 200, "{first}");
+    assert!(
+        first["Result"]["OperationDetails"][0]["Error"].is_null(),
+        "{first}"
+    );
+    let (_, again) = emu.get(&start_call).await;
+    assert_eq!(
+        again["Result"], first["Result"],
+        "RUNNING now, yet the recorded OK"
+    );
+    let (_, v) = emu.admin("GET", "instances/i-spec", None).await;
+    assert_eq!(v["Status"], "RUNNING");
+    // RUNNING: ModifyInstanceSpec is refused.
+    let (s, v) = emu
+        .get(&call(
+            "ModifyInstanceSpec",
+            vec![
+                ("InstanceId", "i-spec"),
+                ("InstanceTypeId", "ecs.g3i.2xlarge"),
+            ],
+        ))
+        .await;
+    assert_eq!((s, code(&v)), (400, "InvalidInstanceStatus"));
+    let (_, calls) = emu
+        .admin("GET", "calls?action=ModifyInstanceSpec", None)
+        .await;
+    let replayed: Vec<bool> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["replayed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(replayed, [false, false, true, false, false]);
+}

@@ -260,3 +260,123 @@ func TestCallLevelErrorsCarryCodeStatusAndRequestId(t *testing.T) {
 		t.Fatalf("51 ResourceIds: %#v", err)
 	}
 }
+
+// apiCode is the error code of a failed call, "" for none (and for an error that is not
+// the API's).
+func apiCode(err error) string {
+	if rf, ok := err.(volcengineerr.RequestFailure); ok {
+		return rf.Code()
+	}
+	return ""
+}
+
+func tagsOf(i *ecs.InstanceForDescribeInstancesOutput) map[string]string {
+	m := map[string]string{}
+	for _, t := range i.Tags {
+		m[volcengine.StringValue(t.Key)] = volcengine.StringValue(t.Value)
+	}
+	return m
+}
+
+// The in-place update as the operator drives it (docs/ecs-update-api.md): name and
+// description without a stop, user tags added and removed, and a type change on a VM
+// stopped with KeepCharging, then started again.
+func TestInPlaceUpdateAsTheOperatorDrivesIt(t *testing.T) {
+	c := client(t, sk)
+	id := runOne(t, c, "go-upd", map[string]string{"owner": "go sdk"})
+	waitFor(t, "RUNNING", func() bool { return *describe(t, c, id)[0].Status == "RUNNING" })
+
+	// Name and description: one ModifyInstanceAttribute, the VM keeps running.
+	if _, err := c.ModifyInstanceAttribute(&ecs.ModifyInstanceAttributeInput{
+		InstanceId: volcengine.String(id), InstanceName: volcengine.String("go-upd-renamed"),
+		Description: volcengine.String("web tier, owner=go sdk"), ClientToken: volcengine.String("go-attr-1")}); err != nil {
+		t.Fatalf("ModifyInstanceAttribute: %v", err)
+	}
+	inst := describe(t, c, id)[0]
+	if volcengine.StringValue(inst.InstanceName) != "go-upd-renamed" ||
+		volcengine.StringValue(inst.Description) != "web tier, owner=go sdk" || *inst.Status != "RUNNING" {
+		t.Fatalf("after ModifyInstanceAttribute: %v", inst)
+	}
+	_, err := c.ModifyInstanceAttribute(&ecs.ModifyInstanceAttributeInput{
+		InstanceId: volcengine.String(id), Description: volcengine.String("1 starts with a digit")})
+	if apiCode(err) != "InvalidDescription.Malformed" {
+		t.Fatalf("a malformed Description: %v", err)
+	}
+
+	// User tags: TagResources adds (and overwrites), UntagResources removes.
+	if _, err := c.TagResources(&ecs.TagResourcesInput{
+		ResourceIds: volcengine.StringSlice([]string{id}), ResourceType: volcengine.String("instance"),
+		Tags: []*ecs.TagForTagResourcesInput{
+			{Key: volcengine.String("env"), Value: volcengine.String("dev")},
+			{Key: volcengine.String("team"), Value: volcengine.String("go")}}}); err != nil {
+		t.Fatalf("TagResources: %v", err)
+	}
+	want := map[string]string{"owner": "go sdk", "env": "dev", "team": "go"}
+	if got := tagsOf(describe(t, c, id)[0]); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("tags after TagResources: %v, want %v", got, want)
+	}
+	if _, err := c.UntagResources(&ecs.UntagResourcesInput{
+		ResourceIds: volcengine.StringSlice([]string{id}), ResourceType: volcengine.String("instance"),
+		TagKeys: volcengine.StringSlice([]string{"env", "team"})}); err != nil {
+		t.Fatalf("UntagResources: %v", err)
+	}
+	want = map[string]string{"owner": "go sdk"}
+	if got := tagsOf(describe(t, c, id)[0]); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("tags after UntagResources: %v, want %v", got, want)
+	}
+
+	// A RUNNING VM's type is not changed.
+	_, err = c.ModifyInstanceSpec(&ecs.ModifyInstanceSpecInput{
+		InstanceId: volcengine.String(id), InstanceTypeId: volcengine.String("ecs.g3i.xlarge")})
+	if rf, ok := err.(volcengineerr.RequestFailure); !ok || rf.Code() != "InvalidInstanceStatus" || rf.StatusCode() != 400 {
+		t.Fatalf("ModifyInstanceSpec on a RUNNING VM: %#v", err)
+	}
+
+	stop, err := c.StopInstances(&ecs.StopInstancesInput{
+		InstanceIds: volcengine.StringSlice([]string{id}), StoppedMode: volcengine.String("KeepCharging"),
+		ClientToken: volcengine.String("go-upd-stop")})
+	if err != nil || len(stop.OperationDetails) != 1 || stop.OperationDetails[0].Error != nil {
+		t.Fatalf("StopInstances: %v %v", stop, err)
+	}
+	waitFor(t, "STOPPED", func() bool { return *describe(t, c, id)[0].Status == "STOPPED" })
+
+	_, err = c.ModifyInstanceSpec(&ecs.ModifyInstanceSpecInput{
+		InstanceId: volcengine.String(id), InstanceTypeId: volcengine.String("ecs.g3i.xlarge"),
+		DryRun: volcengine.Bool(true)})
+	if apiCode(err) != "DryRunOperation" {
+		t.Fatalf("ModifyInstanceSpec DryRun: %v", err)
+	}
+	if got := volcengine.StringValue(describe(t, c, id)[0].InstanceTypeId); got != "ecs.g3i.large" {
+		t.Fatalf("DryRun changed the type to %s", got)
+	}
+	spec, err := c.ModifyInstanceSpec(&ecs.ModifyInstanceSpecInput{
+		InstanceId: volcengine.String(id), InstanceTypeId: volcengine.String("ecs.g3i.xlarge"),
+		ClientToken: volcengine.String("go-upd-spec")})
+	if err != nil {
+		t.Fatalf("ModifyInstanceSpec: %v", err)
+	}
+	if volcengine.StringValue(spec.InstanceId) != id || volcengine.StringValue(spec.OrderId) == "" {
+		t.Fatalf("ModifyInstanceSpec output: %v", spec)
+	}
+	inst = describe(t, c, id)[0]
+	if volcengine.StringValue(inst.InstanceTypeId) != "ecs.g3i.xlarge" || *inst.Status != "STOPPED" {
+		t.Fatalf("after ModifyInstanceSpec: %v", inst)
+	}
+	// The same ClientToken again: the recorded answer, the same order.
+	again, err := c.ModifyInstanceSpec(&ecs.ModifyInstanceSpecInput{
+		InstanceId: volcengine.String(id), InstanceTypeId: volcengine.String("ecs.g3i.xlarge"),
+		ClientToken: volcengine.String("go-upd-spec")})
+	if err != nil || volcengine.StringValue(again.OrderId) != volcengine.StringValue(spec.OrderId) {
+		t.Fatalf("replayed ModifyInstanceSpec: %v %v", again, err)
+	}
+
+	start, err := c.StartInstances(&ecs.StartInstancesInput{
+		InstanceIds: volcengine.StringSlice([]string{id}), ClientToken: volcengine.String("go-upd-start")})
+	if err != nil || len(start.OperationDetails) != 1 || start.OperationDetails[0].Error != nil {
+		t.Fatalf("StartInstances: %v %v", start, err)
+	}
+	waitFor(t, "RUNNING again", func() bool { return *describe(t, c, id)[0].Status == "RUNNING" })
+	if got := volcengine.StringValue(describe(t, c, id)[0].InstanceTypeId); got != "ecs.g3i.xlarge" {
+		t.Fatalf("type after the start: %s", got)
+	}
+}

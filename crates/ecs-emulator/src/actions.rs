@@ -6,8 +6,9 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use volcengine_ecs::model::{
-    Action, DescribeInstancesResult, EmptyResult, Instance, NetworkInterface, OperationDetail,
-    OperationDetailsResult, OperationError, RunInstancesResult, Tag, VolumeRef,
+    Action, DescribeInstancesResult, EmptyResult, Instance, ModifyInstanceSpecResult,
+    NetworkInterface, OperationDetail, OperationDetailsResult, OperationError, RunInstancesResult,
+    Tag, VolumeRef,
 };
 
 use super::faults::DetailOverrides;
@@ -33,6 +34,9 @@ pub(crate) struct Ctx<'a> {
     /// Whether an instance ID is in use in another account (IDs are global; the store is
     /// the calling account's only).
     pub id_taken: &'a dyn Fn(&str) -> bool,
+    /// Instance types ModifyInstanceSpec refuses as unavailable (admin config
+    /// `unavailable_instance_types`).
+    pub unavailable_types: &'a [String],
 }
 
 /// `Ctx::id_taken` when there are no other accounts.
@@ -111,6 +115,7 @@ pub(crate) fn dispatch(
         Action::ModifyInstanceAttribute => modify(store, ctx, p),
         Action::UntagResources => untag(store, ctx, p),
         Action::TagResources => tag(store, ctx, p),
+        Action::ModifyInstanceSpec => modify_spec(store, ctx, p),
     }
 }
 
@@ -591,6 +596,10 @@ fn modify(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError
     if name.is_some_and(|n| !valid_instance_name(n)) {
         return Err(ApiError::malformed("InstanceName"));
     }
+    let description = p.get("Description");
+    if description.is_some_and(|d| !valid_description(d)) {
+        return Err(ApiError::malformed("Description"));
+    }
     let now = ctx.now;
     let r = find(store, ctx, id)?;
     if r.inst.status == state::DELETING {
@@ -602,11 +611,98 @@ fn modify(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError
     if let Some(n) = name {
         r.inst.instance_name = Some(n.to_string());
     }
-    if let Some(d) = p.get("Description") {
+    // An empty Description clears it (doc 92110); an absent one keeps it.
+    if let Some(d) = description {
         r.inst.description = Some(d.to_string());
     }
     r.inst.updated_at = Some(rfc3339(now));
     Ok(done(EmptyResult {}))
+}
+
+/// An instance description as ModifyInstanceAttribute documents it (docs 6396/92110, and
+/// RunInstances 6396/76275 alike): empty (clears it), or starting with a letter (Chinese
+/// included), then letters, digits, `. _ - =`, space, `,`, `，` and `。`; at most 255
+/// characters.
+fn valid_description(d: &str) -> bool {
+    if d.is_empty() {
+        return true;
+    }
+    let mut chars = d.chars();
+    chars.next().is_some_and(char::is_alphabetic)
+        && d.chars().count() <= 255
+        && chars.all(|c| {
+            c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '=' | ' ' | ',' | '，' | '。')
+        })
+}
+
+/// An instance type as Volcengine names them: `ecs.<family>.<size>` (`ecs.g3i.large`,
+/// `ecs.t5-c1m1.large`): `ecs.` then at least two dot-separated parts of lower-case
+/// letters, digits and `-`.
+fn valid_instance_type(t: &str) -> bool {
+    let Some(rest) = t.strip_prefix("ecs.") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('.').collect();
+    parts.len() >= 2
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
+/// `OrderId` of ModifyInstanceSpec, shaped like the documented sample
+/// (`Order7021038849342******`): `Order` and 19 digits.
+fn new_order_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let digits: String = (0..19)
+        .map(|_| char::from(b'0' + rng.random_range(0..10u8)))
+        .collect();
+    format!("Order{digits}")
+}
+
+/// ModifyInstanceSpec (docs 6396/76277; BytePlus ModifyInstanceSpec). Checks, in order:
+/// `MissingParameter.InstanceId`; `MissingParameter.InstanceTypeId` (`InstanceType`, which
+/// Terraform sends, is accepted in its place; `InstanceTypeId` wins when both are given);
+/// `InvalidInstanceTypeId.Malformed` (chosen); `InvalidInstance.NotFound`;
+/// `InvalidInstanceStatus` unless STOPPED (chosen: the precondition is not documented);
+/// the current type again is a no-op success; `ResourceNotFound.InstanceType` for a type
+/// in `unavailable_instance_types` (chosen); then `DryRunOperation` for `DryRun=true`.
+fn modify_spec(store: &mut Store, ctx: &Ctx<'_>, p: &Params) -> Result<Done, ApiError> {
+    let id = p.require("InstanceId")?;
+    let itype = p
+        .non_empty("InstanceTypeId")
+        .or_else(|| p.non_empty("InstanceType"))
+        .ok_or_else(|| ApiError::missing("InstanceTypeId"))?;
+    if !valid_instance_type(itype) {
+        return Err(ApiError::malformed("InstanceTypeId"));
+    }
+    // A malformed DryRun is refused before anything is looked up.
+    p.bool("DryRun")?;
+    let now = ctx.now;
+    let r = find(store, ctx, id)?;
+    if r.inst.status != state::STOPPED {
+        return Err(ApiError::bad_status());
+    }
+    let same = r.inst.instance_type_id.as_deref() == Some(itype);
+    if !same && ctx.unavailable_types.iter().any(|t| t == itype) {
+        return Err(ApiError::new(
+            400,
+            "ResourceNotFound.InstanceType",
+            format!("The instance type {itype} is not available."),
+        ));
+    }
+    dry_run(p)?;
+    if !same {
+        r.inst.instance_type_id = Some(itype.to_string());
+        r.inst.updated_at = Some(rfc3339(now));
+    }
+    Ok(done(ModifyInstanceSpecResult {
+        instance_id: id.to_string(),
+        order_id: new_order_id(),
+    }))
 }
 
 /// The `Result` of TagResources and UntagResources: the documented sample (docs 6396/1394799)
@@ -723,6 +819,7 @@ mod tests {
             tag_filter_limit: 0,
             revert_deletions: false,
             id_taken: &no_other_ids,
+            unavailable_types: &[],
         }
     }
 
@@ -1057,6 +1154,274 @@ mod tests {
         let d = dispatch(&mut s, &ctx(later), Action::DeleteInstances, &del).unwrap();
         assert_eq!(d.instance_codes, vec!["OK"]);
         assert_eq!(s.deletions().len(), 1);
+    }
+
+    fn spec_code(s: &mut Store, cx: &Ctx<'_>, q: &str) -> String {
+        dispatch(s, cx, Action::ModifyInstanceSpec, &p(q))
+            .map(|_| "OK".to_string())
+            .unwrap_or_else(|e| e.code)
+    }
+
+    fn type_of(s: &mut Store, id: &str) -> Option<String> {
+        s.get_mut(id, Timestamp::now())
+            .unwrap()
+            .inst
+            .instance_type_id
+            .clone()
+    }
+
+    fn stop(s: &mut Store, id: &str) {
+        let q = p(&format!("InstanceIds.1={id}&StoppedMode=KeepCharging"));
+        let d = dispatch(s, &ctx(Timestamp::now()), Action::StopInstances, &q).unwrap();
+        assert_eq!(d.instance_codes, ["OK"]);
+    }
+
+    #[test]
+    fn modify_spec_checks_its_parameters_status_and_type() {
+        let mut s = Store::default();
+        let a = run(&mut s, "");
+        let cx = ctx(Timestamp::now());
+        let code = |s: &mut Store, q: &str| spec_code(s, &cx, q);
+        assert_eq!(
+            code(&mut s, "InstanceTypeId=ecs.g3i.xlarge"),
+            "MissingParameter.InstanceId"
+        );
+        assert_eq!(
+            code(&mut s, &format!("InstanceId={a}")),
+            "MissingParameter.InstanceTypeId"
+        );
+        assert_eq!(
+            code(&mut s, &format!("InstanceId={a}&InstanceTypeId=")),
+            "MissingParameter.InstanceTypeId"
+        );
+        for bad in [
+            "g3i.large",
+            "ecs.g3i",
+            "ecs.G3i.large",
+            "ecs..large",
+            "ecs.g3i.large.",
+            "ecs.g3i.lar_ge",
+            "ecs.g3i.large ",
+        ] {
+            let q = format!("InstanceId={a}&InstanceTypeId={}", bad.replace(' ', "%20"));
+            assert_eq!(code(&mut s, &q), "InvalidInstanceTypeId.Malformed", "{bad}");
+        }
+        assert_eq!(
+            code(&mut s, "InstanceId=i-nope&InstanceTypeId=ecs.g3i.xlarge"),
+            "InvalidInstance.NotFound"
+        );
+        assert_eq!(
+            code(
+                &mut s,
+                &format!("InstanceId={a}&InstanceTypeId=ecs.g3i.xlarge&DryRun=maybe")
+            ),
+            "InvalidDryRun.Malformed"
+        );
+        // RUNNING: refused, and refused before DryRun answers.
+        for extra in ["", "&DryRun=true"] {
+            assert_eq!(
+                code(
+                    &mut s,
+                    &format!("InstanceId={a}&InstanceTypeId=ecs.g3i.xlarge{extra}")
+                ),
+                "InvalidInstanceStatus"
+            );
+        }
+        assert_eq!(type_of(&mut s, &a).as_deref(), Some("t"));
+        // Another region's instance does not exist for this call.
+        let other = Ctx {
+            region: "cn-shanghai",
+            ..ctx(Timestamp::now())
+        };
+        stop(&mut s, &a);
+        assert_eq!(
+            spec_code(
+                &mut s,
+                &other,
+                &format!("InstanceId={a}&InstanceTypeId=ecs.g3i.xlarge")
+            ),
+            "InvalidInstance.NotFound"
+        );
+    }
+
+    #[test]
+    fn modify_spec_changes_a_stopped_instance_once_and_dry_run_changes_nothing() {
+        let mut s = Store::default();
+        let a = run(&mut s, "");
+        stop(&mut s, &a);
+        let before = s.get_mut(&a, Timestamp::now()).unwrap().inst.clone();
+        let later = state::after(Timestamp::now(), 5_000);
+        let q = format!("InstanceId={a}&InstanceTypeId=ecs.g3i.xlarge&DryRun=true");
+        assert_eq!(spec_code(&mut s, &ctx(later), &q), "DryRunOperation");
+        assert_eq!(s.get_mut(&a, later).unwrap().inst, before);
+
+        let q = p(&format!(
+            "InstanceId={a}&InstanceTypeId=ecs.g3i.xlarge&DryRun=false"
+        ));
+        let d = dispatch(&mut s, &ctx(later), Action::ModifyInstanceSpec, &q).unwrap();
+        assert_eq!(d.result["InstanceId"], a.as_str());
+        let order = d.result["OrderId"].as_str().unwrap();
+        assert!(
+            order.starts_with("Order")
+                && order.len() == 24
+                && order[5..].bytes().all(|b| b.is_ascii_digit()),
+            "{order}"
+        );
+        let after = s.get_mut(&a, later).unwrap().inst.clone();
+        assert_eq!(after.instance_type_id.as_deref(), Some("ecs.g3i.xlarge"));
+        assert_eq!(after.updated_at, Some(rfc3339(later)));
+        assert_eq!(
+            after.status,
+            state::STOPPED,
+            "the type change does not start it"
+        );
+
+        // The same type again: success, nothing changes (not even UpdatedAt).
+        let even_later = state::after(later, 5_000);
+        let q = format!("InstanceId={a}&InstanceTypeId=ecs.g3i.xlarge");
+        assert_eq!(spec_code(&mut s, &ctx(even_later), &q), "OK");
+        assert_eq!(s.get_mut(&a, even_later).unwrap().inst, after);
+    }
+
+    #[test]
+    fn modify_spec_takes_terraforms_instance_type_and_refuses_unavailable_types() {
+        let mut s = Store::default();
+        let a = run(&mut s, "");
+        stop(&mut s, &a);
+        // Terraform sends `InstanceType`.
+        let q = format!("InstanceId={a}&InstanceType=ecs.c3i.large");
+        assert_eq!(spec_code(&mut s, &ctx(Timestamp::now()), &q), "OK");
+        assert_eq!(type_of(&mut s, &a).as_deref(), Some("ecs.c3i.large"));
+        // Both given: InstanceTypeId, the documented name, wins.
+        let q = format!("InstanceId={a}&InstanceType=ecs.c3i.xlarge&InstanceTypeId=ecs.g3i.large");
+        assert_eq!(spec_code(&mut s, &ctx(Timestamp::now()), &q), "OK");
+        assert_eq!(type_of(&mut s, &a).as_deref(), Some("ecs.g3i.large"));
+        let q = format!("InstanceId={a}&InstanceType=not-a-type");
+        assert_eq!(
+            spec_code(&mut s, &ctx(Timestamp::now()), &q),
+            "InvalidInstanceTypeId.Malformed"
+        );
+
+        let unavailable = ["ecs.g3i.8xlarge".to_string(), "ecs.g3i.large".to_string()];
+        let cx = Ctx {
+            unavailable_types: &unavailable,
+            ..ctx(Timestamp::now())
+        };
+        for extra in ["", "&DryRun=true"] {
+            let q = format!("InstanceId={a}&InstanceTypeId=ecs.g3i.8xlarge{extra}");
+            assert_eq!(spec_code(&mut s, &cx, &q), "ResourceNotFound.InstanceType");
+        }
+        assert_eq!(type_of(&mut s, &a).as_deref(), Some("ecs.g3i.large"));
+        // The instance's own type needs nothing new: a no-op success even when unavailable.
+        let q = format!("InstanceId={a}&InstanceTypeId=ecs.g3i.large");
+        assert_eq!(spec_code(&mut s, &cx, &q), "OK");
+        let q = format!("InstanceId={a}&InstanceTypeId=ecs.g3i.2xlarge");
+        assert_eq!(spec_code(&mut s, &cx, &q), "OK");
+    }
+
+    #[test]
+    fn descriptions() {
+        for ok in [
+            "",
+            "a",
+            "web server 1, tier=front.end_2-b",
+            "测试，服务器。",
+            &format!("d{}", "x".repeat(254)),
+        ] {
+            assert!(valid_description(ok), "{ok}");
+        }
+        for bad in [
+            "1st",
+            " leading",
+            "-x",
+            "a/b",
+            "a:b",
+            "a\nb",
+            &format!("d{}", "x".repeat(255)),
+        ] {
+            assert!(!valid_description(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modify_attribute_validates_and_clears_the_description() {
+        let mut s = Store::default();
+        let a = run(&mut s, "&Description=first");
+        let modify = |s: &mut Store, q: &str| {
+            dispatch(
+                s,
+                &ctx(Timestamp::now()),
+                Action::ModifyInstanceAttribute,
+                &p(q),
+            )
+            .map(|_| "OK".to_string())
+            .unwrap_or_else(|e| e.code)
+        };
+        let desc = |s: &mut Store| {
+            s.get_mut(&a, Timestamp::now())
+                .unwrap()
+                .inst
+                .description
+                .clone()
+        };
+        assert_eq!(
+            modify(&mut s, &format!("InstanceId={a}&Description=9lives")),
+            "InvalidDescription.Malformed"
+        );
+        assert_eq!(
+            modify(
+                &mut s,
+                &format!("InstanceId={a}&Description=a{}", "b".repeat(255))
+            ),
+            "InvalidDescription.Malformed"
+        );
+        assert_eq!(
+            desc(&mut s).as_deref(),
+            Some("first"),
+            "a refused call changes nothing"
+        );
+        assert_eq!(
+            modify(
+                &mut s,
+                &format!("InstanceId={a}&Description=db+tier%EF%BC%8Cprimary%E3%80%82")
+            ),
+            "OK"
+        );
+        assert_eq!(desc(&mut s).as_deref(), Some("db tier，primary。"));
+        // Not sent: kept.
+        assert_eq!(
+            modify(&mut s, &format!("InstanceId={a}&InstanceName=vm2")),
+            "OK"
+        );
+        assert_eq!(desc(&mut s).as_deref(), Some("db tier，primary。"));
+        // Empty: cleared.
+        assert_eq!(
+            modify(&mut s, &format!("InstanceId={a}&Description=")),
+            "OK"
+        );
+        assert_eq!(desc(&mut s).as_deref(), Some(""));
+    }
+
+    #[test]
+    fn instance_types() {
+        for ok in [
+            "ecs.g3i.large",
+            "ecs.t5-c1m1.large",
+            "ecs.ebmhpc-g2i.32xlarge",
+            "ecs.a.b.c",
+        ] {
+            assert!(valid_instance_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "ecs.",
+            "ecs.g3i",
+            "ECS.g3i.large",
+            "ecs.g3i.",
+            "rds.g3i.large",
+        ] {
+            assert!(!valid_instance_type(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! the ID in whichever account holds it. `GET /accounts` lists them, `POST /accounts`
 //! (`{"name","access_key","secret_key"}`) creates one or adds a key to it, `DELETE
 //! /accounts/{name}/keys/{ak}` revokes a key. A fault's `account` limits it to that account.
+//!
+//! `PATCH /instances/{id}` changes a VM as the console or the cloud would (see `Patch`):
+//! `Status` (with `Hold` to keep it), `InstanceName`, `Description`, `InstanceTypeId`,
+//! `PrivateIp`, `PublicIp`, `Tags`, `DeletionProtection`, `InstanceChargeType`, `ExpiredAt`.
+//! `PUT /config` takes `unavailable_instance_types` (the types ModifyInstanceSpec refuses).
 
 use std::sync::Arc;
 
@@ -26,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use volcengine_ecs::model::{Action, Instance, NetworkInterface, Tag};
+use volcengine_ecs::model::{Action, EipAddress, Instance, NetworkInterface, Tag};
 use volcengine_ecs::signer::Secret;
 
 use super::accounts::{
@@ -407,6 +412,61 @@ struct Patch {
     instance_charge_type: Option<String>,
     instance_name: Option<String>,
     tags: Option<Vec<Tag>>,
+    /// Keep the status (`Status`, or the current one when `Status` is absent) with no end:
+    /// no configured delay moves it on until a later patch sets a `Status` (a VM held in
+    /// STOPPING, say).
+    hold: bool,
+    /// The console's or the cloud's changes: "" is an empty description.
+    description: Option<String>,
+    instance_type_id: Option<String>,
+    /// The primary interface's `PrimaryIpAddress` (IPv4).
+    private_ip: Option<String>,
+    /// `EipAddress.IpAddress` (IPv4), with an `eip-...` AllocationId; "" removes the EIP.
+    public_ip: Option<String>,
+}
+
+fn check_ipv4(field: &str, v: &str) -> Result<(), Box<Response>> {
+    v.parse::<std::net::Ipv4Addr>()
+        .map(|_| ())
+        .map_err(|e| Box::new(fail(StatusCode::BAD_REQUEST, format!("{field} {v:?}: {e}"))))
+}
+
+/// The primary interface (typed `primary`, or the first when none is typed) gets `ip`; an
+/// instance without one gets a primary interface.
+fn set_private_ip(inst: &mut Instance, ip: String) {
+    let nics = &mut inst.network_interfaces;
+    let primary = if nics.iter().any(|n| n.r#type.is_some()) {
+        nics.iter_mut()
+            .find(|n| n.r#type.as_deref() == Some("primary"))
+    } else {
+        nics.first_mut()
+    };
+    match primary {
+        Some(n) => n.primary_ip_address = Some(ip),
+        None => nics.push(NetworkInterface {
+            network_interface_id: Some(new_resource_id("eni")),
+            primary_ip_address: Some(ip),
+            r#type: Some("primary".into()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// "" removes the EIP; an address replaces the EIP's, keeping its AllocationId if it had one.
+fn set_public_ip(inst: &mut Instance, ip: String) {
+    if ip.is_empty() {
+        inst.eip_address = None;
+        return;
+    }
+    let allocation_id = inst
+        .eip_address
+        .take()
+        .and_then(|e| e.allocation_id)
+        .unwrap_or_else(|| new_resource_id("eip"));
+    inst.eip_address = Some(EipAddress {
+        allocation_id: Some(allocation_id),
+        ip_address: Some(ip),
+    });
 }
 
 async fn patch(State(emu): Emu, Path(id): Path<String>, body: Bytes) -> Response {
@@ -419,6 +479,17 @@ async fn patch(State(emu): Emu, Path(id): Path<String>, body: Bytes) -> Response
         .as_deref()
         .filter(|s| !s.is_empty())
         .map(check_time)
+    {
+        return *r;
+    }
+    if let Some(Err(r)) = p.private_ip.as_deref().map(|v| check_ipv4("PrivateIp", v)) {
+        return *r;
+    }
+    if let Some(Err(r)) = p
+        .public_ip
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .map(|v| check_ipv4("PublicIp", v))
     {
         return *r;
     }
@@ -446,9 +517,25 @@ async fn patch(State(emu): Emu, Path(id): Path<String>, body: Bytes) -> Response
     if let Some(v) = p.tags {
         r.inst.tags = v;
     }
+    if let Some(v) = p.description {
+        r.inst.description = Some(v);
+    }
+    if let Some(v) = p.instance_type_id {
+        r.inst.instance_type_id = Some(v);
+    }
+    if let Some(v) = p.private_ip {
+        set_private_ip(&mut r.inst, v);
+    }
+    if let Some(v) = p.public_ip {
+        set_public_ip(&mut r.inst, v);
+    }
     r.inst.updated_at = Some(rfc3339(now));
-    if let Some(s) = &p.status {
-        a.store.enter(&id, s, &inner.cfg.delays, now);
+    let current = r.inst.status.clone();
+    match (&p.status, p.hold) {
+        (Some(s), false) => a.store.enter(&id, s, &inner.cfg.delays, now),
+        (Some(s), true) => a.store.hold(&id, s, now),
+        (None, true) => a.store.hold(&id, &current, now),
+        (None, false) => {}
     }
     match a.store.get_mut(&id, now) {
         Some(r) => Json(view(r, &a.name)).into_response(),
@@ -547,6 +634,7 @@ struct ConfigDoc {
     null_empty: Option<bool>,
     omit_operation_result: Option<bool>,
     throttle_every: Option<u32>,
+    unavailable_instance_types: Option<Vec<String>>,
 }
 
 fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
@@ -565,6 +653,7 @@ fn config_doc(c: &EmulatorConfig) -> ConfigDoc {
         null_empty: Some(c.null_empty),
         omit_operation_result: Some(c.omit_operation_result),
         throttle_every: Some(c.throttle_every),
+        unavailable_instance_types: Some(c.unavailable_instance_types.clone()),
     }
 }
 
@@ -628,6 +717,9 @@ async fn set_config(State(emu): Emu, body: Bytes) -> Response {
     }
     if let Some(v) = d.throttle_every {
         c.throttle_every = v;
+    }
+    if let Some(v) = d.unavailable_instance_types {
+        c.unavailable_instance_types = v;
     }
     Json(config_doc(c)).into_response()
 }

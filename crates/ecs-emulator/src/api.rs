@@ -509,6 +509,7 @@ async fn execute(
                 tag_filter_limit: cfg.tag_filter_limit,
                 revert_deletions,
                 id_taken,
+                unavailable_types: &cfg.unavailable_instance_types,
             };
             actions::dispatch(store, &ctx, action, &params)
         });

@@ -16,6 +16,32 @@
 //! - a zone outside the request's region: 404 `InvalidZoneId.NotFound`;
 //! - StopInstances only accepts RUNNING and StartInstances only STOPPED instances
 //!   (per instance `InvalidInstanceStatus` otherwise);
+//! - ModifyInstanceSpec (docs 6396/76277, BytePlus ModifyInstanceSpec) requires `InstanceId`
+//!   and `InstanceTypeId` (`MissingParameter.<name>`, both documented; the Go SDK marks only
+//!   InstanceId required). `InstanceType`, the name Terraform sends, is accepted in place of
+//!   `InstanceTypeId` (which wins when both are given). Chosen, as no code is documented (the
+//!   stored doc's error table is cut off after `InvalidClientToken.Malformed`): a type not
+//!   of the form `ecs.<family>.<size>` (lower-case letters, digits, `-`) is 400
+//!   `InvalidInstanceTypeId.Malformed`; a type listed in the admin config
+//!   `unavailable_instance_types` (default empty; no stock, not sold) is 400
+//!   `ResourceNotFound.InstanceType`. The status precondition is not documented by Volcengine
+//!   (the "instance must be Stopped" rule found online is Alibaba Cloud's); Terraform stops
+//!   the VM first (`//need stop before ModifyInstanceSpec`), so here only a STOPPED instance
+//!   is accepted (400 `InvalidInstanceStatus` otherwise). The change is immediate: the VM
+//!   stays STOPPED with the new `InstanceTypeId` and a new `UpdatedAt`; the answer is
+//!   `{InstanceId, OrderId}` (`Order` and 19 digits, as the documented sample). The
+//!   instance's current type is a success that changes nothing (an unavailable type too, as
+//!   it needs no new stock). `DryRun=true` answers `DryRunOperation` after every check
+//!   (status and availability included, as documented: "business limits and ECS stock").
+//!   Checks run in that order: parameters, type format, instance (404
+//!   `InvalidInstance.NotFound`), status, availability, DryRun. Its ClientToken is honoured
+//!   as for every mutating action (a re-sent token replays the recorded answer, OrderId
+//!   included; other parameters under it are `IdempotentParameterMismatch`);
+//! - ModifyInstanceAttribute's `Description` follows doc 92110: "" clears it (an empty
+//!   `Description`, not an absent one), else it starts with a letter (Chinese included) and
+//!   holds only letters, digits, `. _ - =`, space, `,`, `，`, `。`, at most 255 characters;
+//!   otherwise 400 `InvalidDescription.Malformed` (code chosen by the documented pattern)
+//!   and nothing changes. An absent Description keeps the current one;
 //! - only accepted (2xx) answers are recorded for a ClientToken: a refused call leaves the
 //!   token free;
 //! - X-Date may be off by at most 15 minutes (`--max-clock-skew-secs`);
@@ -77,6 +103,14 @@
 //!   (by ID or TagFilters) omits it, batch actions answer its `OperationDetails` entry
 //!   `InvalidInstance.NotFound`, TagResources/UntagResources/ModifyInstanceAttribute/
 //!   DeleteInstance answer 404 `InvalidInstance.NotFound`, and nothing of it changes.
+//! - the admin `PATCH /_emulator/instances/{id}` models what the console or the cloud
+//!   changes behind the operator's back: `Description`, `InstanceTypeId`, `PrivateIp` (the
+//!   primary interface's `PrimaryIpAddress`), `PublicIp` (`EipAddress.IpAddress`, with an
+//!   `eip-...` AllocationId kept across changes; "" removes the EIP), besides `Status`,
+//!   `InstanceName`, `Tags`, ... A `Status` runs its configured delay (`stop_delay_ms`
+//!   for STOPPING, ...); with `"Hold": true` the status (the patched one, or the current
+//!   one, e.g. the STOPPING a StopInstances started) stays until a later patch sets a
+//!   `Status`, so a test can keep a VM STOPPING as long as it likes;
 //! - a key revoked at run time (`DELETE /_emulator/accounts/{name}/keys/{ak}`) fails from
 //!   the next request on (a call already past authentication completes) with the answer of
 //!   an unknown key, 401 `InvalidAccessKey`; a key added at run time signs at once. The call
@@ -276,6 +310,9 @@ pub struct EmulatorConfig {
     pub omit_operation_result: bool,
     /// Every Nth real-API call is throttled (0 = none); see `EmulatorArgs::throttle_every`.
     pub throttle_every: u32,
+    /// Instance types ModifyInstanceSpec refuses as not available (admin config
+    /// `unavailable_instance_types`; default none).
+    pub unavailable_instance_types: Vec<String>,
     /// Where every received HTTP request is appended as a JSON line (`--request-log`);
     /// fixed at start, not part of the admin config.
     pub request_log: Option<PathBuf>,
@@ -298,6 +335,7 @@ impl Default for EmulatorConfig {
             null_empty: false,
             omit_operation_result: false,
             throttle_every: 0,
+            unavailable_instance_types: Vec::new(),
             request_log: None,
         }
     }

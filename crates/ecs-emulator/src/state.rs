@@ -281,6 +281,16 @@ impl Store {
         self.get_mut(id, now);
     }
 
+    /// Puts an instance into `status` with no end: it stays there, whatever the delays, until
+    /// the next `enter` (the admin `Hold`, e.g. a VM held in STOPPING).
+    pub fn hold(&mut self, id: &str, status: &str, now: Timestamp) {
+        if let Some(rec) = self.instances.get_mut(id) {
+            rec.inst.status = status.to_string();
+            rec.inst.updated_at = Some(super::wire::rfc3339(now));
+            rec.due = None;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.instances.len()
     }
@@ -445,6 +455,22 @@ mod tests {
         assert_eq!(status(&mut s, "i-1", t(1000)).unwrap(), "REBUILDING");
         assert!(!is_deletable("REBUILDING") && !is_deletable(CREATING));
         assert!(is_deletable(RUNNING) && is_deletable(STOPPED) && is_deletable("ERROR"));
+    }
+
+    #[test]
+    fn a_held_transitional_state_stays_until_entered_again() {
+        let mut s = Store::default();
+        s.insert(rec("i-1", RUNNING));
+        s.enter("i-1", STOPPING, &D, t(0));
+        s.hold("i-1", STOPPING, t(1));
+        assert_eq!(status(&mut s, "i-1", t(1000)).unwrap(), STOPPING);
+        s.enter("i-1", STOPPED, &D, t(1000));
+        assert_eq!(status(&mut s, "i-1", t(1000)).unwrap(), STOPPED);
+        // A held DELETING never completes (the deletion index ignores it).
+        s.enter("i-1", DELETING, &D, t(1000));
+        s.hold("i-1", DELETING, t(1000));
+        assert_eq!(s.settled(t(5000)).count(), 1);
+        assert_eq!(status(&mut s, "i-1", t(5000)).unwrap(), DELETING);
     }
 
     #[test]

@@ -445,6 +445,15 @@ impl Emulator {
         v["InstanceId"].as_str().expect("InstanceId").to_string()
     }
 
+    /// Changes one VM as the console or the cloud would (`PATCH /_emulator/instances/{id}`,
+    /// PascalCase fields: `Status`, `Hold`, `InstanceName`, `Description`, `InstanceTypeId`,
+    /// `PrivateIp`, `PublicIp`, `Tags`, ...); panics with the answer unless it is 2xx.
+    /// Returns the VM as the admin API shows it.
+    pub async fn patch_instance(&self, id: &str, body: Value) -> Value {
+        let path = format!("instances/{}", path_segment(id));
+        self.send(reqwest::Method::PATCH, &path, body).await
+    }
+
     /// Every VM the emulator holds (deleted ones included until they expire).
     pub async fn instances(&self) -> Vec<Value> {
         self.get("instances")
