@@ -211,4 +211,22 @@ async fn cel_rules_reject_edits_of_immutable_fields() {
     let mut described = create_spec();
     described["create"]["description"] = json!("edited in Git");
     accepted(&ns, "made", described);
+    // The fields converged in place are accepted; the host name only applies at first boot.
+    let mut resized = create_spec();
+    resized["create"]["instanceTypeId"] = json!("ecs.g1ie.xlarge");
+    resized["create"]["instanceName"] = json!("renamed");
+    resized["create"]["tags"] = json!({"team": "b"});
+    resized["updatePolicy"] = json!("Restart");
+    accepted(&ns, "made", resized.clone());
+    let mut host = resized.clone();
+    host["create"]["hostName"] = json!("new-host");
+    rejected(
+        &ns,
+        "made",
+        host,
+        "spec.create.hostName cannot be changed after creation",
+    );
+    let mut policy = resized;
+    policy["updatePolicy"] = json!("Always");
+    rejected(&ns, "made", policy, "Unsupported value: \"Always\"");
 }

@@ -435,25 +435,8 @@ async fn immutable_field_change_is_reported_and_ignored() {
             && s.message.contains("spec.instanceId cannot be added, changed or removed")),
         "{refused:?}"
     );
-    // A creation field the API server lets through is reported by the operator instead.
-    create(&api, "made", create_spec()).await;
-    ready(&api, "made").await;
-    api.patch(
-        "made",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"create": {"instanceName": "renamed"}}})),
-    )
-    .await
-    .unwrap();
-    wait_for(30, "ImmutableFieldChanged", || async {
-        let o = api.get("made").await.ok()?;
-        (o.condition("Synced")?.reason == "ImmutableFieldChanged").then_some(())
-    })
-    .await;
-    wait_for_event(&client, &ns, "made", |t, r, _| {
-        t == "Warning" && r == "ImmutableFieldChanged"
-    })
-    .await;
+    // The creation fields a VM can change (name, description, tags, type) are changed in
+    // place: tests/e2e_update.rs.
     delete(&api, "vm").await;
     wait_for(30, "gone", || gone(&api, "vm")).await;
     assert_eq!(

@@ -115,9 +115,13 @@ impl Cloud for GatedCloud {
         description: Option<String>,
         client_token: String,
     ) -> CloudFuture<'a, ()> {
-        let call =
-            self.inner
-                .modify_instance_attribute(region, instance_id, name, description, client_token);
+        let call = self.inner.modify_instance_attribute(
+            region,
+            instance_id,
+            name,
+            description,
+            client_token,
+        );
         Box::pin(self.gate.admit("ModifyInstanceAttribute", call))
     }
 
@@ -128,9 +132,9 @@ impl Cloud for GatedCloud {
         instance_type_id: String,
         client_token: String,
     ) -> CloudFuture<'a, String> {
-        let call = self
-            .inner
-            .modify_instance_spec(region, instance_id, instance_type_id, client_token);
+        let call =
+            self.inner
+                .modify_instance_spec(region, instance_id, instance_type_id, client_token);
         Box::pin(self.gate.admit("ModifyInstanceSpec", call))
     }
 
@@ -140,7 +144,9 @@ impl Cloud for GatedCloud {
         instance_ids: Vec<String>,
         client_token: String,
     ) -> CloudFuture<'a, Vec<OperationDetail>> {
-        let call = self.inner.stop_instances(region, instance_ids, client_token);
+        let call = self
+            .inner
+            .stop_instances(region, instance_ids, client_token);
         Box::pin(self.gate.admit("StopInstances", call))
     }
 
@@ -150,7 +156,9 @@ impl Cloud for GatedCloud {
         instance_ids: Vec<String>,
         client_token: String,
     ) -> CloudFuture<'a, Vec<OperationDetail>> {
-        let call = self.inner.start_instances(region, instance_ids, client_token);
+        let call = self
+            .inner
+            .start_instances(region, instance_ids, client_token);
         Box::pin(self.gate.admit("StartInstances", call))
     }
 

@@ -197,8 +197,11 @@ async fn publish_connection_info(obj: &EcsInstance, ctx: &Arc<Context>, r: &mut 
         obj.metadata.generation,
     );
     if first {
-        r.events
-            .push(EventNote::warning(p.reason, "WriteConnectionInfo", p.message));
+        r.events.push(EventNote::warning(
+            p.reason,
+            "WriteConnectionInfo",
+            p.message,
+        ));
     }
 }
 

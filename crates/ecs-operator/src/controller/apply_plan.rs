@@ -665,7 +665,10 @@ fn update_sent(u: &UpdateFacts) -> Option<String> {
 /// `Drifted`: what differs, what was sent to correct it, and what waits and why.
 fn drift_message(f: &ApplyFacts) -> String {
     let u = &f.update;
-    let mut msg = format!("the VM differs from the spec: {}", u.diff.describe().join("; "));
+    let mut msg = format!(
+        "the VM differs from the spec: {}",
+        u.diff.describe().join("; ")
+    );
     if let Some(sent) = update_sent(u) {
         msg.push_str(&format!("; sent {sent}"));
     }
@@ -1107,13 +1110,36 @@ mod tests {
         f.update.attr = Some(Ok("req-9".into()));
         assert_eq!(plan(&f), d(ApplyOutcome::Observed));
         let r = report(&f, ApplyOutcome::Observed);
-        let synced = r.status.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
-        assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("False", "Drifted"));
-        assert!(synced.message.contains(r#"instanceName is "old" on the VM, the spec says "vm""#), "{}", synced.message);
-        assert!(synced.message.contains("ModifyInstanceAttribute (RequestId req-9)"), "{}", synced.message);
+        let synced = r
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Synced")
+            .unwrap();
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "Drifted")
+        );
+        assert!(
+            synced
+                .message
+                .contains(r#"instanceName is "old" on the VM, the spec says "vm""#),
+            "{}",
+            synced.message
+        );
+        assert!(
+            synced
+                .message
+                .contains("ModifyInstanceAttribute (RequestId req-9)"),
+            "{}",
+            synced.message
+        );
         assert_eq!(r.then, ApplyThen::Poll);
         assert_eq!(r.drift, Some(vec![Field::InstanceName]));
-        assert!(r.events.iter().any(|e| e.reason == Reason::Drifted && e.warning));
+        assert!(r
+            .events
+            .iter()
+            .any(|e| e.reason == Reason::Drifted && e.warning));
         // Refused: a failure report (condition, Warning with the code), backoff.
         let mut f = renamed();
         f.update.attr = Some(Err(err()));
@@ -1128,7 +1154,12 @@ mod tests {
         assert_eq!(plan(&f), d(ApplyOutcome::Observed));
         let r = report(&f, ApplyOutcome::Observed);
         assert_eq!(r.then, ApplyThen::Resync);
-        let synced = r.status.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
+        let synced = r
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Synced")
+            .unwrap();
         assert!(synced.message.contains("Never"), "{}", synced.message);
         // ObserveOnly: nothing is managed, nothing drifts.
         o.spec.update_policy = None;
@@ -1145,13 +1176,20 @@ mod tests {
         f.update.vm_status = "STOPPED".into();
         f.update.start = Some(Ok("r".into()));
         let r = report(&f, ApplyOutcome::Observed);
-        assert_eq!(r.status.stopped_for_update, None, "started: nothing to restore");
+        assert_eq!(
+            r.status.stopped_for_update, None,
+            "started: nothing to restore"
+        );
         let mut f = seen("RUNNING");
         f.status.stopped_for_update = Some(true);
         f.update.vm_status = "RUNNING".into();
         f.update.stop = Some(Ok("r".into()));
         let r = report(&f, ApplyOutcome::Observed);
-        assert_eq!(r.status.stopped_for_update, Some(true), "stop just sent: keep");
+        assert_eq!(
+            r.status.stopped_for_update,
+            Some(true),
+            "stop just sent: keep"
+        );
         assert_eq!(r.then, ApplyThen::Poll);
         let mut f = seen("STOPPED");
         f.update.vm_status = "STOPPED".into();

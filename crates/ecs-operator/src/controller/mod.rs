@@ -216,7 +216,12 @@ impl Context {
         }
         let counts: Vec<(&'static str, i64)> = update_plan::Field::ALL
             .iter()
-            .map(|f| (f.as_str(), m.values().filter(|v| v.contains(f)).count() as i64))
+            .map(|f| {
+                (
+                    f.as_str(),
+                    m.values().filter(|v| v.contains(f)).count() as i64,
+                )
+            })
             .collect();
         self.metrics.drift(&counts, &new);
     }

@@ -56,7 +56,10 @@ pub(super) async fn act(
             f.update.attr = Some(r);
         }
         UpdateStep::Tag(tags) => {
-            let list: Vec<String> = tags.iter().map(|t| format!("{}={:?}", t.key, t.value)).collect();
+            let list: Vec<String> = tags
+                .iter()
+                .map(|t| format!("{}={:?}", t.key, t.value))
+                .collect();
             let r = cloud
                 .tag_instances(&region, vec![id.to_string()], tags)
                 .await
@@ -150,7 +153,7 @@ fn note(
 ) {
     ctx.metrics.count_update(action.as_str(), r.is_ok());
     if let Ok(req) = r {
-        let msg = format!("{} (RequestId {req})", what());
+        let msg = format!("{action}: {} (RequestId {req})", what());
         status::event(
             ctx,
             obj,

@@ -113,7 +113,10 @@ impl Diff {
     pub fn describe(&self) -> Vec<String> {
         let mut out = Vec::new();
         let pair = |f: Field, (have, want): &(String, String)| {
-            format!("{} is {have:?} on the VM, the spec says {want:?}", f.as_str())
+            format!(
+                "{} is {have:?} on the VM, the spec says {want:?}",
+                f.as_str()
+            )
         };
         if let Some(p) = &self.name {
             out.push(pair(Field::InstanceName, p));
@@ -444,7 +447,9 @@ mod tests {
             vec![Field::InstanceName, Field::Tags, Field::InstanceType]
         );
         assert_eq!(d.tags_set, vec![tag("team", "a")]);
-        assert!(d.describe()[0].contains(r#"instanceName is "renamed" on the VM, the spec says "web""#));
+        assert!(
+            d.describe()[0].contains(r#"instanceName is "renamed" on the VM, the spec says "web""#)
+        );
         // A field the cloud did not return is not a difference.
         let mut unknown = vm("web", "x", &[("team", "a")]);
         unknown.instance_name = None;
@@ -556,8 +561,10 @@ mod tests {
     fn pending_words_say_why() {
         use UpdatePolicy::*;
         assert!(pending_words(&facts(Never, "RUNNING", type_diff()))[0].contains("Never"));
-        assert!(pending_words(&facts(WhenStopped, "RUNNING", type_diff()))[0]
-            .contains("only while the VM is STOPPED"));
+        assert!(
+            pending_words(&facts(WhenStopped, "RUNNING", type_diff()))[0]
+                .contains("only while the VM is STOPPED")
+        );
         assert!(pending_words(&facts(Restart, "STOPPING", type_diff()))[0].contains("STOPPING"));
         assert!(pending_words(&facts(Restart, "RUNNING", Diff::default())).is_empty());
     }

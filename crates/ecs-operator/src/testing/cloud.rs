@@ -608,7 +608,13 @@ impl Cloud for FakeCloud {
         instance_ids: Vec<String>,
         client_token: String,
     ) -> CloudFuture<'a, Vec<OperationDetail>> {
-        self.power(Action::StopInstances, instance_ids, client_token, "RUNNING", "STOPPED")
+        self.power(
+            Action::StopInstances,
+            instance_ids,
+            client_token,
+            "RUNNING",
+            "STOPPED",
+        )
     }
 
     fn start_instances<'a>(
@@ -617,7 +623,13 @@ impl Cloud for FakeCloud {
         instance_ids: Vec<String>,
         client_token: String,
     ) -> CloudFuture<'a, Vec<OperationDetail>> {
-        self.power(Action::StartInstances, instance_ids, client_token, "STOPPED", "RUNNING")
+        self.power(
+            Action::StartInstances,
+            instance_ids,
+            client_token,
+            "STOPPED",
+            "RUNNING",
+        )
     }
 
     fn untag_instances<'a>(
