@@ -374,6 +374,9 @@ async fn adopt(
     st.instance_id = Some(id.clone());
     st.create_requested = Some(true);
     st.ownership = Some(Ownership::Claimed);
+    if let Some(create) = obj.spec.create.as_ref() {
+        st.managed_tag_keys = managed_keys(&st.managed_tag_keys, create);
+    }
     status::patch(api, obj, st).await?;
     let note = format!(
         "found VM {id} tagged with this resource's uid; adopted it instead of creating another"
@@ -384,6 +387,14 @@ async fn adopt(
         Some(EventNote::normal(Reason::Adopted, "Create", note)),
     );
     Ok(())
+}
+
+/// The managed tag keys with those of spec.create (sorted, once each).
+fn managed_keys(have: &[String], create: &CreateSpec) -> Vec<String> {
+    let mut keys: Vec<String> = have.to_vec();
+    keys.extend(create.tags.keys().filter(|k| !have.contains(k)).cloned());
+    keys.sort();
+    keys
 }
 
 /// Creates the VM: user data, the intent written first (guarded by the resourceVersion
@@ -413,6 +424,8 @@ async fn create(
     // Persist the intent first: from here on a VM may exist, so deletion must look for it
     // (and, while the cloud may not list it yet, keep looking: `run_instances_at`).
     apply_plan::record_intent(st, &create.fingerprint(), f.generation);
+    // RunInstances writes the spec's tags: from now on they are the operator's to remove.
+    st.managed_tag_keys = managed_keys(&st.managed_tag_keys, create);
     st.run_instances_at = Some(now());
     // Guarded by the resourceVersion read: only a replica that acts on the current version
     // of the resource (not a stale cache, not a resource since deleted or changed) creates.
