@@ -15,14 +15,18 @@
 --   Stalled=True (InstanceNotFound, InvalidSpec, ImmutableFieldChanged, DeletionRefused)
 --                                                        Degraded
 --   Synced=False CloudAuthError / InvalidSpec / ImmutableFieldChanged / UserDataNotFound /
---     UserDataForbidden / UserDataTooLarge               Degraded
+--     UserDataForbidden / UserDataTooLarge / ConnectionInfoConflict / ConnectionInfoFailed
+--                                                        Degraded
 --   status.observedGeneration < metadata.generation      Progressing (spec change not seen yet)
 --   Ready=True                                           Healthy
 --   Ready=False InstanceNotFound / InvalidSpec / ImmutableFieldChanged / CloudAuthError /
 --     UserDataNotFound / UserDataForbidden / UserDataTooLarge
 --                                                        Degraded
 --   Ready=False InstanceNotRunning, VM settled in ERROR  Degraded
---   Ready=False InstanceNotRunning, VM settled STOPPED   Suspended (stopped outside Kubernetes)
+--   Ready=False InstanceNotRunning, VM settled STOPPED   Suspended (stopped outside Kubernetes;
+--     while the operator restarts it for a type change Reconciling=True: Progressing)
+--   Ready=True with Synced=False Drifted                 Healthy (the VM runs; the drift is
+--     being corrected, or only reported under updatePolicy Never)
 --   anything else (Creating, CloudError, CloudThrottled, a VM in transition, ...)
 --                                                        Progressing
 
@@ -88,7 +92,7 @@ local function describe(c, fallback)
 end
 
 local DEGRADED_SYNCED = { "CloudAuthError", "InvalidSpec", "ImmutableFieldChanged", "UserDataNotFound",
-  "UserDataForbidden", "UserDataTooLarge" }
+  "UserDataForbidden", "UserDataTooLarge", "ConnectionInfoConflict", "ConnectionInfoFailed" }
 local DEGRADED_READY = { "InstanceNotFound", "InvalidSpec", "ImmutableFieldChanged", "CloudAuthError", "UserDataNotFound",
   "UserDataForbidden", "UserDataTooLarge" }
 -- A deletion no account may act for needs a person (fix the account, or the escape hatch).

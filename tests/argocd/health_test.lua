@@ -255,6 +255,20 @@ local CASES = {
   { "VM stopped outside Kubernetes", ecsi { instanceStatus = "STOPPED", conds = {
       cond("Ready", "False", "InstanceNotRunning", "VM i-abc123 is STOPPED"), cond("Synced", "True", "Observed") } },
     "Suspended", "InstanceNotRunning: VM i-abc123 is STOPPED" },
+  -- in-place updates
+  { "VM stopped by the operator to change its type", ecsi { instanceStatus = "STOPPED", conds = {
+      cond("Ready", "False", "InstanceNotRunning", "VM i-abc123 is STOPPED"),
+      cond("Synced", "False", "Drifted", "instanceTypeId differs"),
+      cond("Reconciling", "True", "Drifted", "updating VM i-abc123 in place (STOPPED)") } },
+    "Progressing", "Drifted: updating VM i-abc123 in place (STOPPED)" },
+  { "drift on a running VM (being corrected, or reported under Never)", ecsi { instanceStatus = "RUNNING", conds = {
+      cond("Ready", "True", "InstanceRunning", "VM i-abc123 is RUNNING"),
+      cond("Synced", "False", "Drifted", "instanceName differs") } },
+    "Healthy", "InstanceRunning: VM i-abc123 is RUNNING" },
+  { "outputs ConfigMap owned by someone else", ecsi { instanceStatus = "RUNNING", conds = {
+      cond("Ready", "True", "InstanceRunning", "VM i-abc123 is RUNNING"),
+      cond("Synced", "False", "ConnectionInfoConflict", "ConfigMap team-a/conn exists") } },
+    "Degraded", "ConnectionInfoConflict: ConfigMap team-a/conn exists" },
   { "VM stopping is still in transition", ecsi { instanceStatus = "STOPPING", conds = {
       cond("Ready", "False", "InstanceNotRunning", "VM i-abc123 is STOPPING"), cond("Synced", "True", "Observed"),
       cond("Reconciling", "True", "InstanceTransitioning", "VM i-abc123 is STOPPING") } },

@@ -609,7 +609,14 @@ fn report_observed(f: &ApplyFacts, mut st: EcsInstanceStatus, id: &str) -> Apply
             events.push(EventNote::warning(r, "Update", msg));
         }
     }
-    if settled {
+    // An update sent is checked soon (the next DescribeInstances must show it); a VM the
+    // operator stopped is watched until it runs again, and reads as work in progress
+    // (kstatus, Argo CD), not as a VM someone stopped.
+    let updating = update_sent(u).is_some() || st.stopped_for_update == Some(true);
+    if updating {
+        let msg = format!("updating VM {id} in place ({})", inst.status);
+        cond(&mut st, f, Cond::Reconciling, true, Reason::Drifted, &msg);
+    } else if settled {
         remove_condition(&mut st.conditions, Cond::Reconciling.as_str());
     } else {
         cond(
@@ -625,9 +632,6 @@ fn report_observed(f: &ApplyFacts, mut st: EcsInstanceStatus, id: &str) -> Apply
     if running && f.was_ready != Some(true) {
         events.push(EventNote::normal(Reason::Ready, "Observe", ready_msg));
     }
-    // An update sent is checked soon (the next DescribeInstances must show it); a VM the
-    // operator stopped is watched until it runs again.
-    let updating = update_sent(u).is_some() || st.stopped_for_update == Some(true);
     ApplyReport {
         reset_backoff: true,
         drift: Some(u.diff.fields()),
