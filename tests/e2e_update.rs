@@ -296,7 +296,7 @@ async fn instance_type_under_each_update_policy() {
         let o = api.get("restart").await.ok()?;
         (v["InstanceTypeId"] == BIG
             && v["Status"] == "RUNNING"
-            && o.status.as_ref()?.stopped_for_update.is_none()
+            && o.status.as_ref()?.stopped_for_update_at.is_none()
             && o.condition("Ready")?.status == "True")
             .then_some(())
     })

@@ -171,7 +171,9 @@ pub const REQUIRED_FIELDS: &[&str] = &[
     // Without them an older schema would prune the update bookkeeping: a VM stopped for a
     // type change would not be known as such, and never started again.
     "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/updatePolicy",
-    "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/stoppedForUpdate",
+    "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/stoppedForUpdateAt",
+    "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/refusedInstanceType",
+    "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/lastUpdate",
     "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/updateAttempt",
     "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/managedTagKeys",
 ];

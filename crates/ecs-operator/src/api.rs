@@ -326,6 +326,15 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// An in-place update the cloud accepted (`status.lastUpdate`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastUpdate {
+    /// Digest of the differences the update was sent for.
+    pub digest: String,
+    pub at: Time,
+}
+
 /// What the operator observed and did.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -405,10 +414,17 @@ pub struct EcsInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "counter_schema")]
     pub update_attempt: Option<u32>,
-    /// The operator stopped the VM to change its type (`updatePolicy: Restart`); written
-    /// before StopInstances is sent, cleared once the VM was started again.
+    /// When the operator decided to stop the VM to change its type (`updatePolicy:
+    /// Restart`); written before StopInstances is sent, cleared once the operator started it
+    /// again. While set, the VM is started again whatever else happens (a refused type, a
+    /// changed policy, 15 minutes without the new type showing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped_for_update: Option<bool>,
+    pub stopped_for_update_at: Option<Time>,
+    /// The last in-place update the cloud accepted: a digest of the differences it was sent
+    /// for, and when. The same differences are not sent again for 2 minutes (the cloud may
+    /// show a change late; a change it never shows is re-sent at that pace, not at every poll).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<LastUpdate>,
     /// An instance type the cloud refused for good after the operator stopped the VM for
     /// it: the VM was started again and is not stopped for this type again (change
     /// `spec.create.instanceTypeId` to try another).

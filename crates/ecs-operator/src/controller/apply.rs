@@ -145,8 +145,9 @@ async fn finish(
     let uid = obj.uid().unwrap_or_default();
     if let Some(fields) = &r.drift {
         ctx.note_drift(&uid, fields);
-        publish_connection_info(obj, ctx, &mut r).await;
     }
+    // Every report that knows the VM (also a VM gone missing: its status says NotFound).
+    publish_connection_info(obj, ctx, &mut r).await;
     match r.write {
         Write::Merge => status::patch(api, obj, &r.status).await?,
         Write::Replace => status::patch_replace(api, obj, &r.status).await?,
@@ -185,9 +186,8 @@ async fn publish_connection_info(obj: &EcsInstance, ctx: &Arc<Context>, r: &mut 
     if !in_sync {
         return;
     }
-    let first = obj
-        .condition(synced)
-        .is_none_or(|c| c.reason != p.reason.as_str());
+    let before = obj.condition(synced);
+    let first = before.is_none_or(|c| c.reason != p.reason.as_str());
     set_condition(
         &mut r.status.conditions,
         synced,
@@ -196,6 +196,14 @@ async fn publish_connection_info(obj: &EcsInstance, ctx: &Arc<Context>, r: &mut 
         &p.message,
         obj.metadata.generation,
     );
+    // The report set Synced=True first: the condition did not really flip, keep its time
+    // (and so write nothing when nothing changed).
+    if let (Some(b), Some(c)) = (
+        before.filter(|b| b.status == "False"),
+        r.status.conditions.iter_mut().find(|c| c.type_ == synced),
+    ) {
+        c.last_transition_time = b.last_transition_time.clone();
+    }
     if first {
         r.events.push(EventNote::warning(
             p.reason,

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::ownership;
@@ -73,11 +74,14 @@ impl ApplyFacts {
         let drift = drift(obj, &status);
         migrate_create_hash(obj, &mut status);
         let wanted = update_plan::wanted(obj);
+        let since = |t: &Time| Duration::try_from(now.duration_since(t.0)).unwrap_or_default();
         let update = UpdateFacts {
-            stopped_for_update: status.stopped_for_update == Some(true),
+            stopped_for: status.stopped_for_update_at.as_ref().map(since),
             type_change_refused: wanted.as_ref().is_some_and(|w| {
                 status.refused_instance_type.as_deref() == Some(w.instance_type.as_str())
             }),
+            exhausted: status.update_attempt.unwrap_or(0) >= MAX_COUNTER,
+            restore_only: !drift.is_empty(),
             wanted,
             ..Default::default()
         };
@@ -114,11 +118,20 @@ impl ApplyFacts {
 
     /// Records the DescribeInstances answer, and what differs from the spec.
     pub fn observe(&mut self, r: Result<Option<Instance>, CloudError>) {
-        if let (Ok(Some(inst)), Some(w)) = (&r, &self.update.wanted) {
-            self.update.diff = update_plan::diff(w, inst, &self.status.managed_tag_keys);
+        let u = &mut self.update;
+        if let (Ok(Some(inst)), Some(w)) = (&r, &u.wanted) {
+            u.diff = update_plan::diff(w, inst, &self.status.managed_tag_keys);
+            let digest = update_plan::digest(&u.diff);
+            u.recently_sent = self.status.last_update.as_ref().is_some_and(|l| {
+                let age = self.now.duration_since(l.at.0);
+                l.digest == digest
+                    && Duration::try_from(age).is_ok_and(|a| a < update_plan::UPDATE_SETTLE)
+            });
         }
         if let Ok(Some(inst)) = &r {
-            self.update.vm_status = inst.status.clone();
+            u.vm_status = inst.status.clone();
+            u.vm_type = inst.instance_type_id.clone();
+            u.vm_tag_keys = inst.tags.iter().map(|t| t.key.clone()).collect();
         }
         self.observed = Some(r);
     }
@@ -148,14 +161,14 @@ pub fn create_problem(create: &CreateSpec) -> Option<&'static str> {
 
 /// A status written before in-place updates fingerprinted the whole `spec.create`. If it
 /// still matches, the spec is unchanged: record the new fingerprint and the tags
-/// RunInstances wrote as the managed keys. A mismatch cannot say which field changed; the
-/// API server has refused edits of the immutable fields since before, so it is taken for
-/// an edit of the mutable ones (converged as such) and the new fingerprint recorded too.
+/// RunInstances wrote as the managed keys. A mismatch cannot say which field changed (the
+/// host name and user data were not refused at admission then): it stays, and `drift`
+/// keeps reporting it until the spec is put back as it was.
 fn migrate_create_hash(obj: &EcsInstance, st: &mut EcsInstanceStatus) {
     let (Some(create), Some(have)) = (obj.spec.create.as_ref(), st.create_hash.as_deref()) else {
         return;
     };
-    if have.starts_with(FINGERPRINT_V2) {
+    if have.starts_with(FINGERPRINT_V2) || create.legacy_fingerprint() != have {
         return;
     }
     st.create_hash = Some(create.fingerprint());
@@ -180,6 +193,8 @@ pub fn drift(obj: &EcsInstance, st: &EcsInstanceStatus) -> Vec<String> {
     if let (Some(create), Some(have)) = (obj.spec.create.as_ref(), st.create_hash.as_deref()) {
         if have.starts_with(FINGERPRINT_V2) && create.fingerprint() != have {
             drift.push("spec.create changed after the VM was created".to_string());
+        } else if !have.starts_with(FINGERPRINT_V2) && create.legacy_fingerprint() != have {
+            drift.push("spec.create changed after the VM was created, recorded by an operator version without in-place updates, which cannot tell which field changed: put spec.create back as it was when the VM was created, then change the name, description, tags or type again".to_string());
         }
     }
     drift
@@ -291,6 +306,12 @@ pub fn plan(f: &ApplyFacts) -> ApplyStep {
         return ApplyStep::EnsureOwned {
             inst: Box::new(inst.clone()),
         };
+    }
+    // A VM the operator stopped is started again before anything else may hold it.
+    if f.update.stopped_by_us() && f.update.vm_status == "STOPPED" {
+        if let Some(step) = update_plan::plan(&f.update) {
+            return ApplyStep::Update { id, step };
+        }
     }
     match (f.spec_protection, &f.protection) {
         (Some(want), None) if inst.deletion_protection.unwrap_or(false) != want => {
@@ -612,7 +633,7 @@ fn report_observed(f: &ApplyFacts, mut st: EcsInstanceStatus, id: &str) -> Apply
     // An update sent is checked soon (the next DescribeInstances must show it); a VM the
     // operator stopped is watched until it runs again, and reads as work in progress
     // (kstatus, Argo CD), not as a VM someone stopped.
-    let updating = update_sent(u).is_some() || st.stopped_for_update == Some(true);
+    let updating = update_sent(u).is_some() || st.stopped_for_update_at.is_some();
     if updating {
         let msg = format!("updating VM {id} in place ({})", inst.status);
         cond(&mut st, f, Cond::Reconciling, true, Reason::Drifted, &msg);
@@ -684,7 +705,8 @@ fn drift_message(f: &ApplyFacts) -> String {
 }
 
 /// The status fields the update calls of this reconcile change: the tag keys the operator
-/// manages, the VM it stopped and started again, a type refused for good.
+/// manages, the last accepted update, the VM it stopped and started again, a type refused
+/// for good.
 fn update_bookkeeping(f: &ApplyFacts, st: &mut EcsInstanceStatus) {
     let u = &f.update;
     if let (Some(Ok(_)), Some(w)) = (&u.tag, &u.wanted) {
@@ -694,19 +716,45 @@ fn update_bookkeeping(f: &ApplyFacts, st: &mut EcsInstanceStatus) {
         st.managed_tag_keys
             .retain(|k| !u.diff.tags_remove.contains(k));
     }
-    // Started again (by us now, or by anyone since): nothing to restore any more.
-    let running = matches!(u.vm_status.as_str(), "RUNNING" | "STARTING");
-    if matches!(u.start, Some(Ok(_))) || (running && u.stop.is_none()) {
-        st.stopped_for_update = None;
+    // A key neither the spec nor the VM has any more is no longer ours: if someone adds it
+    // later, it is theirs.
+    if let (Some(w), false) = (&u.wanted, u.vm_status.is_empty()) {
+        st.managed_tag_keys
+            .retain(|k| w.tags.contains_key(k) || u.vm_tag_keys.contains(k));
     }
-    match (&u.spec, &u.diff.instance_type) {
-        (Some(Err(e)), Some((_, want)))
-            if e.class() == crate::cloud::ErrorClass::Terminal && !update_plan::bad_status(e) =>
-        {
-            st.refused_instance_type = Some(want.clone());
+    let accepted = [&u.attr, &u.tag, &u.untag, &u.spec]
+        .into_iter()
+        .any(|a| matches!(a, Some(Ok(_))));
+    if accepted {
+        st.last_update = Some(crate::api::LastUpdate {
+            digest: update_plan::digest(&u.diff),
+            at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(f.now),
+        });
+    }
+    restart_bookkeeping(u, st);
+}
+
+fn restart_bookkeeping(u: &UpdateFacts, st: &mut EcsInstanceStatus) {
+    let want = u.diff.instance_type.as_ref().map(|(_, w)| w.clone());
+    let started = matches!(u.start, Some(Ok(_)));
+    // Started because the type change was refused, or did not show in time: that type is
+    // not stopped for again.
+    if u.spec_refused() || (started && u.overdue()) {
+        if let Some(w) = &want {
+            st.refused_instance_type = Some(w.clone());
         }
-        (_, None) => st.refused_instance_type = None,
-        _ => {}
+    }
+    let wanted_type = u.wanted.as_ref().map(|w| w.instance_type.as_str());
+    let refused_other = st.refused_instance_type.as_deref() != wanted_type;
+    if (u.vm_type.is_some() && u.vm_type.as_deref() == wanted_type) || refused_other {
+        st.refused_instance_type = None;
+    }
+    // Started by us: nothing to restore any more. Seen running long after the decision to
+    // stop (someone else started it, or the stop never happened): forget it too.
+    let running = matches!(u.vm_status.as_str(), "RUNNING" | "STARTING");
+    let stale = running && u.stop.is_none() && !u.marked_stopping && u.overdue();
+    if started || stale {
+        st.stopped_for_update_at = None;
     }
 }
 
@@ -1074,6 +1122,14 @@ mod tests {
             Some(o.spec.create.as_ref().unwrap().fingerprint())
         );
         assert_eq!(f.status.managed_tag_keys, vec!["team".to_string()]);
+        // Edited since (which field is unknowable): kept, reported, nothing converged.
+        if let Some(c) = o.spec.create.as_mut() {
+            c.host_name = Some("other".into());
+        }
+        let f = facts(&o);
+        assert_eq!(f.drift.len(), 1, "{:?}", f.drift);
+        assert!(f.update.restore_only);
+        assert!(!f.status.create_hash.as_deref().unwrap().starts_with("v2:"));
     }
 
     /// The apply path hands over to the update planner once the VM is observed and owned,
@@ -1175,29 +1231,58 @@ mod tests {
     /// The status bookkeeping of the restart flow.
     #[test]
     fn restart_bookkeeping() {
+        let stopped_at = Some(Time(t(-30)));
         let mut f = seen("STOPPED");
-        f.status.stopped_for_update = Some(true);
+        f.status.stopped_for_update_at = stopped_at.clone();
+        f.update.stopped_for = Some(Duration::from_secs(30));
         f.update.vm_status = "STOPPED".into();
         f.update.start = Some(Ok("r".into()));
         let r = report(&f, ApplyOutcome::Observed);
         assert_eq!(
-            r.status.stopped_for_update, None,
+            r.status.stopped_for_update_at, None,
             "started: nothing to restore"
         );
         let mut f = seen("RUNNING");
-        f.status.stopped_for_update = Some(true);
+        f.status.stopped_for_update_at = stopped_at.clone();
+        f.update.stopped_for = Some(Duration::from_secs(30));
         f.update.vm_status = "RUNNING".into();
         f.update.stop = Some(Ok("r".into()));
         let r = report(&f, ApplyOutcome::Observed);
         assert_eq!(
-            r.status.stopped_for_update,
-            Some(true),
+            r.status.stopped_for_update_at, stopped_at,
             "stop just sent: keep"
         );
         assert_eq!(r.then, ApplyThen::Poll);
+        // Still RUNNING a minute after the stop (the cloud shows it late), policy changed:
+        // the mark stays, so the VM is started once it shows STOPPED.
+        let mut f = seen("RUNNING");
+        f.status.stopped_for_update_at = stopped_at.clone();
+        f.update.stopped_for = Some(Duration::from_secs(60));
+        f.update.vm_status = "RUNNING".into();
+        let r = report(&f, ApplyOutcome::Observed);
+        assert_eq!(
+            r.status.stopped_for_update_at, stopped_at,
+            "not shown yet: keep"
+        );
+        // Running long after: someone else started it; forgotten.
+        f.update.stopped_for = Some(update_plan::RESTORE_AFTER);
+        let r = report(&f, ApplyOutcome::Observed);
+        assert_eq!(r.status.stopped_for_update_at, None);
+        // A refusal remembered; a type the cloud did not return does not clear it.
+        let mut f = seen("RUNNING");
+        f.update.wanted = update_plan::wanted(&obj(None, true));
+        f.status.refused_instance_type = Some("t".into());
+        f.update.vm_status = "RUNNING".into();
+        f.update.vm_type = None;
+        let r = report(&f, ApplyOutcome::Observed);
+        assert_eq!(r.status.refused_instance_type.as_deref(), Some("t"));
+        f.update.vm_type = Some("t".into());
+        let r = report(&f, ApplyOutcome::Observed);
+        assert_eq!(r.status.refused_instance_type, None, "the type shows: done");
         let mut f = seen("STOPPED");
+        f.update.wanted = update_plan::wanted(&obj(None, true));
         f.update.vm_status = "STOPPED".into();
-        f.update.diff.instance_type = Some(("a".into(), "b".into()));
+        f.update.diff.instance_type = Some(("a".into(), "t".into()));
         f.update.spec = Some(Err(CloudError::Api {
             action: CloudAction::ModifyInstanceSpec,
             code: "InvalidInstanceTypeId.Malformed".into(),
@@ -1207,6 +1292,6 @@ mod tests {
             request_id: "r".into(),
         }));
         let r = report(&f, ApplyOutcome::Failed(Call::Update));
-        assert_eq!(r.status.refused_instance_type.as_deref(), Some("b"));
+        assert_eq!(r.status.refused_instance_type.as_deref(), Some("t"));
     }
 }

@@ -15,7 +15,8 @@ use super::reasons::Reason;
 use super::status::FIELD_MANAGER;
 use crate::api::{EcsInstance, EcsInstanceStatus};
 
-/// Label on every ConfigMap the operator writes (with the resource's name as value).
+/// Label on every ConfigMap the operator writes, with the resource's uid as value (a
+/// name may be longer than a label value's 63 characters; a uid never is).
 pub const LABEL: &str = "ecs.volcengine.io/connection-info-of";
 
 /// The ConfigMap's data: every key always present ("" while unknown), so a workload's
@@ -37,6 +38,14 @@ pub fn data(st: &EcsInstanceStatus) -> BTreeMap<String, String> {
 pub struct Problem {
     pub reason: Reason,
     pub message: String,
+}
+
+/// The ConfigMap already holds these values (keys someone else added are left alone and
+/// do not count).
+pub fn holds(cm: &ConfigMap, want: &BTreeMap<String, String>) -> bool {
+    let data = cm.data.as_ref();
+    want.iter()
+        .all(|(k, v)| data.and_then(|d| d.get(k)) == Some(v))
 }
 
 /// This resource owns the ConfigMap (it created it, or someone handed it over).
@@ -85,10 +94,18 @@ pub async fn ensure(
                 target.name
             ),
         }),
-        Ok(Some(cm)) if cm.data.as_ref() == Some(&want) => Ok(()),
-        Ok(Some(_)) => {
-            let patch = Patch::Merge(json!({ "data": want }));
-            let pp = PatchParams::default();
+        Ok(Some(cm)) if holds(&cm, &want) => Ok(()),
+        Ok(Some(cm)) => {
+            // Guarded by the version read: ownership cannot change between the check and
+            // the write (a conflict is tried again at the next observation).
+            let patch = Patch::Merge(json!({
+                "metadata": {"resourceVersion": cm.resource_version()},
+                "data": want,
+            }));
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
             api.patch(&target.name, &pp, &patch)
                 .await
                 .map(|_| ())
@@ -99,7 +116,7 @@ pub async fn ensure(
                 metadata: ObjectMeta {
                     name: Some(target.name.clone()),
                     namespace: Some(ns.clone()),
-                    labels: Some(BTreeMap::from([(LABEL.to_string(), obj.name_any())])),
+                    labels: Some(BTreeMap::from([(LABEL.to_string(), uid.clone())])),
                     owner_references: owner(obj).map(|o| vec![o]),
                     ..Default::default()
                 },
@@ -143,6 +160,21 @@ mod tests {
                 "zoneId"
             ]
         );
+    }
+
+    #[test]
+    fn extra_keys_do_not_make_it_stale() {
+        let want = data(&EcsInstanceStatus::default());
+        let mut d = want.clone();
+        d.insert("added-by-someone".into(), "x".into());
+        let cm = ConfigMap {
+            data: Some(d),
+            ..Default::default()
+        };
+        assert!(holds(&cm, &want));
+        let mut other = want.clone();
+        other.insert("instanceId".into(), "i-2".into());
+        assert!(!holds(&cm, &other));
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub(super) async fn act(
         UpdateStep::MarkStopping => {
             // Written and confirmed before the stop: a restart, or another replica, knows
             // this VM is down because of us and must be started again.
-            f.status.stopped_for_update = Some(true);
+            f.status.stopped_for_update_at =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(f.now));
             status::patch_if_current(api, obj, &f.status).await?;
             f.update.marked_stopping = true;
         }

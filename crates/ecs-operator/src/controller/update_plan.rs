@@ -8,6 +8,7 @@
 //! and tags someone else added are never touched and never drift.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use kube::ResourceExt;
 
@@ -186,17 +187,37 @@ pub fn diff(w: &Wanted, inst: &Instance, managed_keys: &[String]) -> Diff {
     d
 }
 
-/// The status fields an update reads and writes.
+/// The same differences are not sent again within this long of an accepted update.
+pub const UPDATE_SETTLE: Duration = Duration::from_secs(120);
+/// A stop the cloud accepted that DescribeInstances does not show yet is not re-sent
+/// within this long.
+pub const STOP_SETTLE: Duration = Duration::from_secs(60);
+/// A VM the operator stopped is started again at the latest this long after, whether or
+/// not its new type showed: the operator's own downtime is bounded.
+pub const RESTORE_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// What an update decision reads: the spec, the VM, the status bookkeeping, and the
+/// answers of this reconcile's calls.
 #[derive(Debug, Clone, Default)]
 pub struct UpdateFacts {
     pub wanted: Option<Wanted>,
     pub diff: Diff,
-    /// The VM's status as observed.
+    /// The VM's status, type and tag keys as observed.
     pub vm_status: String,
-    pub stopped_for_update: bool,
-    /// A type change of this generation was refused for good after the operator stopped
-    /// the VM: it was started again and is not stopped again until the spec changes.
+    pub vm_type: Option<String>,
+    pub vm_tag_keys: Vec<String>,
+    /// How long ago the operator decided to stop the VM (`status.stoppedForUpdateAt`).
+    pub stopped_for: Option<Duration>,
+    /// A type change of this target was refused for good after the operator stopped the
+    /// VM: it was started again and is not stopped for this type again.
     pub type_change_refused: bool,
+    /// These very differences were sent and accepted moments ago (`UPDATE_SETTLE`).
+    pub recently_sent: bool,
+    /// `status.updateAttempt` reached its bound: no token is left.
+    pub exhausted: bool,
+    /// Something else holds the resource (an immutable field edited, a protection call
+    /// failing): only a VM the operator stopped is started again.
+    pub restore_only: bool,
     /// The answers of this reconcile's calls, in the order `plan` asks for them.
     pub attr: Option<Result<String, CloudError>>,
     pub tag: Option<Result<String, CloudError>>,
@@ -219,7 +240,7 @@ pub enum UpdateStep {
     Tag(Vec<Tag>),
     /// UntagResources of keys the operator put there and the spec dropped.
     Untag(Vec<String>),
-    /// Record `status.stoppedForUpdate` (guarded write) before StopInstances: whoever
+    /// Record `status.stoppedForUpdateAt` (guarded write) before StopInstances: whoever
     /// reconciles next knows the operator stopped the VM and starts it again.
     MarkStopping,
     /// StopInstances (KeepCharging, clean shutdown).
@@ -245,13 +266,34 @@ impl UpdateFacts {
         .find_map(|a| a.as_ref().and_then(|r| r.as_ref().err()))
     }
 
-    fn policy(&self) -> UpdatePolicy {
+    pub fn policy(&self) -> UpdatePolicy {
         self.wanted.as_ref().map(|w| w.policy).unwrap_or_default()
     }
 
-    /// A type change failed while the VM is down because of us: bring it back.
-    fn spec_refused(&self) -> bool {
-        matches!(&self.spec, Some(Err(e)) if e.class() == ErrorClass::Terminal && !bad_status(e))
+    /// The type change just sent was refused for good.
+    pub fn spec_refused(&self) -> bool {
+        matches!(&self.spec, Some(Err(e)) if refused_for_good(e))
+    }
+
+    /// The VM has been down because of us for longer than `RESTORE_AFTER`.
+    pub fn overdue(&self) -> bool {
+        self.stopped_for.is_some_and(|d| d >= RESTORE_AFTER)
+    }
+
+    /// The operator decided to stop this VM (it may not show STOPPED yet).
+    pub fn stopped_by_us(&self) -> bool {
+        self.stopped_for.is_some()
+    }
+
+    /// The operator may still change the type of a VM it stopped.
+    fn type_change_allowed(&self, restore_only: bool) -> bool {
+        self.diff.instance_type.is_some()
+            && !self.type_change_refused
+            && !self.spec_refused()
+            && !self.overdue()
+            && !self.exhausted
+            && !restore_only
+            && self.policy() != UpdatePolicy::Never
     }
 }
 
@@ -260,25 +302,29 @@ pub fn bad_status(e: &CloudError) -> bool {
     e.code() == "InvalidInstanceStatus"
 }
 
+/// A refusal that says the type itself cannot be had: not the VM being busy, not a token
+/// clash (`IdempotentParameterMismatch`, `InvalidClientToken.*`), not an outage,
+/// throttling or a credentials problem.
+pub fn refused_for_good(e: &CloudError) -> bool {
+    let code = e.code();
+    e.class() == ErrorClass::Terminal
+        && !bad_status(e)
+        && code != "IdempotentParameterMismatch"
+        && !code.starts_with("InvalidClientToken")
+}
+
 /// The planner. Pure. `None`: nothing (more) to send in this reconcile.
 pub fn plan(u: &UpdateFacts) -> Option<UpdateStep> {
-    let stopped = u.vm_status == "STOPPED";
-    // The operator stopped this VM: start it again once nothing needs it stopped, also
-    // after a type change refused for good (never leave a VM down on a failed update).
-    let restore = u.stopped_for_update
-        && stopped
-        && u.start.is_none()
-        && (u.diff.instance_type.is_none()
-            || u.spec_refused()
-            || u.type_change_refused
-            || u.policy() == UpdatePolicy::Never);
-    if u.failed().is_some() && !u.spec_refused() {
+    // A VM down because of us comes first: its type change, then its start. Nothing else
+    // (a failing rename, a tag limit, a held resource) may keep it down.
+    if u.stopped_by_us() && u.vm_status == "STOPPED" {
+        return restore(u);
+    }
+    let policy = u.policy();
+    if u.restore_only || u.exhausted || policy == UpdatePolicy::Never {
         return None;
     }
-    if restore && (u.spec.is_none() || u.spec_refused()) && u.stop.is_none() {
-        return Some(UpdateStep::Start);
-    }
-    if u.policy() == UpdatePolicy::Never || !SETTLED.contains(&u.vm_status.as_str()) {
+    if !SETTLED.contains(&u.vm_status.as_str()) || u.failed().is_some() || u.recently_sent {
         return None;
     }
     let d = &u.diff;
@@ -295,17 +341,41 @@ pub fn plan(u: &UpdateFacts) -> Option<UpdateStep> {
         return Some(UpdateStep::Untag(d.tags_remove.clone()));
     }
     let (_, want) = d.instance_type.as_ref()?;
-    if stopped && u.spec.is_none() && u.stop.is_none() {
+    if u.type_change_refused {
+        return None;
+    }
+    if u.vm_status == "STOPPED" && u.spec.is_none() {
         return Some(UpdateStep::ModifySpec(want.clone()));
     }
-    let may_stop = u.policy() == UpdatePolicy::Restart && !u.type_change_refused;
-    if u.vm_status == "RUNNING" && may_stop && u.stop.is_none() {
-        if !u.stopped_for_update && !u.marked_stopping {
-            return Some(UpdateStep::MarkStopping);
-        }
-        return Some(UpdateStep::Stop);
+    if u.vm_status != "RUNNING" || policy != UpdatePolicy::Restart || u.stop.is_some() {
+        return None;
     }
-    None
+    match u.stopped_for {
+        None if !u.marked_stopping => Some(UpdateStep::MarkStopping),
+        // Marked in this reconcile, or marked and not shown stopped for a while.
+        None => Some(UpdateStep::Stop),
+        Some(d) if d >= STOP_SETTLE => Some(UpdateStep::Stop),
+        Some(_) if u.marked_stopping => Some(UpdateStep::Stop),
+        Some(_) => None,
+    }
+}
+
+/// A VM the operator stopped, now STOPPED: change its type if that is still wanted and
+/// allowed, else start it.
+fn restore(u: &UpdateFacts) -> Option<UpdateStep> {
+    if u.start.is_some() {
+        return None;
+    }
+    if u.type_change_allowed(u.restore_only) {
+        let (_, want) = u.diff.instance_type.as_ref()?;
+        return match &u.spec {
+            None if !u.recently_sent => Some(UpdateStep::ModifySpec(want.clone())),
+            // Sent: wait for the new type to show (bounded by RESTORE_AFTER); a busy or
+            // failed call is tried again after the backoff.
+            _ => None,
+        };
+    }
+    Some(UpdateStep::Start)
 }
 
 /// What is left undone and why, per differing field (the condition's message).
@@ -314,6 +384,10 @@ pub fn pending_words(u: &UpdateFacts) -> Vec<String> {
     let d = &u.diff;
     let policy = u.policy();
     if d.is_empty() {
+        return out;
+    }
+    if u.exhausted {
+        out.push(format!("not corrected: status.updateAttempt reached {MAX_COUNTER}, no ClientToken is left (delete and re-create the resource, or reset the counter)"));
         return out;
     }
     if policy == UpdatePolicy::Never {
@@ -327,16 +401,28 @@ pub fn pending_words(u: &UpdateFacts) -> Vec<String> {
         ));
         return out;
     }
+    if u.recently_sent {
+        out.push(format!(
+            "an update for these differences was accepted less than {}s ago; waiting for DescribeInstances to show it",
+            UPDATE_SETTLE.as_secs()
+        ));
+    }
     if d.instance_type.is_some() && u.spec.is_none() {
-        let why = match (policy, u.type_change_refused, u.stop.is_some()) {
-            (_, true, _) => "the type change was refused; the VM was started again and is not stopped again until the spec changes",
-            (_, _, true) => "stopping the VM to change its type (spec.updatePolicy Restart)",
+        let why = match (policy, u.type_change_refused, u.stopped_by_us()) {
+            (_, true, _) => "the cloud refused this instance type; the VM was started again and is not stopped for it again until spec.create.instanceTypeId changes",
+            (_, _, true) => "stopping the VM to change its type (spec.updatePolicy Restart); it is started again afterwards",
             (UpdatePolicy::WhenStopped, ..) => "the instance type changes only while the VM is STOPPED (spec.updatePolicy WhenStopped): stop the VM, or set spec.updatePolicy Restart",
             _ => "the instance type changes once the VM is STOPPED",
         };
         out.push(why.to_string());
     }
     out
+}
+
+/// Digest of a set of differences (what `status.lastUpdate` remembers). Pure.
+pub fn digest(d: &Diff) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(d.describe().join("\n").as_bytes())[..8])
 }
 
 /// ClientToken of an in-place update call: one per resource, action and attempt, so a
@@ -350,12 +436,14 @@ pub fn update_token(uid: &str, action: &str, attempt: u32) -> String {
     format!("ecsop-{action}-{uid}-{}", attempt.min(MAX_COUNTER))
 }
 
-/// After a call's answer: a definitive one (success, or any error the cloud answered)
-/// moves the token to the next attempt; a lost one keeps it for the retry.
+/// After a call's answer: a definitive one (success, or a refusal: the request was not
+/// applied and will not be) moves the token to the next attempt; a lost or unknown one
+/// (timeout, 5xx, `IdempotentProcessing`, throttling) keeps it, so the retry is the same
+/// request and the cloud answers it once.
 pub fn next_attempt<T>(st: &mut EcsInstanceStatus, r: &Result<T, CloudError>) {
     let definitive = match r {
         Ok(_) => true,
-        Err(e) => matches!(e, CloudError::Api { .. }),
+        Err(e) => matches!(e.class(), ErrorClass::Terminal | ErrorClass::Auth),
     };
     if definitive {
         let n = st.update_attempt.unwrap_or(0);
@@ -496,11 +584,17 @@ mod tests {
             tags_remove: vec!["old".into()],
             ..Default::default()
         };
+        let both = Diff {
+            instance_type: type_diff().instance_type,
+            ..renamed.clone()
+        };
         let with = |mut u: UpdateFacts, f: &dyn Fn(&mut UpdateFacts)| {
             f(&mut u);
             u
         };
         let ok = || Some(Ok("req".to_string()));
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        let xl = || Some(S::ModifySpec("ecs.g3i.xlarge".into()));
         #[rustfmt::skip]
         let rows: Vec<(&str, UpdateFacts, Option<UpdateStep>)> = vec![
             ("in sync: nothing",                       facts(WhenStopped, "RUNNING", Diff::default()), None),
@@ -508,25 +602,38 @@ mod tests {
             ("renamed, Never: report only",            facts(Never, "RUNNING", renamed.clone()), None),
             ("renamed while STOPPING: wait",           facts(Restart, "STOPPING", renamed.clone()), None),
             ("renamed, sent: done",                    with(facts(WhenStopped, "RUNNING", renamed.clone()), &|u| u.attr = ok()), None),
-            ("renamed, refused: stop planning",        with(facts(WhenStopped, "RUNNING", renamed), &|u| u.attr = Some(Err(err("InvalidInstanceName.Malformed")))), None),
+            ("renamed, refused: stop planning",        with(facts(WhenStopped, "RUNNING", renamed.clone()), &|u| u.attr = Some(Err(err("InvalidInstanceName.Malformed")))), None),
+            ("renamed, accepted moments ago: wait",    with(facts(WhenStopped, "RUNNING", renamed.clone()), &|u| u.recently_sent = true), None),
+            ("renamed, no token left: nothing",        with(facts(WhenStopped, "RUNNING", renamed.clone()), &|u| u.exhausted = true), None),
+            ("renamed, immutable field edited",        with(facts(WhenStopped, "RUNNING", renamed.clone()), &|u| u.restore_only = true), None),
             ("tags: TagResources first",               facts(WhenStopped, "RUNNING", tags.clone()), Some(S::Tag(vec![tag("team", "a")]))),
             ("tags: then UntagResources",              with(facts(WhenStopped, "RUNNING", tags), &|u| u.tag = ok()), Some(S::Untag(vec!["old".into()]))),
             ("type, RUNNING, WhenStopped: wait",       facts(WhenStopped, "RUNNING", type_diff()), None),
-            ("type, STOPPED, WhenStopped: change",     facts(WhenStopped, "STOPPED", type_diff()), Some(S::ModifySpec("ecs.g3i.xlarge".into()))),
+            ("type, STOPPED, WhenStopped: change",     facts(WhenStopped, "STOPPED", type_diff()), xl()),
+            ("type refused, user-stopped: not again",  with(facts(WhenStopped, "STOPPED", type_diff()), &|u| u.type_change_refused = true), None),
             ("type, STOPPED, Never: report only",      facts(Never, "STOPPED", type_diff()), None),
             ("type, RUNNING, Restart: mark first",     facts(Restart, "RUNNING", type_diff()), Some(S::MarkStopping)),
             ("type, RUNNING, Restart, marked: stop",   with(facts(Restart, "RUNNING", type_diff()), &|u| u.marked_stopping = true), Some(S::Stop)),
             ("type, Restart, stop sent: poll",         with(facts(Restart, "RUNNING", type_diff()), &|u| { u.marked_stopping = true; u.stop = ok(); }), None),
-            ("type, STOPPING: wait",                   with(facts(Restart, "STOPPING", type_diff()), &|u| u.stopped_for_update = true), None),
-            ("type, STOPPED by us: change",            with(facts(Restart, "STOPPED", type_diff()), &|u| u.stopped_for_update = true), Some(S::ModifySpec("ecs.g3i.xlarge".into()))),
-            ("type changed, not yet seen: poll",       with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for_update = true; u.spec = ok(); }), None),
-            ("type seen, stopped by us: start",        with(facts(Restart, "STOPPED", Diff::default()), &|u| u.stopped_for_update = true), Some(S::Start)),
-            ("type refused, stopped by us: start",     with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for_update = true; u.spec = Some(Err(err("InvalidInstanceTypeId.Malformed"))); }), Some(S::Start)),
-            ("type busy, stopped by us: retry later",  with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for_update = true; u.spec = Some(Err(err("InvalidInstanceStatus"))); }), None),
+            ("stop not shown yet: wait, no re-send",   with(facts(Restart, "RUNNING", type_diff()), &|u| u.stopped_for = secs(20)), None),
+            ("stop not shown after a minute: re-send", with(facts(Restart, "RUNNING", type_diff()), &|u| u.stopped_for = secs(61)), Some(S::Stop)),
+            ("type, STOPPING: wait",                   with(facts(Restart, "STOPPING", type_diff()), &|u| u.stopped_for = secs(5)), None),
+            ("type, STOPPED by us: change",            with(facts(Restart, "STOPPED", type_diff()), &|u| u.stopped_for = secs(5)), xl()),
+            ("stopped by us: type before the rename",  with(facts(Restart, "STOPPED", both.clone()), &|u| u.stopped_for = secs(5)), xl()),
+            ("stopped by us, rename refused: change",  with(facts(Restart, "STOPPED", both.clone()), &|u| { u.stopped_for = secs(5); u.attr = Some(Err(err("InvalidDescription.Malformed"))); }), xl()),
+            ("stopped by us, held: start",             with(facts(Restart, "STOPPED", both), &|u| { u.stopped_for = secs(5); u.restore_only = true; }), Some(S::Start)),
+            ("type changed, not yet seen: poll",       with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for = secs(5); u.spec = ok(); }), None),
+            ("type sent moments ago: no re-send",      with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for = secs(50); u.recently_sent = true; }), None),
+            ("type never shows: start after 15 min",   with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for = Some(RESTORE_AFTER); u.recently_sent = true; }), Some(S::Start)),
+            ("type seen, stopped by us: start",        with(facts(Restart, "STOPPED", Diff::default()), &|u| u.stopped_for = secs(5)), Some(S::Start)),
+            ("type refused, stopped by us: start",     with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for = secs(5); u.spec = Some(Err(err("InvalidInstanceTypeId.Malformed"))); }), Some(S::Start)),
+            ("type busy, stopped by us: retry later",  with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for = secs(5); u.spec = Some(Err(err("InvalidInstanceStatus"))); }), None),
+            ("token clash, stopped by us: retry later", with(facts(Restart, "STOPPED", type_diff()), &|u| { u.stopped_for = secs(5); u.spec = Some(Err(err("IdempotentParameterMismatch"))); }), None),
             ("type refused before: not stopped again", with(facts(Restart, "RUNNING", type_diff()), &|u| u.type_change_refused = true), None),
-            ("refused before, stopped by us: start",   with(facts(Restart, "STOPPED", type_diff()), &|u| { u.type_change_refused = true; u.stopped_for_update = true; }), Some(S::Start)),
-            ("stopped by us, now Never: start",        with(facts(Never, "STOPPED", type_diff()), &|u| u.stopped_for_update = true), Some(S::Start)),
-            ("started: done",                          with(facts(Restart, "STOPPED", Diff::default()), &|u| { u.stopped_for_update = true; u.start = ok(); }), None),
+            ("refused before, stopped by us: start",   with(facts(Restart, "STOPPED", type_diff()), &|u| { u.type_change_refused = true; u.stopped_for = secs(5); }), Some(S::Start)),
+            ("stopped by us, now Never: start",        with(facts(Never, "STOPPED", type_diff()), &|u| u.stopped_for = secs(5)), Some(S::Start)),
+            ("stopped by us, type reverted: start",    with(facts(WhenStopped, "STOPPED", Diff::default()), &|u| u.stopped_for = secs(5)), Some(S::Start)),
+            ("started: done",                          with(facts(Restart, "STOPPED", Diff::default()), &|u| { u.stopped_for = secs(5); u.start = ok(); }), None),
             ("stopped by the user: never started",     facts(Restart, "STOPPED", Diff::default()), None),
         ];
         for (what, u, want) in rows {
@@ -544,6 +651,17 @@ mod tests {
         assert_eq!(st.update_attempt, Some(1));
         next_attempt::<()>(&mut st, &Err(err("InvalidInstanceStatus")));
         assert_eq!(st.update_attempt, Some(2));
+        // An answer that does not say whether it was applied keeps the token.
+        let unknown = CloudError::Api {
+            action: Action::ModifyInstanceSpec,
+            code: "InternalError".into(),
+            code_n: None,
+            message: "m".into(),
+            status: 500,
+            request_id: "r".into(),
+        };
+        next_attempt::<()>(&mut st, &Err(unknown));
+        assert_eq!(st.update_attempt, Some(2), "a 5xx keeps its token");
         let lost = CloudError::Timeout {
             action: Action::ModifyInstanceSpec,
             after: std::time::Duration::from_secs(1),
@@ -566,6 +684,9 @@ mod tests {
                 .contains("only while the VM is STOPPED")
         );
         assert!(pending_words(&facts(Restart, "STOPPING", type_diff()))[0].contains("STOPPING"));
+        let mut u = facts(WhenStopped, "RUNNING", type_diff());
+        u.exhausted = true;
+        assert!(pending_words(&u)[0].contains("no ClientToken is left"));
         assert!(pending_words(&facts(Restart, "RUNNING", Diff::default())).is_empty());
     }
 }
