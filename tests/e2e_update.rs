@@ -450,3 +450,99 @@ async fn the_update_sample_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Restart policy, the hard cases: the operator killed right after it stopped the VM (the
+/// new process finishes the resize and starts it: `stoppedForUpdateAt` was written before
+/// the stop), and a type the cloud refuses (the VM is started again, the type recorded as
+/// refused, and the VM is not stopped for it again).
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_survives_a_crash_and_a_refused_type_never_leaves_the_vm_down() {
+    let client = client().await;
+    let ns = namespace(&client, "e2e-upd-crash").await;
+    let emu = Emulator::realistic(
+        "upd-crash",
+        &[
+            "--create-delay-ms",
+            "0",
+            "--stop-delay-ms",
+            "3000",
+            "--start-delay-ms",
+            "500",
+        ],
+    );
+    emu.send(
+        Method::PUT,
+        "config",
+        json!({"unavailable_instance_types": ["ecs.g1ie.8xlarge"]}),
+    )
+    .await;
+    let mut op = Operator::start("upd-crash", &ns, &emu, &["--resync-secs", "2"]);
+    let api: Api<EcsInstance> = Api::namespaced(client.clone(), &ns);
+    create(&api, "crash", spec("crash", Some("Restart"))).await;
+    create(&api, "refused", spec("refused", Some("Restart"))).await;
+    let (_, crash) = ready(&api, "crash").await;
+    let (_, refused) = ready(&api, "refused").await;
+
+    // Killed while the VM is STOPPING because of it.
+    edit(
+        &api,
+        "crash",
+        json!({"spec": {"create": {"instanceTypeId": BIG}}}),
+    )
+    .await;
+    wait_for(30, "the stop was sent", || async {
+        (emu.calls_naming("StopInstances", &crash).await > 0).then_some(())
+    })
+    .await;
+    op.kill();
+    let o = api.get("crash").await.unwrap();
+    assert!(
+        o.status.unwrap().stopped_for_update_at.is_some(),
+        "recorded before the stop"
+    );
+    op.restart();
+    wait_for(60, "resized and running after the crash", || async {
+        let v = vm(&emu, &crash).await;
+        (v["InstanceTypeId"] == BIG && v["Status"] == "RUNNING").then_some(())
+    })
+    .await;
+    wait_synced_true(&api, "crash").await;
+    assert_eq!(emu.calls_naming("StartInstances", &crash).await, 1);
+
+    // A type the cloud refuses: stopped once, refused, started again, not stopped again.
+    edit(
+        &api,
+        "refused",
+        json!({"spec": {"create": {"instanceTypeId": "ecs.g1ie.8xlarge"}}}),
+    )
+    .await;
+    wait_for_event(&client, &ns, "refused", |t, r, note| {
+        t == "Warning"
+            && r == "CloudError"
+            && note.contains("ModifyInstanceSpec")
+            && note.contains("ResourceNotFound.InstanceType")
+            && note.contains("RequestId")
+    })
+    .await;
+    wait_for(60, "started again with its old type", || async {
+        let v = vm(&emu, &refused).await;
+        let o = api.get("refused").await.ok()?;
+        let st = o.status?;
+        (v["Status"] == "RUNNING"
+            && v["InstanceTypeId"] == SMALL
+            && st.refused_instance_type.as_deref() == Some("ecs.g1ie.8xlarge")
+            && st.stopped_for_update_at.is_none())
+        .then_some(())
+    })
+    .await;
+    // Several observations later (progress proven by the reconcile counter), no new stop.
+    op.wait_reconciles(60, "more reconciles", 10.0).await;
+    assert_eq!(
+        emu.calls_naming("StopInstances", &refused).await,
+        1,
+        "stopped once"
+    );
+    let (s, r, m) = synced(&api, "refused").await.unwrap();
+    assert_eq!((s.as_str(), r.as_str()), ("False", "Drifted"), "{m}");
+    assert!(m.contains("refused this instance type"), "{m}");
+}
