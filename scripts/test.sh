@@ -128,7 +128,7 @@ unit_targets() { echo --workspace --lib --bins --test crd_drift --test signer_ve
 wire_targets() { echo --test emulator_api --test emulator_client; }
 # The e2e binaries, longest first (measured on 1.37, 2 cores), then any others: run side by
 # side, the longest must start first or it alone sets the tier's time.
-E2E_ORDER=(e2e_delete e2e_lifecycle e2e_sweeper e2e_leader e2e_uninstall e2e_secrets
+E2E_ORDER=(e2e_delete e2e_lifecycle e2e_sweeper e2e_leader e2e_update e2e_uninstall e2e_secrets
   e2e_bad_input e2e_policy e2e_accounts e2e_rbac e2e_observability e2e_admission)
 e2e_targets() {
   local f t

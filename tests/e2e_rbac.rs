@@ -101,6 +101,7 @@ fn cluster_grants() -> BTreeSet<Grant> {
         ("ecs.volcengine.io", "ecsinstances/finalizers", &["update"]),
         ("events.k8s.io", "events", &["create", "patch"]),
         ("", "namespaces", &["get", "list", "watch"]),
+        ("", "configmaps", &["get", "create", "patch"]),
         (
             "ecs.volcengine.io",
             "ecsaccounts",
@@ -396,6 +397,9 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
             "default",
         ),
         ("get", "pods", SYSTEM_NS),
+        ("list", "configmaps", ns.as_str()),
+        ("watch", "configmaps", ns.as_str()),
+        ("delete", "configmaps", ns.as_str()),
     ] {
         assert!(
             !can_i(verb, res, where_),
@@ -466,7 +470,9 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
 
     // Create (RunInstances with the user data from the Secret), observe (Ready).
     let api: Api<EcsInstance> = Api::namespaced(admin.clone(), &ns);
-    create(&api, "web", create_spec(true)).await;
+    let mut web_spec = create_spec(true);
+    web_spec["writeConnectionInfoTo"] = json!({"name": "web-conn"});
+    create(&api, "web", web_spec).await;
     let kept_id = emu.seed(json!({"Status": "RUNNING"})).await;
     create(&api, "kept", json!({"instanceId": kept_id})).await;
     create(&api, "teamvm", json!({"instanceId": emu.seed_in("team", json!({"Status": "RUNNING"})).await, "accountRef": {"name": acct}})).await;
@@ -488,6 +494,17 @@ async fn the_operator_works_with_exactly_the_deployed_rbac() {
         Some(pod.as_str())
     );
     let web_id = web.status.as_ref().unwrap().instance_id.clone().unwrap();
+    // The outputs ConfigMap, written with the ServiceAccount's rights (owner reference
+    // included).
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(admin.clone(), &ns);
+    let cm = wait_for(30, "the outputs ConfigMap", || async {
+        cms.get_opt("web-conn").await.ok()?
+    })
+    .await;
+    assert_eq!(
+        cm.data.as_ref().and_then(|d| d.get("instanceId")),
+        Some(&web_id)
+    );
     let runs = emu.calls("RunInstances").await;
     use base64::Engine;
     let want = base64::engine::general_purpose::STANDARD.encode(USER_DATA);
