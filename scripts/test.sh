@@ -85,6 +85,7 @@ apt_install() {
 lint() {
   command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
   command -v lua5.1 >/dev/null 2>&1 || apt_install lua5.1
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus
   if ! cargo deny --version >/dev/null 2>&1; then
     step "installing cargo-deny (once; ~5 min)"
     cargo install -q --locked cargo-deny
@@ -119,12 +120,18 @@ lint() {
     kubectl kustomize deploy/crd/ >/dev/null
     echo "CHECKS 1"
   fi
+  kubectl kustomize deploy/monitoring/ >/dev/null
+  echo "CHECKS 1"
+  step "alert rules: promtool check rules, promtool test rules (a case per alert and near miss)"
+  promtool check rules deploy/monitoring/rules.yaml
+  promtool test rules tests/prometheus/alerts_test.yaml
+  echo "CHECKS $(grep -c 'alertname:' tests/prometheus/alerts_test.yaml)"
   step "Argo CD health check verdicts (Lua 5.1, as Argo CD runs it)"
   lua5.1 tests/argocd/health_test.lua
 }
 
 # Test binaries by what they need: none (unit), the emulator (wire), a control plane (e2e).
-unit_targets() { echo --workspace --lib --bins --test crd_drift --test signer_vectors --test controller; }
+unit_targets() { echo --workspace --lib --bins --test crd_drift --test signer_vectors --test controller --test monitoring; }
 wire_targets() { echo --test emulator_api --test emulator_client; }
 # The e2e binaries, longest first (measured on 1.37, 2 cores), then any others: run side by
 # side, the longest must start first or it alone sets the tier's time.
@@ -217,11 +224,30 @@ wire() {
   echo "$(echo "$out" | grep -c '^--- PASS') passed"
 }
 
+# helm (tests/e2e_helm.rs), built once from helm.sh/helm/v3 with the machine's Go into the cache.
+HELM_VERSION=v3.22.0
+ensure_helm() {
+  local bin="${ECS_CACHE_DIR:-$HOME/.cache/ecs-operator}/bin"
+  if [[ ! -x $bin/helm-$HELM_VERSION ]]; then
+    step "building helm $HELM_VERSION with Go (once; a few minutes)"
+    GOBIN="$bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    mv "$bin/helm" "$bin/helm-$HELM_VERSION"
+  fi
+  export HELM_BIN="$bin/helm-$HELM_VERSION"
+}
+
 e2e_newest() {
+  command -v prometheus >/dev/null 2>&1 || apt_install prometheus # tests/e2e_prometheus.rs
+  ensure_helm
   K8S_VERSION="$K8S_NEWEST" bash scripts/control-plane.sh up "$ECS_CP_DIR"
   local targets
   mapfile -t targets < <(e2e_targets)
   run_side_by_side "${targets[@]}"
+  step "OCI image of the operator binary (no container engine): build, verify, run it in its own root as 65532"
+  local img="$CARGO_TARGET_DIR/oci-image"
+  python3 scripts/oci-image.py build "$CARGO_TARGET_DIR/debug/ecs-operator" "$img" --archive "$img.tar"
+  python3 scripts/oci-image.py verify "$img"
+  echo "CHECKS 1"
 }
 
 # The benchmark in the dev profile (the binaries the e2e tiers use; no release build of the

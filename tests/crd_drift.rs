@@ -92,3 +92,17 @@ fn counters_are_bounded_integers_without_unknown_formats() {
         );
     }
 }
+
+/// The chart's crds/ are the generated CRDs, byte for byte.
+#[test]
+fn the_chart_carries_the_generated_crds() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    for f in ["ecsinstance.yaml", "ecsaccount.yaml"] {
+        let a = std::fs::read(format!("{dir}/crds/{f}")).unwrap();
+        let b = std::fs::read(format!("{dir}/charts/ecs-operator/crds/{f}")).unwrap();
+        assert!(
+            a == b,
+            "charts/ecs-operator/crds/{f} is stale: cp crds/{f} charts/ecs-operator/crds/"
+        );
+    }
+}

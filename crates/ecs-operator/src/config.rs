@@ -58,6 +58,17 @@ pub enum Command {
     },
     /// Find VMs this cluster created whose EcsInstance no longer exists; print or delete them.
     Sweep(Box<SweepArgs>),
+    /// Say in plain words what the operator waits for on one EcsInstance, and what you can
+    /// do (`kubectl ecs explain NAMESPACE/NAME` when installed as the kubectl-ecs plugin).
+    /// Reads the resource, its namespace and Events with your kubeconfig; changes nothing.
+    Explain {
+        /// NAMESPACE/NAME of the EcsInstance.
+        target: String,
+        /// The running operator's --default-deletion-policy (what applies when neither the
+        /// resource nor its namespace sets one).
+        #[arg(long, default_value = "Delete")]
+        default_deletion_policy: crate::api::DeletionPolicy,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cloud;
 pub mod config;
 pub mod controller;
+pub mod explain;
 pub mod identity;
 pub mod kube_client;
 pub mod leader;

@@ -70,6 +70,27 @@ async fn async_main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain {
+            target,
+            default_deletion_policy,
+        } => {
+            let explained = match kube::Client::try_default().await {
+                Ok(client) => {
+                    ecs_operator::explain::gather(&client, &target, default_deletion_policy).await
+                }
+                Err(e) => Err(format!("kubeconfig: {e}")),
+            };
+            match explained {
+                Ok(inputs) => {
+                    print!("{}", ecs_operator::explain::render(&inputs));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => match run(*args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -343,6 +364,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         // A standby replica is ready: it serves probes and waits for the Lease.
         let standby_ready = ready.clone();
         let cache_ready = Arc::new(AtomicBool::new(false));
+        let leading = metrics.clone();
         leader::run_as_leader(
             client,
             cfg,
@@ -350,6 +372,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             gate,
             move || standby_ready.store(true, Ordering::SeqCst),
             |stop| {
+                leading.leader.set(1);
                 if let Some(start) = sweeper {
                     start(stop.clone());
                 }
@@ -359,6 +382,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| e.into())
     } else {
+        metrics.leader.set(1);
         if let Some(start) = sweeper {
             start(token.clone());
         }

@@ -61,6 +61,13 @@ pub struct FieldLabels {
     pub field: String,
 }
 
+/// A failed cloud call's kind: `auth` (credentials or permissions), `throttled`, `other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountClassLabels {
+    pub account: String,
+    pub class: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpdateLabels {
     pub action: String,
@@ -88,6 +95,10 @@ pub struct Metrics {
     pub resources_drifted: Family<FieldLabels, Gauge>,
     pub drift_detected: Family<FieldLabels, Counter>,
     pub updates: Family<UpdateLabels, Counter>,
+    pub cloud_errors: Family<AccountClassLabels, Counter>,
+    pub leader: Gauge,
+    pub resources_deleting: Gauge,
+    pub oldest_deletion_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -210,6 +221,30 @@ impl Default for Metrics {
             "In-place update calls (ModifyInstanceAttribute, TagResources, UntagResources, StopInstances, ModifyInstanceSpec, StartInstances) by result: ok or failed",
             updates.clone(),
         );
+        let cloud_errors = Family::<AccountClassLabels, Counter>::default();
+        registry.register(
+            "cloud_errors",
+            "Failed ECS API calls (one per HTTP attempt) by account and kind: auth (credentials or permissions), throttled, other",
+            cloud_errors.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controller (it holds the Lease, or leader election is off), else 0",
+            leader.clone(),
+        );
+        let resources_deleting = Gauge::default();
+        registry.register(
+            "resources_deleting",
+            "EcsInstances being deleted that still carry the operator's finalizer (from the watch cache)",
+            resources_deleting.clone(),
+        );
+        let oldest_deletion_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "oldest_deletion_seconds",
+            "Age of the oldest deletion still waiting for the operator (0: none), seconds",
+            oldest_deletion_seconds.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -230,6 +265,10 @@ impl Default for Metrics {
             resources_drifted,
             drift_detected,
             updates,
+            cloud_errors,
+            leader,
+            resources_deleting,
+            oldest_deletion_seconds,
         }
     }
 }
@@ -323,6 +362,24 @@ impl Metrics {
         }
     }
 
+    /// A failed call by kind: its code decides (the cloud's codes lists in `volcengine-ecs`).
+    pub fn cloud_error(&self, account: &str, code: &str) {
+        use volcengine_ecs::error::{AUTH_CODES, THROTTLE_CODES};
+        let class = if AUTH_CODES.contains(&code) || code == "MissingCredentials" {
+            "auth"
+        } else if THROTTLE_CODES.contains(&code) {
+            "throttled"
+        } else {
+            "other"
+        };
+        self.cloud_errors
+            .get_or_create(&AccountClassLabels {
+                account: account.to_string(),
+                class: class.to_string(),
+            })
+            .inc();
+    }
+
     pub fn count_update(&self, action: &str, ok: bool) {
         self.updates
             .get_or_create(&UpdateLabels {
@@ -370,7 +427,10 @@ pub struct AccountObserver {
 impl volcengine_ecs::CallObserver for AccountObserver {
     fn cloud_call(&self, action: &str, code: &str, seconds: f64) {
         self.metrics
-            .cloud_call(&self.account, action, code, seconds)
+            .cloud_call(&self.account, action, code, seconds);
+        if code != "OK" {
+            self.metrics.cloud_error(&self.account, code);
+        }
     }
 
     fn throttle_wait(&self, action: &str, seconds: f64) {

@@ -523,6 +523,11 @@ pub async fn run(
                 .await;
         }));
     }
+    runs.push(tokio::spawn(deletion_gauges(
+        ctx.clone(),
+        readers,
+        shutdown.clone(),
+    )));
     if !ctx.settings.namespaces.is_empty() {
         runs.push(tokio::spawn(watch_cluster_wide(
             ctx.clone(),
@@ -533,6 +538,40 @@ pub async fn run(
         let _ = r.await;
     }
 }
+
+/// `ecs_operator_resources_deleting` and `ecs_operator_oldest_deletion_seconds`, read off
+/// the watch caches every few seconds: what alerts need to see a deletion that waits (a
+/// protected VM, an account gone, an outage), whatever the reason.
+async fn deletion_gauges(
+    ctx: Arc<Context>,
+    stores: Vec<reflector::Store<EcsInstance>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let tick = async {
+        loop {
+            let now = ownership::now();
+            let (mut n, mut oldest) = (0i64, 0f64);
+            for o in stores.iter().flat_map(|s| s.state()) {
+                let Some(ts) = o.metadata.deletion_timestamp.as_ref() else {
+                    continue;
+                };
+                if finalizer::has_finalizer(&o) {
+                    n += 1;
+                    oldest = oldest.max(now.duration_since(ts.0).as_secs_f64());
+                }
+            }
+            ctx.metrics.resources_deleting.set(n);
+            ctx.metrics.oldest_deletion_seconds.set(oldest);
+            tokio::time::sleep(DELETION_GAUGE_PERIOD).await;
+        }
+    };
+    tokio::select! {
+        _ = tick => {}
+        _ = shutdown => {}
+    }
+}
+
+const DELETION_GAUGE_PERIOD: Duration = Duration::from_secs(5);
 
 /// With `--namespaces`, the ownership check (`apply::ensure_owned`) still needs every
 /// EcsInstance in the cluster (another namespace may name the same VM). Without this cache
