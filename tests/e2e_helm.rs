@@ -32,8 +32,13 @@ fn helm_bin() -> PathBuf {
 }
 
 fn helm(args: &[&str]) -> String {
-    let out = Command::new(helm_bin())
-        .args(args)
+    let mut cmd = Command::new(helm_bin());
+    cmd.args(args);
+    // Offline rendering assumes Kubernetes 1.20 unless told; the chart needs 1.33+.
+    if args.first() == Some(&"template") {
+        cmd.args(["--kube-version", "1.37.0"]);
+    }
+    let out = cmd
         .env("KUBECONFIG", control_plane())
         .env(
             "HELM_CACHE_HOME",
