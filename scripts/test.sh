@@ -246,7 +246,7 @@ e2e_newest() {
   step "OCI image of the operator binary (no container engine): build, verify, run it in its own root as 65532"
   local img="$CARGO_TARGET_DIR/oci-image"
   python3 scripts/oci-image.py build "$CARGO_TARGET_DIR/debug/ecs-operator" "$img" --archive "$img.tar"
-  python3 scripts/oci-image.py verify "$img"
+  python3 scripts/oci-image.py verify "$img" --kubeconfig "$ECS_CP_DIR/kubeconfig"
   echo "CHECKS 1"
 }
 
