@@ -179,8 +179,17 @@ async fn explain_says_what_each_deletion_waits_for() {
             "{name}:\n{text}"
         );
     }
-    // The last cloud answer, with its code and RequestId.
+    // The last cloud answer, with its code and RequestId; the next attempt, with backoff.
     let text = explain(&format!("{ns}/guarded"));
+    let next = text
+        .lines()
+        .find(|l| l.starts_with("Next attempt:"))
+        .unwrap();
+    assert!(
+        next.contains("Next attempt: at ") || next.contains("due since"),
+        "{next}"
+    );
+    assert!(explain(&format!("{ns}/held")).contains("Next attempt: none while paused"));
     let last = text
         .lines()
         .find(|l| l.starts_with("Last cloud answer:"))

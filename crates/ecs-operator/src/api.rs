@@ -389,6 +389,10 @@ pub struct EcsInstanceStatus {
     /// never vanished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_instances_at: Option<Time>,
+    /// While a deletion waits with backoff (a refusal, a failure, a doubt): when the operator
+    /// tries again. Shown by `ecs-operator explain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_retry_at: Option<Time>,
     /// `spec.waitForTermination`: when DeleteInstances was last accepted; the wait for the
     /// VM to disappear is bounded from this time (`--termination-timeout-secs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -239,12 +239,29 @@ pub fn render(i: &Inputs) -> String {
             None => "none recorded in the resource's Events".to_string(),
         }
     ));
+    if o.metadata.deletion_timestamp.is_some() {
+        out.push(format!(
+            "Next attempt: {}",
+            match (&st.deletion_retry_at, o.paused()) {
+                (_, true) => "none while paused".to_string(),
+                (Some(t), _) if t.0 > i.now => format!(
+                    "at {} (in {}; backoff per resource, --backoff-base-secs doubling up to --backoff-max-secs)",
+                    t.0,
+                    age(t.0, i.now)
+                ),
+                (Some(t), _) => format!("due since {} (at the operator's next pass)", t.0),
+                (None, _) => "when something changes, or at the transition pace; no backoff is pending".to_string(),
+            }
+        ));
+    }
     if let Some(e) = i.events.last() {
         out.push(format!(
-            "Retries:      with exponential backoff per resource (--backoff-base-secs doubling up to --backoff-max-secs); the latest Event, {} {}, was {}",
+            "Latest Event: {} {}, {}",
             if e.warning { "Warning" } else { "Normal" },
             e.reason,
-            e.time.map(|t| format!("{} ago", age(i.now, t))).unwrap_or_else(|| "at an unknown time".into())
+            e.time
+                .map(|t| format!("{} ago", age(i.now, t)))
+                .unwrap_or_else(|| "at an unknown time".into())
         ));
     }
     let (what, todo) = waiting(i);
@@ -338,6 +355,7 @@ mod tests {
             instance_status: Some("STOPPING".into()),
             deletion_protection: protection,
             deletion_attempt: Some(3),
+            deletion_retry_at: Some(Time(t(185))),
             ..Default::default()
         };
         set_condition(&mut st.conditions, "Ready", false, reason, message, Some(1));
@@ -422,6 +440,15 @@ mod tests {
                 "{what}: escape hatch:\n{text}"
             );
             assert!(text.contains("being deleted for 2m 5s"), "{what}:\n{text}");
+            let next = text
+                .lines()
+                .find(|l| l.starts_with("Next attempt:"))
+                .unwrap();
+            if what == "paused" {
+                assert!(next.contains("none while paused"), "{next}");
+            } else {
+                assert!(next.contains("(in 60s;"), "{what}: {next}");
+            }
             assert!(text.contains("Delete (deleting the resource deletes the VM), from the operator's --default-deletion-policy"), "{what}:\n{text}");
         }
     }

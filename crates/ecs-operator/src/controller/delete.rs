@@ -273,7 +273,24 @@ impl<'a> Exec<'a> {
             }
             ctx.metrics.deletion_held(reason.as_str());
         }
-        if let Some(st) = &r.status {
+        // The next try of a deletion that backs off is written down (for `explain`); in
+        // the same status write as the report, which a refusal or failure makes anyway.
+        let delay = (r.then == Then::Backoff).then(|| ctx.backoff.next(&self.uid));
+        let retry_at = delay.map(|d| {
+            let at = super::ownership::now()
+                .checked_add(d)
+                .unwrap_or_else(|_| super::ownership::now());
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at)
+        });
+        let before = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.deletion_retry_at.clone());
+        let mut st = r.status.clone().or_else(|| {
+            (before.is_some() || retry_at.is_some()).then(|| obj.status.clone().unwrap_or_default())
+        });
+        if let Some(st) = st.as_mut() {
+            st.deletion_retry_at = retry_at;
             status::patch(&self.api, obj, st).await?;
         }
         if r.then == Then::ReleaseFresh {
@@ -286,7 +303,7 @@ impl<'a> Exec<'a> {
         }
         self.event(r.event);
         Ok(match r.then {
-            Then::Backoff => Action::requeue(ctx.backoff.next(&self.uid)),
+            Then::Backoff => Action::requeue(delay.unwrap_or_else(|| ctx.backoff.next(&self.uid))),
             Then::Slow => Action::requeue(ctx.backoff.slow()),
             Then::Poll => Action::requeue(ctx.settings.transition_poll),
             Then::AwaitChange => Action::await_change(),
