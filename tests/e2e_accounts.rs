@@ -57,7 +57,7 @@ async fn put_secret(client: &kube::Client, ns: &str, name: &str, ak: &str, sk: &
 }
 
 /// An EcsAccount named `name` (cluster-scoped, so made unique per run by the caller).
-async fn account(client: &kube::Client, name: &str, secret: &str, allowed: Value) -> Guard {
+async fn account(client: &kube::Client, name: &str, secret: &str, allowed: Value) -> AccountGuard {
     let api: Api<EcsAccount> = Api::all(client.clone());
     let a: EcsAccount = serde_json::from_value(json!({
         "apiVersion": "ecs.volcengine.io/v1alpha1", "kind": "EcsAccount",
@@ -66,25 +66,7 @@ async fn account(client: &kube::Client, name: &str, secret: &str, allowed: Value
     }))
     .unwrap();
     api.create(&PostParams::default(), &a).await.unwrap();
-    Guard(name.to_string())
-}
-
-/// Deletes the cluster-scoped EcsAccount when the test ends.
-struct Guard(String);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = kubectl(&["delete", "ecsaccount", &self.0, "--wait=false"]);
-        // The operator is gone by now: its finalizer would keep the account for ever.
-        let _ = kubectl(&[
-            "patch",
-            "ecsaccount",
-            &self.0,
-            "--type=merge",
-            "-p",
-            r#"{"metadata":{"finalizers":null}}"#,
-        ]);
-    }
+    AccountGuard(name.to_string())
 }
 
 async fn account_ready(client: &kube::Client, name: &str) -> (String, String, Option<String>) {

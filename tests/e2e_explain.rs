@@ -41,23 +41,6 @@ async fn condition_reason(api: &Api<EcsInstance>, name: &str, reason: &str) {
     .await
 }
 
-/// Deletes the cluster-scoped EcsAccount (and its finalizer) when the test ends.
-struct Guard(String);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = kubectl(&["delete", "ecsaccount", &self.0, "--wait=false"]);
-        let _ = kubectl(&[
-            "patch",
-            "ecsaccount",
-            &self.0,
-            "--type=merge",
-            "-p",
-            r#"{"metadata":{"finalizers":null}}"#,
-        ]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn explain_says_what_each_deletion_waits_for() {
     let client = client().await;
@@ -86,7 +69,7 @@ async fn explain_says_what_each_deletion_waits_for() {
         .create(&PostParams::default(), &account)
         .await
         .unwrap();
-    let _guard = Guard(acct.clone());
+    let _guard = AccountGuard(acct.clone());
     let _op = Operator::start(
         "explain",
         &ns,

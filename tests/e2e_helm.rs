@@ -8,7 +8,7 @@
 use ecs_test_harness as support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use ecs_operator::api::EcsInstance;
@@ -160,23 +160,6 @@ fn the_chart_renders_the_kustomize_base() {
         lowered.contains("max(ecs_operator_oldest_deletion_seconds) > 600"),
         "{lowered}"
     );
-}
-
-fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
-    let admin: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-    let cluster = admin["clusters"][0].clone();
-    let cluster_name = cluster["name"].as_str().unwrap().to_string();
-    let kc = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [serde_json::to_value(&cluster).unwrap()],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": cluster_name, "user": "sa"}}],
-        "current-context": "sa",
-    });
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
-    path
 }
 
 fn can_i(user: &str, verb: &str, resource: &str, ns: &str) -> bool {

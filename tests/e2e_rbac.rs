@@ -45,25 +45,6 @@ fn kubectl_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A kubeconfig with the admin kubeconfig's cluster (server, CA) and the given token.
-fn token_kubeconfig(dir: &Path, token: &str) -> PathBuf {
-    let admin: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
-    let cluster = admin["clusters"][0].clone();
-    let cluster_name = cluster["name"].as_str().unwrap().to_string();
-    let kc = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [serde_json::to_value(&cluster).unwrap()],
-        "users": [{"name": "ecs-operator", "user": {"token": token}}],
-        "contexts": [{"name": "ecs-operator", "context": {"cluster": cluster_name, "user": "ecs-operator"}}],
-        "current-context": "ecs-operator",
-    });
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
-    path
-}
-
 async fn client_from(path: &Path) -> Client {
     let kc = Kubeconfig::read_from(path).unwrap();
     let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

@@ -1378,6 +1378,44 @@ async fn tap_connection(
 
 /// The waits are what "nothing happened" and "it happened" rest on in every end-to-end test:
 /// each must be able to fail. Paused time, so the deadlines cost nothing.
+/// A kubeconfig in `dir` with the admin kubeconfig's cluster (server, CA) and `token` (a
+/// ServiceAccount's, from the TokenRequest API): the operator then runs with exactly that
+/// account's rights.
+pub fn token_kubeconfig(dir: &std::path::Path, token: &str) -> PathBuf {
+    let admin: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
+    let cluster = admin["clusters"][0].clone();
+    let cluster_name = cluster["name"].as_str().unwrap().to_string();
+    let kc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [serde_json::to_value(&cluster).unwrap()],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster_name, "user": "sa"}}],
+        "current-context": "sa",
+    });
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+/// Deletes a cluster-scoped EcsAccount when the test ends, with its finalizer (the
+/// operator that would remove it is gone by then).
+pub struct AccountGuard(pub String);
+
+impl Drop for AccountGuard {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "ecsaccount", &self.0, "--wait=false"]);
+        let _ = kubectl(&[
+            "patch",
+            "ecsaccount",
+            &self.0,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]);
+    }
+}
+
 #[cfg(test)]
 mod wait_tests {
     use super::*;
