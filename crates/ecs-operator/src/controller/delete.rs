@@ -282,13 +282,9 @@ impl<'a> Exec<'a> {
                 .unwrap_or_else(|_| super::ownership::now());
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at)
         });
-        let before = obj
-            .status
-            .as_ref()
-            .and_then(|s| s.deletion_retry_at.clone());
-        let mut st = r.status.clone().or_else(|| {
-            (before.is_some() || retry_at.is_some()).then(|| obj.status.clone().unwrap_or_default())
-        });
+        // Only where the report writes anyway: a report without a status (LookAgain after a
+        // claim wrote the status itself) must not write back the status read before it.
+        let mut st = r.status.clone();
         if let Some(st) = st.as_mut() {
             st.deletion_retry_at = retry_at;
             status::patch(&self.api, obj, st).await?;
