@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 
 USER = 65532
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -98,6 +99,9 @@ def layer(binary):
         files[lib] = (open(os.path.realpath(lib), "rb").read(), 0o755)
     files["/etc/passwd"] = (f"nonroot:x:{USER}:{USER}:nonroot:/nonexistent:/sbin/nologin\n".encode(), 0o644)
     files["/etc/group"] = (f"nonroot:x:{USER}:\n".encode(), 0o644)
+    # Names from /etc/hosts (hostAliases) first, then DNS, as distroless configures it. The
+    # DNS resolver is in glibc's libc since 2.34 (bookworm has 2.36): no libnss module to ship.
+    files["/etc/nsswitch.conf"] = (b"hosts: files dns\n", 0o644)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         add_dirs(tar, files)
@@ -177,7 +181,9 @@ def run_controller(root, kubeconfig):
     ).stdout
     with open(os.path.join(root, "etc", "ecs", "kubeconfig"), "w") as f:
         f.write(flat)
-    os.chmod(os.path.join(root, "etc", "ecs", "kubeconfig"), 0o644)
+    # Readable by the image's user only (it carries the test cluster's credentials).
+    os.chown(os.path.join(root, "etc", "ecs", "kubeconfig"), USER, USER)
+    os.chmod(os.path.join(root, "etc", "ecs", "kubeconfig"), 0o400)
     env = {
         "KUBECONFIG": "/etc/ecs/kubeconfig",
         "VOLCENGINE_ACCESS_KEY": "AKimage",
@@ -197,6 +203,9 @@ def run_controller(root, kubeconfig):
         text=True,
     )
     seen = []
+    # A binary that hangs without a word must not hang the test run.
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
     try:
         for line in proc.stdout:
             seen.append(line)
@@ -204,6 +213,7 @@ def run_controller(root, kubeconfig):
                 return
         raise AssertionError("the controller exited in the image's root:\n" + "".join(seen[-30:]))
     finally:
+        watchdog.cancel()
         proc.kill()
         proc.wait()
 

@@ -31,7 +31,8 @@ pub struct EventLine {
 pub struct Inputs {
     pub obj: EcsInstance,
     pub crd: CrdState,
-    pub ns_annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// The namespace's deletion-policy annotation as explain could read it.
+    pub ns_annotation: NsAnnotation,
     /// The operator's `--default-deletion-policy` (explain cannot see the running flag).
     pub default_policy: DeletionPolicy,
     pub events: Vec<EventLine>,
@@ -50,15 +51,8 @@ fn age(now: Timestamp, t: Timestamp) -> String {
 /// The deletion policy that applies, and where it comes from.
 fn policy_line(i: &Inputs) -> String {
     let ns = i.obj.namespace().unwrap_or_default();
-    let annotation = match &i.ns_annotations {
-        None => NsAnnotation::NotFound,
-        Some(a) => match a.get(NAMESPACE_POLICY_ANNOTATION) {
-            Some(v) => NsAnnotation::Value(v.clone()),
-            None => NsAnnotation::Absent,
-        },
-    };
     let spec = i.obj.spec.deletion_policy;
-    match policy::resolve(&i.crd, spec, &ns, &annotation, i.default_policy) {
+    match policy::resolve(&i.crd, spec, &ns, &i.ns_annotation, i.default_policy) {
         Ok((p, source)) => {
             let from = match source {
                 Source::CrdDeleting => format!("the CRD {CRD_NAME} is being deleted, so every VM is kept"),
@@ -72,6 +66,14 @@ fn policy_line(i: &Inputs) -> String {
             };
             format!("{p:?} ({verb}), from {from}")
         }
+        // explain's own read failed: what the operator sees may differ; say so.
+        Err(_) if matches!(i.ns_annotation, NsAnnotation::Unreadable(_)) => format!(
+            "unknown to explain: it could not read namespace {ns} ({}); the operator decides with its own read",
+            match &i.ns_annotation {
+                NsAnnotation::Unreadable(e) => e.as_str(),
+                _ => "",
+            }
+        ),
         Err(doubt) => format!("unknown: {}", doubt.message()),
     }
 }
@@ -149,7 +151,8 @@ fn waiting(i: &Inputs) -> (String, Vec<String>) {
         "see the conditions: the latest one says what happens next".to_string()
     };
     if o.metadata.deletion_timestamp.is_some() {
-        todo.push(format!("keep the VM and release the resource without any cloud call (the escape hatch): kubectl -n {ns} annotate ecsi {name} {RELEASE_ANNOTATION}=\"<why>\""));
+        todo.push(format!("to keep the VM: kubectl -n {ns} patch ecsi {name} --type merge -p '{{\"spec\":{{\"deletionPolicy\":\"Orphan\"}}}}' (its ownership tags are removed, so no sweeper takes it for a leak)"));
+        todo.push(format!("if no account can act or the VM is gone and cannot be proven so: release the resource without any cloud call (the escape hatch): kubectl -n {ns} annotate ecsi {name} {RELEASE_ANNOTATION}=\"<why>\"; the VM keeps its ownership tags, so a sweeper in delete mode would take it for a leak: remove its ecs.volcengine.io/* tags if it must live"));
     }
     (what, todo)
 }
@@ -250,7 +253,7 @@ pub fn render(i: &Inputs) -> String {
                     age(t.0, i.now)
                 ),
                 (Some(t), _) => format!("due since {} (at the operator's next pass)", t.0),
-                (None, _) => "when something changes, or at the transition pace; no backoff is pending".to_string(),
+                (None, _) => "not recorded (the latest report did not change the status, or the operator restarted); it retries with backoff, at most --backoff-max-secs apart, or when the resource changes".to_string(),
             }
         ));
     }
@@ -297,12 +300,14 @@ pub async fn gather(
         // A user may not read CRDs: the usual case is a live one.
         Err(_) => CrdState::Live,
     };
-    let ns_annotations = Api::<Namespace>::all(client.clone())
-        .get_opt(ns)
-        .await
-        .ok()
-        .flatten()
-        .map(|n| n.metadata.annotations.unwrap_or_default());
+    let ns_annotation = match Api::<Namespace>::all(client.clone()).get_opt(ns).await {
+        Ok(Some(n)) => match n.annotations().get(NAMESPACE_POLICY_ANNOTATION) {
+            Some(v) => NsAnnotation::Value(v.clone()),
+            None => NsAnnotation::Absent,
+        },
+        Ok(None) => NsAnnotation::NotFound,
+        Err(e) => NsAnnotation::Unreadable(e.to_string()),
+    };
     let uid = obj.uid().unwrap_or_default();
     let mut events: Vec<EventLine> = Api::<Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
@@ -327,7 +332,7 @@ pub async fn gather(
     Ok(Inputs {
         obj,
         crd,
-        ns_annotations,
+        ns_annotation,
         default_policy,
         events,
         now: Timestamp::now(),
@@ -363,7 +368,7 @@ mod tests {
         Inputs {
             obj: o,
             crd: CrdState::Live,
-            ns_annotations: Some(Default::default()),
+            ns_annotation: NsAnnotation::Absent,
             default_policy: DeletionPolicy::Delete,
             events: vec![EventLine {
                 warning: true,
@@ -456,22 +461,18 @@ mod tests {
     #[test]
     fn policy_sources() {
         let mut i = deleting("DeletionPending", "m", None);
-        i.ns_annotations = Some(
-            [(
-                NAMESPACE_POLICY_ANNOTATION.to_string(),
-                "Orphan".to_string(),
-            )]
-            .into(),
-        );
+        i.ns_annotation = NsAnnotation::Value("Orphan".into());
         assert!(render(&i).contains("Orphan (deleting the resource keeps the VM), from annotation"));
-        i.ns_annotations = Some(
-            [(
-                NAMESPACE_POLICY_ANNOTATION.to_string(),
-                "orphan".to_string(),
-            )]
-            .into(),
-        );
+        i.ns_annotation = NsAnnotation::Value("orphan".into());
         assert!(render(&i).contains("Policy:       unknown: namespace team-a has annotation"));
+        // explain may not read the namespace: it never claims the VM is kept.
+        i.ns_annotation = NsAnnotation::Unreadable("forbidden".into());
+        let text = render(&i);
+        assert!(
+            text.contains("unknown to explain: it could not read namespace team-a (forbidden)"),
+            "{text}"
+        );
+        assert!(!text.contains("the VM is kept"), "{text}");
         i.obj.spec.deletion_policy = Some(DeletionPolicy::Orphan);
         assert!(render(&i).contains("from spec.deletionPolicy"));
         i.crd = CrdState::Deleting;

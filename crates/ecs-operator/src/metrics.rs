@@ -362,15 +362,14 @@ impl Metrics {
         }
     }
 
-    /// A failed call by kind: its code decides (the cloud's codes lists in `volcengine-ecs`).
-    pub fn cloud_error(&self, account: &str, code: &str) {
-        use volcengine_ecs::error::{AUTH_CODES, THROTTLE_CODES};
-        let class = if AUTH_CODES.contains(&code) || code == "MissingCredentials" {
-            "auth"
-        } else if THROTTLE_CODES.contains(&code) {
-            "throttled"
-        } else {
-            "other"
+    /// A failed call by the class the client acts on (`ErrorClass`): a 429 without a code
+    /// is throttling, a refused key is auth.
+    pub fn cloud_error(&self, account: &str, class: volcengine_ecs::ErrorClass) {
+        use volcengine_ecs::ErrorClass;
+        let class = match class {
+            ErrorClass::Auth => "auth",
+            ErrorClass::Throttled => "throttled",
+            ErrorClass::Retryable | ErrorClass::Terminal => "other",
         };
         self.cloud_errors
             .get_or_create(&AccountClassLabels {
@@ -427,10 +426,11 @@ pub struct AccountObserver {
 impl volcengine_ecs::CallObserver for AccountObserver {
     fn cloud_call(&self, action: &str, code: &str, seconds: f64) {
         self.metrics
-            .cloud_call(&self.account, action, code, seconds);
-        if code != "OK" {
-            self.metrics.cloud_error(&self.account, code);
-        }
+            .cloud_call(&self.account, action, code, seconds)
+    }
+
+    fn cloud_error(&self, _action: &str, class: volcengine_ecs::ErrorClass) {
+        self.metrics.cloud_error(&self.account, class)
     }
 
     fn throttle_wait(&self, action: &str, seconds: f64) {

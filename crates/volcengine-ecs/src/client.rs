@@ -20,6 +20,9 @@ use super::Called;
 /// `code` is the cloud's error code, a local code, or "OK".
 pub trait CallObserver: Send + Sync + std::fmt::Debug {
     fn cloud_call(&self, action: &str, code: &str, seconds: f64);
+    /// A failed attempt, by the class the client itself acts on (a 429 without a code is
+    /// throttling here as in the retry logic).
+    fn cloud_error(&self, _action: &str, _class: ErrorClass) {}
     /// Time spent waiting for the client-side rate limiter before a call was sent.
     fn throttle_wait(&self, action: &str, seconds: f64);
 }
@@ -220,6 +223,7 @@ impl EcsClient {
             let e = CloudError::MissingCredentials { action, missing };
             if let Some(m) = &self.metrics {
                 m.cloud_call(action.as_str(), e.code(), 0.0);
+                m.cloud_error(action.as_str(), e.class());
             }
             tracing::info!(%action, code = e.code(), error = %e, "cloud call not sent");
             return Err(e);
@@ -244,6 +248,9 @@ impl EcsClient {
             };
             if let Some(m) = &self.metrics {
                 m.cloud_call(action.as_str(), code, started.elapsed().as_secs_f64());
+                if let Err(e) = &res {
+                    m.cloud_error(action.as_str(), e.class());
+                }
             }
             match res {
                 Ok(v) => {

@@ -18,7 +18,7 @@ use super::policy::{self, Doubt, NsAnnotation, Source};
 use super::reasons::EventNote;
 use super::{finalizer, status, Context};
 use crate::accounts::registry::AccountCloud;
-use crate::api::{DeletionPolicy, EcsInstance, MAX_COUNTER, RELEASE_ANNOTATION};
+use crate::api::{DeletionPolicy, EcsInstance, EcsInstanceStatus, MAX_COUNTER, RELEASE_ANNOTATION};
 use crate::cloud::{CloudError, Instance};
 use crate::Error;
 
@@ -282,12 +282,24 @@ impl<'a> Exec<'a> {
                 .unwrap_or_else(|_| super::ownership::now());
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at)
         });
-        // Only where the report writes anyway: a report without a status (LookAgain after a
-        // claim wrote the status itself) must not write back the status read before it.
-        let mut st = r.status.clone();
-        if let Some(st) = st.as_mut() {
-            st.deletion_retry_at = retry_at;
-            status::patch(&self.api, obj, st).await?;
+        // Only in a write the report makes anyway (its status differs from the one read,
+        // the next try aside): a retry time alone never costs a write, nor writes back a
+        // status read from a cache that may lag (a report without a status, LookAgain after
+        // a claim wrote the status itself, writes nothing either). Then `explain` says the
+        // recorded time is due.
+        if let Some(mut st) = r.status.clone() {
+            let old = obj.status.clone().unwrap_or_default();
+            let changed = EcsInstanceStatus {
+                deletion_retry_at: None,
+                ..st.clone()
+            } != EcsInstanceStatus {
+                deletion_retry_at: None,
+                ..old
+            };
+            if changed {
+                st.deletion_retry_at = retry_at;
+                status::patch(&self.api, obj, &st).await?;
+            }
         }
         if r.then == Then::ReleaseFresh {
             let note = r
