@@ -305,11 +305,38 @@ pub struct RunArgs {
     pub account_secret_poll_secs: f64,
 }
 
+/// The namespaces to watch, each once and in the order given (`--namespaces a,a` would
+/// otherwise start two controllers reconciling the same objects side by side).
+pub fn watched_namespaces(given: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in given.iter().filter(|n| !n.is_empty()) {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
 impl RunArgs {
     pub fn backoff(&self) -> (Duration, Duration) {
         (
             Duration::from_secs_f64(self.backoff_base_secs.max(0.01)),
             Duration::from_secs_f64(self.backoff_max_secs.max(self.backoff_base_secs).max(0.01)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_watched_once_each() {
+        let given: Vec<String> = ["a", "", "b", "a", "b", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(watched_namespaces(&given), vec!["a", "b", "c"]);
+        assert!(watched_namespaces(&[]).is_empty());
     }
 }

@@ -298,12 +298,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
         backoff_base,
         backoff_max,
-        namespaces: args
-            .namespaces
-            .iter()
-            .filter(|n| !n.is_empty())
-            .cloned()
-            .collect(),
+        namespaces: ecs_operator::config::watched_namespaces(&args.namespaces),
         recreate_missing: args.on_missing_instance == OnMissing::Recreate,
         appear_window: Duration::from_secs(args.instance_appear_window_secs),
         termination_timeout: Duration::from_secs(args.termination_timeout_secs),
