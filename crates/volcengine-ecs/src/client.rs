@@ -614,16 +614,14 @@ impl EcsClient {
         instance_ids: Vec<String>,
         client_token: String,
     ) -> Result<Called<Vec<OperationDetail>>, CloudError> {
-        let mut p = Params::new();
-        p.list("InstanceIds", &instance_ids)
-            .set("ClientToken", client_token);
-        let r: Called<OperationDetailsResult> = self
-            .call(region, Action::DeleteInstances, p.into_vec())
-            .await?;
-        Ok(Called {
-            request_id: r.request_id,
-            value: r.value.operation_details,
-        })
+        self.per_instance(
+            region,
+            Action::DeleteInstances,
+            &instance_ids,
+            &[],
+            client_token,
+        )
+        .await
     }
 
     pub async fn run_instances(
@@ -717,17 +715,15 @@ impl EcsClient {
         instance_ids: Vec<String>,
         client_token: String,
     ) -> Result<Called<Vec<OperationDetail>>, CloudError> {
-        let mut p = Params::new();
-        p.list("InstanceIds", &instance_ids)
-            .set("StoppedMode", "KeepCharging")
-            .set("ClientToken", client_token);
-        let r: Called<OperationDetailsResult> = self
-            .call(region, Action::StopInstances, p.into_vec())
-            .await?;
-        Ok(Called {
-            request_id: r.request_id,
-            value: r.value.operation_details,
-        })
+        let mode = [("StoppedMode", "KeepCharging")];
+        self.per_instance(
+            region,
+            Action::StopInstances,
+            &instance_ids,
+            &mode,
+            client_token,
+        )
+        .await
     }
 
     /// StartInstances. One `OperationDetail` per ID.
@@ -737,12 +733,33 @@ impl EcsClient {
         instance_ids: Vec<String>,
         client_token: String,
     ) -> Result<Called<Vec<OperationDetail>>, CloudError> {
+        self.per_instance(
+            region,
+            Action::StartInstances,
+            &instance_ids,
+            &[],
+            client_token,
+        )
+        .await
+    }
+
+    /// A batch action with `InstanceIds.N`, a ClientToken and an `OperationDetails` answer
+    /// (one entry per ID): DeleteInstances, StopInstances, StartInstances.
+    async fn per_instance(
+        &self,
+        region: &str,
+        action: Action,
+        instance_ids: &[String],
+        extra: &[(&str, &str)],
+        client_token: String,
+    ) -> Result<Called<Vec<OperationDetail>>, CloudError> {
         let mut p = Params::new();
-        p.list("InstanceIds", &instance_ids)
-            .set("ClientToken", client_token);
-        let r: Called<OperationDetailsResult> = self
-            .call(region, Action::StartInstances, p.into_vec())
-            .await?;
+        p.list("InstanceIds", instance_ids);
+        for (k, v) in extra {
+            p.set(*k, *v);
+        }
+        p.set("ClientToken", client_token);
+        let r: Called<OperationDetailsResult> = self.call(region, action, p.into_vec()).await?;
         Ok(Called {
             request_id: r.request_id,
             value: r.value.operation_details,

@@ -335,17 +335,7 @@ pub fn plan(f: &ApplyFacts) -> ApplyStep {
 
 /// The update call that failed in this reconcile, with its action's name.
 fn update_failure(f: &ApplyFacts) -> Option<(&'static str, &CloudError)> {
-    let u = &f.update;
-    [
-        ("ModifyInstanceAttribute", &u.attr),
-        ("TagResources", &u.tag),
-        ("UntagResources", &u.untag),
-        ("StopInstances", &u.stop),
-        ("ModifyInstanceSpec", &u.spec),
-        ("StartInstances", &u.start),
-    ]
-    .into_iter()
-    .find_map(|(what, a)| Some((what, a.as_ref()?.as_ref().err()?)))
+    f.update.failure()
 }
 
 /// DescribeInstances does not list the VM: appearing (never vanished within the window),
@@ -670,20 +660,14 @@ fn report_observed(f: &ApplyFacts, mut st: EcsInstanceStatus, id: &str) -> Apply
 
 /// The update calls of this reconcile the cloud accepted, as "Action (RequestId r)".
 fn update_sent(u: &UpdateFacts) -> Option<String> {
-    let sent: Vec<String> = [
-        ("ModifyInstanceAttribute", &u.attr),
-        ("TagResources", &u.tag),
-        ("UntagResources", &u.untag),
-        ("StopInstances", &u.stop),
-        ("ModifyInstanceSpec", &u.spec),
-        ("StartInstances", &u.start),
-    ]
-    .into_iter()
-    .filter_map(|(what, a)| match a {
-        Some(Ok(req)) => Some(format!("{what} (RequestId {req})")),
-        _ => None,
-    })
-    .collect();
+    let sent: Vec<String> = u
+        .answers()
+        .into_iter()
+        .filter_map(|(what, a)| match a {
+            Some(Ok(req)) => Some(format!("{what} (RequestId {req})")),
+            _ => None,
+        })
+        .collect();
     (!sent.is_empty()).then(|| sent.join(", "))
 }
 
@@ -722,9 +706,10 @@ fn update_bookkeeping(f: &ApplyFacts, st: &mut EcsInstanceStatus) {
         st.managed_tag_keys
             .retain(|k| w.tags.contains_key(k) || u.vm_tag_keys.contains(k));
     }
-    let accepted = [&u.attr, &u.tag, &u.untag, &u.spec]
-        .into_iter()
-        .any(|a| matches!(a, Some(Ok(_))));
+    // Stop and start change no field: only the field updates settle (`status.lastUpdate`).
+    let accepted = u.answers().into_iter().any(|(what, a)| {
+        !matches!(what, "StopInstances" | "StartInstances") && matches!(a, Some(Ok(_)))
+    });
     if accepted {
         st.last_update = Some(crate::api::LastUpdate {
             digest: update_plan::digest(&u.diff),

@@ -253,17 +253,28 @@ pub enum UpdateStep {
 const SETTLED: [&str; 2] = ["RUNNING", "STOPPED"];
 
 impl UpdateFacts {
-    fn failed(&self) -> Option<&CloudError> {
+    /// This reconcile's update answers, by the action that gave them, in call order: the
+    /// one list the planner and the reporter read.
+    pub fn answers(&self) -> [(&'static str, &Option<Result<String, CloudError>>); 6] {
         [
-            &self.attr,
-            &self.tag,
-            &self.untag,
-            &self.stop,
-            &self.spec,
-            &self.start,
+            ("ModifyInstanceAttribute", &self.attr),
+            ("TagResources", &self.tag),
+            ("UntagResources", &self.untag),
+            ("StopInstances", &self.stop),
+            ("ModifyInstanceSpec", &self.spec),
+            ("StartInstances", &self.start),
         ]
-        .into_iter()
-        .find_map(|a| a.as_ref().and_then(|r| r.as_ref().err()))
+    }
+
+    /// The first update call of this reconcile that failed, with its action.
+    pub fn failure(&self) -> Option<(&'static str, &CloudError)> {
+        self.answers()
+            .into_iter()
+            .find_map(|(what, a)| Some((what, a.as_ref()?.as_ref().err()?)))
+    }
+
+    fn failed(&self) -> Option<&CloudError> {
+        self.failure().map(|(_, e)| e)
     }
 
     pub fn policy(&self) -> UpdatePolicy {
